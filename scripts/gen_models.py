@@ -1,0 +1,132 @@
+"""Regenerates the bundled sign models and the reference outputs the tests compare against.
+
+Needs full torch, onnx, onnxruntime and torch-model-archiver (scripts/gen_models.sh sets up a
+venv with them). Neither the server nor the tests need any of that: they use the committed files.
+
+Outputs:
+  model-store/sign.mar        TorchScript sign model (64 frames x 469 features -> 100 classes)
+  model-store/sign_onnx.mar   the same weights exported to ONNX
+  tests/fixtures/sign_reference.json  inputs (by formula) and expected logits
+"""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from torch import nn
+
+FRAMES, FEATURES, CLASSES = 64, 469, 100
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SignTransformer(nn.Module):
+    """Linear embedding + sinusoidal positions + transformer encoder + masked mean pool."""
+
+    def __init__(self, d_model=128, nhead=4, layers=2, ff=256):
+        super().__init__()
+        self.embedding = nn.Linear(FEATURES, d_model)
+        pe = torch.zeros(FRAMES, d_model)
+        pos = torch.arange(FRAMES, dtype=torch.float).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)
+        self.register_buffer("pe", pe.unsqueeze(0))
+        layer = nn.TransformerEncoderLayer(d_model, nhead, ff, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.classifier = nn.Linear(d_model, CLASSES)
+
+    def forward(self, x):
+        h = self.encoder(self.embedding(x) + self.pe[:, : x.size(1)])
+        active = (x.abs().sum(dim=-1) > 1e-6).float().unsqueeze(-1)
+        pooled = (h * active).sum(dim=1) / active.sum(dim=1).clamp_min(1.0)
+        return self.classifier(pooled)
+
+
+def formula_frames(seed, n_frames):
+    """Deterministic input, reproduced bit-for-bit-enough by the Rust tests (computed in f64)."""
+    idx = np.arange(n_frames * FEATURES, dtype=np.float64)
+    vals = np.sin(idx * 0.001 * (seed + 1) + seed) * 0.5
+    return vals.astype(np.float32).reshape(n_frames, FEATURES)
+
+
+def pad(frames):
+    out = np.zeros((FRAMES, FEATURES), dtype=np.float32)
+    n = min(FRAMES, frames.shape[0])
+    out[:n] = frames[:n]
+    return out
+
+
+def archive(name, serialized, tmp, extra):
+    subprocess.run(
+        [
+            sys.executable, "-m", "model_archiver.model_packaging",
+            "--model-name", name, "--version", "1.0",
+            "--serialized-file", serialized,
+            "--handler", os.path.join(ROOT, "handlers", "sign_handler.py"),
+            "--extra-files", ",".join(extra),
+            "--config-file", os.path.join(tmp, "model-config.yaml"),
+            "--export-path", os.path.join(ROOT, "model-store"), "--force",
+        ],
+        check=True,
+    )
+
+
+def main():
+    torch.manual_seed(7)
+    model = SignTransformer().eval()
+    tmp = tempfile.mkdtemp()
+    try:
+        ts_path = os.path.join(tmp, "sign.pt")
+        torch.jit.script(model).save(ts_path)
+        onnx_path = os.path.join(tmp, "sign.onnx")
+        example = torch.zeros(2, FRAMES, FEATURES)
+        torch.onnx.export(
+            model, (example,), onnx_path, input_names=["landmarks"], output_names=["logits"],
+            dynamic_axes={"landmarks": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )
+        labels = {str(i): f"sign_{i:03d}" for i in range(CLASSES)}
+        for i, word in enumerate(["hello", "thanks", "yes", "no", "please", "sorry", "help", "love"]):
+            labels[str(i)] = word
+        labels_path = os.path.join(tmp, "index_to_name.json")
+        with open(labels_path, "w") as f:
+            json.dump(labels, f, indent=1)
+        with open(os.path.join(tmp, "model-config.yaml"), "w") as f:
+            f.write(
+                "# Served natively by ferroserve; TorchServe runs handlers/sign_handler.py.\n"
+                "ferroserve:\n  native_handler: json_tensor_classifier\n"
+                f"handler:\n  frames: {FRAMES}\n  features: {FEATURES}\n"
+                "minWorkers: 1\nmaxWorkers: 1\n"
+            )
+        archive("sign", ts_path, tmp, [labels_path])
+        archive("sign_onnx", onnx_path, tmp, [labels_path])
+
+        cases = [
+            {"seed": 0, "frames": 64, "format": "flat"},
+            {"seed": 1, "frames": 20, "format": "flat"},
+            {"seed": 2, "frames": 80, "format": "flat"},
+            {"seed": 3, "frames": 12, "format": "points"},
+        ]
+        batch = torch.from_numpy(np.stack([pad(formula_frames(c["seed"], c["frames"])) for c in cases]))
+        with torch.inference_mode():
+            logits = model(batch).numpy()
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        onnx_logits = sess.run(None, {"landmarks": batch.numpy()})[0]
+        print("max |torch - onnx| =", float(np.abs(onnx_logits - logits).max()))
+        for c, row in zip(cases, logits):
+            c["logits"] = [float(v) for v in row]
+        ref = {"frames": FRAMES, "features": FEATURES, "classes": CLASSES, "labels": labels, "cases": cases}
+        with open(os.path.join(ROOT, "tests", "fixtures", "sign_reference.json"), "w") as f:
+            json.dump(ref, f, indent=1)
+    finally:
+        shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()

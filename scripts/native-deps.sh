@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Fetches the native runtimes ferroserve links against, from PyPI wheels only:
+#   libtorch 2.13.0 (what tch 0.26 expects) and ONNX Runtime 1.31.1 (what ort 2.0.0-rc.15 expects).
+# Idempotent: a finished install leaves a .complete marker and is never fetched again.
+# Paths are stable and carry the version, so torch-sys' C++ glue is not rebuilt needlessly.
+#
+# Usage: scripts/native-deps.sh            # installs what is missing, prints nothing else
+#        scripts/native-deps.sh --env      # also prints `export` lines for the build
+set -euo pipefail
+
+TORCH_VERSION=2.13.0
+CUDART_VERSION=13.0.96
+CUPTI_VERSION=13.0.85
+ORT_VERSION=1.31.1
+
+DEPS_DIR="${FERROSERVE_DEPS_DIR:-$HOME/.cache/ferroserve/deps}"
+LIBTORCH_DIR="$DEPS_DIR/libtorch-$TORCH_VERSION"
+ORT_DIR="$DEPS_DIR/onnxruntime-$ORT_VERSION"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf 'native-deps: %s\n' "$*" >&2; }
+
+need_tools() {
+  local missing=()
+  command -v unzip >/dev/null || missing+=(unzip)
+  command -v "$PYTHON" >/dev/null || missing+=(python3)
+  "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} with apt-get"
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# pip download of one wheel (no dependencies, binary only) into $1.
+wheel() {
+  local dest=$1 spec=$2
+  "$PYTHON" -m pip download -q --no-deps --only-binary=:all: -d "$dest" "$spec" >&2
+  ls "$dest"/*.whl | head -n1
+}
+
+install_libtorch() {
+  [ -f "$LIBTORCH_DIR/.complete" ] && return
+  log "fetching libtorch $TORCH_VERSION from the torch wheel (about 530 MB, once)"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  rm -rf "$LIBTORCH_DIR"; mkdir -p "$LIBTORCH_DIR/lib"
+  local whl; whl=$(wheel "$tmp/torch" "torch==$TORCH_VERSION")
+  unzip -q "$whl" 'torch/include/*' 'torch/lib/libtorch_cpu.so' 'torch/lib/libc10.so' \
+    'torch/lib/libgomp*' 'torch/lib/libtorch.so' -d "$tmp/x"
+  mv "$tmp/x/torch/include" "$LIBTORCH_DIR/include"
+  mv "$tmp/x/torch/lib/"* "$LIBTORCH_DIR/lib/"
+  # libtorch_cpu needs the CUDA runtime and CUPTI even on CPU-only hosts (DT_NEEDED).
+  local spec
+  for spec in "nvidia-cuda-runtime==$CUDART_VERSION" "nvidia-cuda-cupti==$CUPTI_VERSION"; do
+    whl=$(wheel "$tmp/${spec%%=*}" "$spec")
+    unzip -q -o "$whl" '*.so*' -d "$tmp/${spec%%=*}/x"
+    find "$tmp/${spec%%=*}/x" -name '*.so*' -type f -exec mv {} "$LIBTORCH_DIR/lib/" \;
+  done
+  echo "$TORCH_VERSION" > "$LIBTORCH_DIR/build-version"
+  touch "$LIBTORCH_DIR/.complete"
+  log "libtorch ready in $LIBTORCH_DIR"
+}
+
+install_onnxruntime() {
+  [ -f "$ORT_DIR/.complete" ] && return
+  log "fetching ONNX Runtime $ORT_VERSION from the onnxruntime wheel"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  rm -rf "$ORT_DIR"; mkdir -p "$ORT_DIR/lib"
+  local whl; whl=$(wheel "$tmp/ort" "onnxruntime==$ORT_VERSION")
+  unzip -q "$whl" 'onnxruntime/capi/libonnxruntime*' -d "$tmp/x"
+  mv "$tmp/x/onnxruntime/capi/"libonnxruntime* "$ORT_DIR/lib/"
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/lib/libonnxruntime.so"
+  touch "$ORT_DIR/.complete"
+  log "ONNX Runtime ready in $ORT_DIR"
+}
+
+need_tools
+install_libtorch
+install_onnxruntime
+
+if [ "${1:-}" = "--env" ]; then
+  echo "export LIBTORCH='$LIBTORCH_DIR'"
+  echo "export ORT_DYLIB_PATH='$ORT_DIR/lib/libonnxruntime.so'"
+fi

@@ -1,0 +1,185 @@
+//! Turning an HTTP request into the handler's input, as TorchServe's frontend does: the body
+//! is bounded by `max_request_size`; forms and multipart bodies become one parameter per
+//! field; anything else is one `body` parameter carrying the request's mime type.
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{web, HttpRequest};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use crate::error::ApiError;
+use crate::handler::{Param, RequestInput};
+
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit`.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("Invalid HTTP message. {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Builds the handler input from headers and body.
+pub async fn request_input(
+    req: &HttpRequest,
+    request_id: String,
+    body: Bytes,
+) -> Result<RequestInput, ApiError> {
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let mime = content_type
+        .as_deref()
+        .map(|ct| ct.split(';').next().unwrap_or("").to_string());
+    let params = match mime.as_deref() {
+        Some(m) if m.trim().eq_ignore_ascii_case("multipart/form-data") => {
+            multipart(req, body).await?
+        }
+        Some(m)
+            if m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded") =>
+        {
+            url_encoded(&body)?
+        }
+        _ => vec![Param {
+            name: "body".into(),
+            content_type: mime,
+            value: body,
+        }],
+    };
+    Ok(RequestInput {
+        request_id,
+        headers,
+        params,
+    })
+}
+
+/// `a=1&b=2`; parts without `=` carry no parameter (so `curl -d hello` gives none).
+fn url_encoded(body: &[u8]) -> Result<Vec<Param>, ApiError> {
+    let mut params = Vec::new();
+    for part in body.split(|&b| b == b'&') {
+        if !part.contains(&b'=') {
+            continue;
+        }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(part)
+            .map_err(|e| ApiError::bad_request(format!("invalid form body: {e}")))?;
+        params.extend(pairs.into_iter().map(|(name, value)| Param {
+            name,
+            content_type: None,
+            value: Bytes::from(value),
+        }));
+    }
+    Ok(params)
+}
+
+/// File parts carry their content type (`application/octet-stream` when absent); plain
+/// fields carry none.
+async fn multipart(req: &HttpRequest, body: Bytes) -> Result<Vec<Param>, ApiError> {
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, actix_web::error::PayloadError>(body) });
+    let mut form = actix_multipart::Multipart::new(req.headers(), stream);
+    let mut params = Vec::new();
+    while let Some(field) = form.next().await {
+        let mut field =
+            field.map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?;
+        let (name, is_file) = match field.content_disposition() {
+            Some(cd) => (
+                cd.get_name().unwrap_or_default().to_string(),
+                cd.get_filename().is_some(),
+            ),
+            None => (String::new(), false),
+        };
+        let content_type = is_file.then(|| {
+            field
+                .content_type()
+                .map(|m| m.essence_str().to_string())
+                .unwrap_or_else(|| "application/octet-stream".into())
+        });
+        let mut value = BytesMut::new();
+        while let Some(chunk) = field.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?;
+            value.extend_from_slice(&chunk);
+        }
+        params.push(Param {
+            name,
+            content_type,
+            value: value.freeze(),
+        });
+    }
+    Ok(params)
+}
+
+/// TorchServe's path split: percent-decoded, the leading empty segment kept, trailing empty
+/// segments dropped, `/` alone giving no segments.
+pub fn segments(path: &str) -> Vec<String> {
+    let mut segs: Vec<String> = path
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    while segs.last().is_some_and(|s| s.is_empty()) {
+        segs.pop();
+    }
+    segs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_like_java_split() {
+        assert!(segments("/").is_empty());
+        assert_eq!(segments("/ping"), vec!["", "ping"]);
+        assert_eq!(segments("/predictions/m/"), vec!["", "predictions", "m"]);
+        assert_eq!(
+            segments("/predictions//m"),
+            vec!["", "predictions", "", "m"]
+        );
+        assert_eq!(
+            segments("/predictions/a%20b"),
+            vec!["", "predictions", "a b"]
+        );
+    }
+
+    #[test]
+    fn url_encoded_forms() {
+        assert!(url_encoded(b"hello").unwrap().is_empty());
+        let p = url_encoded(b"data=hello&x=1+2").unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[1].value, Bytes::from("1 2"));
+        assert!(p[0].content_type.is_none());
+    }
+}

@@ -1,0 +1,226 @@
+//! The management API: list (`GET /models`) and describe (`GET /models/{m}[/{v}|/all]`).
+//! Registration, scaling, unregistering and set-default answer as TorchServe does when they are
+//! refused, and say plainly that they are not available yet otherwise.
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+
+use super::{input, response, AppState};
+use crate::error::ApiError;
+use crate::registry::ModelVersion;
+
+pub async fn route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let segs = input::segments(req.path());
+    let method = req.method().clone();
+    let result = match segs
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [_, "models"] => match method {
+            Method::GET => list(&req, &state),
+            Method::POST if state.settings.enable_model_api => Err(not_yet("model registration")),
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        [_, "models", model] => match method {
+            Method::GET => describe(&state, model, None),
+            Method::PUT => Err(not_yet("scaling workers")),
+            Method::DELETE if state.settings.enable_model_api => {
+                Err(not_yet("unregistering models"))
+            }
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        [_, "models", model, version] => match method {
+            Method::GET => describe(&state, model, Some(version)),
+            Method::PUT => Err(not_yet("scaling workers")),
+            Method::DELETE if state.settings.enable_model_api => {
+                Err(not_yet("unregistering models"))
+            }
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        [_, "models", model, _, "set-default"] => match method {
+            Method::GET => describe(&state, model, None),
+            Method::PUT => Err(not_yet("set-default")),
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        _ => Err(ApiError::resource_not_found()),
+    };
+    result.unwrap_or_else(|e| response::error(&e))
+}
+
+fn not_yet(what: &str) -> ApiError {
+    ApiError::new(
+        501,
+        "NotImplementedException",
+        format!("{what} is not available yet"),
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListEntry<'a> {
+    model_name: &'a str,
+    model_url: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListResponse<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+    models: Vec<ListEntry<'a>>,
+}
+
+/// Default versions sorted by name; `limit` (default 100, out of range → 100) and
+/// `next_page_token` (an offset) as TorchServe pages them.
+fn list(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    let int = |key: &str, default: i64| {
+        query
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<i64>().ok())
+            .unwrap_or(default)
+    };
+    let limit = match int("limit", 100) {
+        l if !(0..=100).contains(&l) => 100,
+        l => l as usize,
+    };
+    let offset = int("next_page_token", 0).max(0) as usize;
+    let models = state.registry.defaults();
+    let next_page_token = (offset + limit <= models.len()).then(|| (offset + limit).to_string());
+    let page = models
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|m| ListEntry {
+            model_name: &m.name,
+            model_url: m.url(),
+        })
+        .collect();
+    Ok(response::json(
+        200,
+        &ListResponse {
+            next_page_token,
+            models: page,
+        },
+    ))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkerView {
+    id: String,
+    start_time: String,
+    status: &'static str,
+    memory_usage: u64,
+    pid: i64,
+    gpu: bool,
+    gpu_usage: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QueueView {
+    remaining_capacity: usize,
+    pending_requests: usize,
+}
+
+/// TorchServe's describe element, fields in its order; `device` is ours (where it runs).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DescribeView<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    model_url: &'a str,
+    runtime: &'a str,
+    min_workers: usize,
+    max_workers: usize,
+    batch_size: usize,
+    max_batch_delay: u64,
+    response_timeout: u64,
+    startup_timeout: u64,
+    max_retry_timeout_in_sec: u64,
+    client_timeout_in_mills: u64,
+    parallel_type: &'a str,
+    parallel_level: u32,
+    device_type: &'a str,
+    continuous_batching: bool,
+    use_job_ticket: bool,
+    use_venv: bool,
+    stateful: bool,
+    sequence_max_idle_m_sec: u64,
+    sequence_timeout_m_sec: u64,
+    max_num_sequence: u32,
+    max_sequence_job_queue_size: u32,
+    loaded_at_startup: bool,
+    workers: Vec<WorkerView>,
+    job_queue_status: QueueView,
+    device: String,
+}
+
+fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
+    let pid = std::process::id() as i64;
+    let device = m.device();
+    let pending = m.queue.pending();
+    DescribeView {
+        model_name: &m.name,
+        model_version: &m.version,
+        model_url: m.url(),
+        runtime: &m.runtime,
+        min_workers: m.params.min_workers,
+        max_workers: m.params.max_workers,
+        batch_size: m.params.batch_size,
+        max_batch_delay: m.params.max_batch_delay_ms,
+        response_timeout: m.params.response_timeout_s,
+        startup_timeout: m.params.startup_timeout_s,
+        max_retry_timeout_in_sec: m.params.max_retry_timeout_s,
+        client_timeout_in_mills: m.params.client_timeout_ms,
+        parallel_type: "",
+        parallel_level: 0,
+        device_type: device.device_type(),
+        continuous_batching: false,
+        use_job_ticket: false,
+        use_venv: false,
+        stateful: false,
+        sequence_max_idle_m_sec: 0,
+        sequence_timeout_m_sec: 0,
+        max_num_sequence: 0,
+        max_sequence_job_queue_size: 0,
+        loaded_at_startup: m.loaded_at_startup,
+        workers: m
+            .workers
+            .iter()
+            .map(|w| WorkerView {
+                id: w.id.to_string(),
+                start_time: w.started.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                status: if w.is_alive() { "READY" } else { "UNLOADING" },
+                memory_usage: 0,
+                pid,
+                gpu: device.is_gpu(),
+                gpu_usage: "N/A",
+            })
+            .collect(),
+        job_queue_status: QueueView {
+            remaining_capacity: m.queue.capacity().saturating_sub(pending),
+            pending_requests: pending,
+        },
+        device: device.to_string(),
+    }
+}
+
+fn describe(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let versions = match version {
+        Some("all") => state.registry.all_versions(model)?,
+        other => vec![state.registry.get(model, other)?],
+    };
+    let views: Vec<_> = versions.iter().map(|m| describe_one(m)).collect();
+    Ok(response::json(200, &views))
+}

@@ -1,0 +1,166 @@
+//! ONNX models through ONNX Runtime (`ort`, loaded at run time from a configured library).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::Session;
+
+use super::{Backend, RuntimeOptions, Tensor};
+use crate::device::Device;
+use crate::error::BackendError;
+
+/// ONNX Runtime is process-wide: its library is loaded and its environment created once.
+static RUNTIME: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Where to look for `libonnxruntime.so` when nothing is configured.
+fn default_library() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("../lib/libonnxruntime.so"));
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(
+            PathBuf::from(home)
+                .join(".cache/ferroserve/deps/onnxruntime-1.31.1/lib/libonnxruntime.so"),
+        );
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn runtime(configured: Option<&Path>) -> Result<&'static Environment, BackendError> {
+    RUNTIME
+        .get_or_init(|| {
+            let path = configured
+                .map(Path::to_path_buf)
+                .or_else(default_library)
+                .ok_or_else(|| {
+                    "ONNX Runtime library not found: set onnxruntime_library in config.properties \
+                     or ORT_DYLIB_PATH (scripts/native-deps.sh installs it)"
+                        .to_string()
+                })?;
+            if !path.is_file() {
+                return Err(format!(
+                    "ONNX Runtime library {} does not exist (set onnxruntime_library or ORT_DYLIB_PATH)",
+                    path.display()
+                ));
+            }
+            ort::init_from(&path)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
+                .with_name("ferroserve")
+                .build()
+                .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))
+        })
+        .as_ref()
+        .map_err(|e| BackendError::Runtime(e.clone()))
+}
+
+pub struct OnnxModel {
+    // ort's `run` takes `&mut self`; workers of one model share the session behind a lock.
+    session: Mutex<Session>,
+    input_name: String,
+    input_dims: Option<Vec<Option<usize>>>,
+    device: Device,
+}
+
+impl OnnxModel {
+    pub fn load(path: &Path, options: &RuntimeOptions) -> Result<Self, BackendError> {
+        let env = runtime(options.onnxruntime_library.as_deref())?;
+        let file = path.display().to_string();
+        let load_err = |reason: String| BackendError::Load {
+            file: file.clone(),
+            reason,
+        };
+        let builder = Session::builder(env)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_intra_threads(options.intra_op_threads)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| load_err(e.to_string()))?;
+        let (mut builder, device) = match options.device {
+            Device::Cuda(i) => {
+                let ep = ort::ep::CUDA::default()
+                    .with_device_id(i as i32)
+                    .build()
+                    .error_on_failure();
+                match builder.with_execution_providers([ep]) {
+                    Ok(b) => (b, Device::Cuda(i)),
+                    Err(e) => {
+                        tracing::warn!(model = %file, error = %e, "CUDA execution provider unavailable; this ONNX model runs on the CPU");
+                        (e.recover(), Device::Cpu)
+                    }
+                }
+            }
+            #[cfg(target_os = "macos")]
+            Device::Mps => {
+                let ep = ort::ep::CoreML::default().build().error_on_failure();
+                match builder.with_execution_providers([ep]) {
+                    Ok(b) => (b, Device::Mps),
+                    Err(e) => {
+                        tracing::warn!(model = %file, error = %e, "CoreML execution provider unavailable; this ONNX model runs on the CPU");
+                        (e.recover(), Device::Cpu)
+                    }
+                }
+            }
+            #[cfg(not(target_os = "macos"))]
+            Device::Mps => {
+                tracing::warn!(model = %file, "ONNX Runtime has no MPS provider here; this ONNX model runs on the CPU");
+                (builder, Device::Cpu)
+            }
+            Device::Cpu => (builder, Device::Cpu),
+        };
+        let session = builder
+            .commit_from_file(path)
+            .map_err(|e| load_err(e.to_string()))?;
+        let input = session
+            .inputs()
+            .first()
+            .ok_or_else(|| load_err("the model has no inputs".into()))?;
+        let input_name = input.name().to_string();
+        let input_dims = input.dtype().tensor_shape().map(|shape| {
+            shape
+                .iter()
+                .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
+                .collect()
+        });
+        Ok(Self {
+            session: Mutex::new(session),
+            input_name,
+            input_dims,
+            device,
+        })
+    }
+}
+
+impl Backend for OnnxModel {
+    fn forward(&self, input: Tensor) -> Result<Tensor, BackendError> {
+        let err = |e: ort::Error| BackendError::Inference(e.to_string());
+        let value = ort::value::Tensor::from_array((input.shape, input.data)).map_err(err)?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| BackendError::Inference("session poisoned by an earlier panic".into()))?;
+        let outputs = session
+            .run(ort::inputs![self.input_name.as_str() => value])
+            .map_err(err)?;
+        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
+        Ok(Tensor {
+            shape: shape.iter().map(|&d| d as usize).collect(),
+            data: data.to_vec(),
+        })
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn input_dims(&self) -> Option<Vec<Option<usize>>> {
+        self.input_dims.clone()
+    }
+
+    fn runtime(&self) -> &'static str {
+        "onnxruntime"
+    }
+}

@@ -1,0 +1,453 @@
+//! Configuration like TorchServe's: `config.properties`, `TS_*` environment overrides (only
+//! with `enable_envvars_config=true`) and the launcher's flags.
+//! Precedence: command line > environment > file > defaults.
+
+pub mod cli;
+pub mod properties;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::error::ConfigError;
+pub use cli::Cli;
+
+/// Keys TorchServe never takes from the environment.
+const NOT_FROM_ENV: &[&str] = &["models", "model_snapshot", "enable_envvars_config"];
+
+/// Keys this server reads; everything else is kept in [`Settings::extra`] and ignored.
+const KNOWN_KEYS: &[&str] = &[
+    "inference_address",
+    "management_address",
+    "metrics_address",
+    "enable_metrics_api",
+    "model_store",
+    "load_models",
+    "models",
+    "default_workers_per_model",
+    "job_queue_size",
+    "default_response_timeout",
+    "default_startup_timeout",
+    "max_request_size",
+    "max_response_size",
+    "number_of_gpu",
+    "initial_worker_port",
+    "disable_token_authorization",
+    "enable_model_api",
+    "enable_envvars_config",
+    "intra_op_threads",
+    "onnxruntime_library",
+    "max_archive_size",
+];
+
+/// A listener address (`http[s]://host[:port]` or `unix:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Http { host: String, port: u16 },
+    Https { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl Address {
+    fn parse(key: &str, raw: &str, default_port: u16) -> Result<Self, ConfigError> {
+        let lower = raw.to_ascii_lowercase();
+        if let Some(path) = lower.strip_prefix("unix:") {
+            return Ok(Address::Unix(PathBuf::from(&raw[raw.len() - path.len()..])));
+        }
+        let (https, rest) = if let Some(r) = lower.strip_prefix("https://") {
+            (true, &raw[raw.len() - r.len()..])
+        } else if let Some(r) = lower.strip_prefix("http://") {
+            (false, &raw[raw.len() - r.len()..])
+        } else {
+            return Err(ConfigError::invalid(
+                key,
+                raw,
+                "expected http://HOST[:PORT], https://HOST[:PORT] or unix:/PATH",
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && !p.contains(']') => {
+                let port: u32 = p
+                    .parse()
+                    .map_err(|_| ConfigError::invalid(key, raw, "port is not a number"))?;
+                if port == 0 || port >= 65535 {
+                    return Err(ConfigError::invalid(key, raw, "port out of range"));
+                }
+                (h.to_string(), port as u16)
+            }
+            _ => (rest.to_string(), default_port),
+        };
+        if host.is_empty() {
+            return Err(ConfigError::invalid(key, raw, "missing host"));
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(if https {
+            Address::Https { host, port }
+        } else {
+            Address::Http { host, port }
+        })
+    }
+
+    /// `host:port` for binding plain HTTP; other schemes are not served yet.
+    pub fn http_bind(&self, key: &str) -> Result<(String, u16), ConfigError> {
+        match self {
+            Address::Http { host, port } => Ok((host.clone(), *port)),
+            other => Err(ConfigError::Other(format!(
+                "{key}: {other:?} is not supported yet (only http:// addresses)"
+            ))),
+        }
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub inference_address: Address,
+    pub management_address: Address,
+    pub metrics_address: Address,
+    pub enable_metrics_api: bool,
+    pub model_store: Option<PathBuf>,
+    /// Raw `load_models` entries (`all`, or `[name=]url`).
+    pub load_models: Vec<String>,
+    /// `models=` JSON: model name → version → parameters.
+    pub models: serde_json::Map<String, serde_json::Value>,
+    /// 0 means "one per GPU, else one per CPU core", as in TorchServe.
+    pub default_workers_per_model: usize,
+    pub job_queue_size: usize,
+    pub default_response_timeout: u64,
+    pub default_startup_timeout: u64,
+    pub max_request_size: usize,
+    pub max_response_size: usize,
+    pub number_of_gpu: Option<usize>,
+    pub initial_worker_port: u32,
+    pub disable_token_authorization: bool,
+    pub enable_model_api: bool,
+    /// Intra-op threads of each native worker (libtorch and ONNX Runtime).
+    pub intra_op_threads: usize,
+    /// Where ONNX Runtime's shared library is (`ORT_DYLIB_PATH` otherwise).
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Cap on the total extracted size of one archive.
+    pub max_archive_size: u64,
+    /// The configuration file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Keys this server does not use; kept so nothing is lost.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// Resolves the configuration from the process environment and command line.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::resolve(cli, &env, Path::new("config.properties"))
+    }
+
+    /// Resolution with an explicit environment (testable). `local_default` is the file read
+    /// when neither `TS_CONFIG_FILE` nor `--ts-config` names one.
+    pub fn resolve(
+        cli: &Cli,
+        env: &HashMap<String, String>,
+        local_default: &Path,
+    ) -> Result<Self, ConfigError> {
+        let named = env
+            .get("TS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .or_else(|| cli.ts_config.clone());
+        let config_file = match named {
+            Some(p) if !p.is_file() => {
+                return Err(ConfigError::File {
+                    path: p.display().to_string(),
+                    reason: "file not found".into(),
+                })
+            }
+            Some(p) => Some(p),
+            None => local_default.is_file().then(|| local_default.to_path_buf()),
+        };
+        let file = match &config_file {
+            Some(p) => properties::read_file(p)?,
+            None => HashMap::new(),
+        };
+
+        let mut builder =
+            config::Config::builder().add_source(properties::PropertiesSource(file.clone()));
+        if file.get("enable_envvars_config").map(|v| v.trim()) == Some("true") {
+            builder = builder.add_source(
+                config::Environment::with_prefix("TS").source(Some(env_overrides(env))),
+            );
+        }
+        builder = apply_cli(builder, cli).map_err(|e| ConfigError::Other(e.to_string()))?;
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Other(e.to_string()))?;
+        let get = |key: &str| merged.get_string(key).ok();
+
+        let extra = file
+            .iter()
+            .filter(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+
+        let models = match get("models") {
+            None => serde_json::Map::new(),
+            Some(raw) if raw.trim().is_empty() => serde_json::Map::new(),
+            Some(raw) => match serde_json::from_str::<serde_json::Value>(&raw) {
+                Ok(serde_json::Value::Object(m)) => m,
+                Ok(_) => return Err(ConfigError::invalid("models", &raw, "not a JSON object")),
+                Err(e) => return Err(ConfigError::invalid("models", &raw, e.to_string())),
+            },
+        };
+
+        let address = |key: &str, default: &str, port: u16| {
+            Address::parse(key, &get(key).unwrap_or_else(|| default.to_string()), port)
+        };
+
+        Ok(Settings {
+            inference_address: address("inference_address", "http://127.0.0.1:8080", 80)?,
+            management_address: address("management_address", "http://127.0.0.1:8081", 8081)?,
+            metrics_address: address("metrics_address", "http://127.0.0.1:8082", 8082)?,
+            enable_metrics_api: parse_bool(&get, "enable_metrics_api", true)?,
+            model_store: get("model_store")
+                .filter(|s| !s.trim().is_empty())
+                .map(PathBuf::from),
+            load_models: get("load_models")
+                .map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            models,
+            default_workers_per_model: parse_num(&get, "default_workers_per_model", 0)?,
+            job_queue_size: parse_num(&get, "job_queue_size", 100)?,
+            default_response_timeout: parse_num(&get, "default_response_timeout", 120)?,
+            default_startup_timeout: parse_num(&get, "default_startup_timeout", 120)?,
+            max_request_size: parse_num(&get, "max_request_size", 6_553_500)?,
+            max_response_size: parse_num(&get, "max_response_size", 6_553_500)?,
+            number_of_gpu: get("number_of_gpu")
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|_| ConfigError::invalid("number_of_gpu", &v, "not a number"))
+                })
+                .transpose()?,
+            initial_worker_port: parse_num(&get, "initial_worker_port", 9000)?,
+            disable_token_authorization: parse_bool(&get, "disable_token_authorization", false)?,
+            enable_model_api: parse_bool(&get, "enable_model_api", false)?,
+            intra_op_threads: parse_num(&get, "intra_op_threads", 1)?.max(1),
+            onnxruntime_library: get("onnxruntime_library")
+                .or_else(|| env.get("ORT_DYLIB_PATH").cloned())
+                .map(PathBuf::from),
+            max_archive_size: parse_num(&get, "max_archive_size", 4 << 30)?,
+            config_file,
+            extra,
+        })
+    }
+
+    /// Workers for a model when nothing more specific is configured.
+    pub fn workers_default(&self, gpus: usize) -> usize {
+        match self.default_workers_per_model {
+            0 if gpus > 0 => gpus,
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// `TS_<KEY>` variables, named as TorchServe names them, minus the keys it never takes from env.
+fn env_overrides(env: &HashMap<String, String>) -> config::Map<String, String> {
+    env.iter()
+        .filter_map(|(k, v)| {
+            let key = match k.as_str() {
+                "TS_TOKEN_EXPIRATION_TIME_MIN" => "TS_TOKEN_EXPIRATION_MIN".to_string(),
+                "TS_CONFIG_FILE" => return None,
+                _ => k.clone(),
+            };
+            let stripped = key.strip_prefix("TS_")?.to_ascii_lowercase();
+            (!NOT_FROM_ENV.contains(&stripped.as_str())).then(|| (key, v.clone()))
+        })
+        .collect()
+}
+
+fn apply_cli(
+    mut b: config::ConfigBuilder<config::builder::DefaultState>,
+    cli: &Cli,
+) -> Result<config::ConfigBuilder<config::builder::DefaultState>, config::ConfigError> {
+    if let Some(store) = &cli.model_store {
+        b = b.set_override("model_store", store.display().to_string())?;
+    }
+    if !cli.models.is_empty() {
+        b = b.set_override("load_models", cli.models.join(","))?;
+    }
+    // The CLI can only disable token auth and only enable the model API.
+    if cli.disable_token_auth {
+        b = b.set_override("disable_token_authorization", "true")?;
+    }
+    if cli.enable_model_api {
+        b = b.set_override("enable_model_api", "true")?;
+    }
+    Ok(b)
+}
+
+fn parse_num<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::invalid(key, &v, "not a valid non-negative integer")),
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(ConfigError::invalid(key, &v, "expected true or false")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_config(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn resolve(
+        cli: &Cli,
+        env: &[(&str, &str)],
+        file: &tempfile::NamedTempFile,
+    ) -> Result<Settings, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::resolve(cli, &env, file.path())
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let s =
+            Settings::resolve(&Cli::default(), &HashMap::new(), Path::new("/nonexistent")).unwrap();
+        assert_eq!(
+            s.inference_address,
+            Address::Http {
+                host: "127.0.0.1".into(),
+                port: 8080
+            }
+        );
+        assert_eq!(s.max_request_size, 6_553_500);
+        assert_eq!(s.job_queue_size, 100);
+        assert!(s.model_store.is_none());
+        assert!(s.config_file.is_none());
+    }
+
+    #[test]
+    fn precedence_cli_over_env_over_file() {
+        let f = write_config(
+            "enable_envvars_config=true\nmodel_store=/file\nload_models=a.mar\nmax_request_size=100\nsome_unknown_key=kept\n",
+        );
+        let cli = Cli {
+            model_store: Some("/cli".into()),
+            ..Cli::default()
+        };
+        let s = resolve(
+            &cli,
+            &[
+                ("TS_MODEL_STORE", "/env"),
+                ("TS_LOAD_MODELS", "b.mar"),
+                ("TS_MAX_REQUEST_SIZE", "200"),
+            ],
+            &f,
+        )
+        .unwrap();
+        assert_eq!(s.model_store.unwrap(), PathBuf::from("/cli"));
+        assert_eq!(s.load_models, vec!["b.mar"]);
+        assert_eq!(s.max_request_size, 200);
+        assert_eq!(s.extra["some_unknown_key"], "kept");
+    }
+
+    #[test]
+    fn env_ignored_unless_enabled() {
+        let f = write_config("max_request_size=100\n");
+        let s = resolve(&Cli::default(), &[("TS_MAX_REQUEST_SIZE", "200")], &f).unwrap();
+        assert_eq!(s.max_request_size, 100);
+    }
+
+    #[test]
+    fn models_json_never_from_env() {
+        let f = write_config(
+            "enable_envvars_config=true\nmodels={\"m\": {\"1.0\": {\"batchSize\": 4}}}\n",
+        );
+        let s = resolve(&Cli::default(), &[("TS_MODELS", "{}")], &f).unwrap();
+        assert_eq!(s.models["m"]["1.0"]["batchSize"], 4);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let f = write_config("inference_address=http://127.0.0.1:80x0\n");
+        let err = resolve(&Cli::default(), &[], &f).unwrap_err().to_string();
+        assert!(err.contains("inference_address"), "{err}");
+        let f = write_config("max_request_size=lots\n");
+        let err = resolve(&Cli::default(), &[], &f).unwrap_err().to_string();
+        assert!(err.contains("max_request_size"), "{err}");
+        let f = write_config("models={not json\n");
+        assert!(resolve(&Cli::default(), &[], &f)
+            .unwrap_err()
+            .to_string()
+            .contains("models"));
+    }
+
+    #[test]
+    fn named_missing_file_is_an_error() {
+        let cli = Cli {
+            ts_config: Some("/no/such/config.properties".into()),
+            ..Cli::default()
+        };
+        let err = Settings::resolve(&cli, &HashMap::new(), Path::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("/no/such/config.properties"));
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            Address::parse("k", "HTTP://0.0.0.0", 8081).unwrap(),
+            Address::Http {
+                host: "0.0.0.0".into(),
+                port: 8081
+            }
+        );
+        assert_eq!(
+            Address::parse("k", "https://[::1]:8443", 443).unwrap(),
+            Address::Https {
+                host: "::1".into(),
+                port: 8443
+            }
+        );
+        assert_eq!(
+            Address::parse("k", "unix:/tmp/s.sock", 1).unwrap(),
+            Address::Unix("/tmp/s.sock".into())
+        );
+        assert!(Address::parse("k", "http://h:65535", 1).is_err());
+        assert!(Address::parse("k", "ftp://h:1", 1).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Handlers: what turns requests into model inputs and model outputs into replies.
+//!
+//! Native handlers implement TorchServe handler contracts in Rust. Which archives run natively
+//! is explicit (README, "Native handlers"): `ferroserve.native_handler` in the archive's
+//! model-config.yaml, else a manifest `handler` that names a native handler. Any other handler
+//! is Python code, which needs TorchServe's Python worker.
+
+pub mod tensor_classifier;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::archive::ModelArchive;
+use crate::backend::{self, RuntimeOptions};
+use crate::error::{ApiError, LoadError};
+
+/// One input parameter, as TorchServe builds them (§1.3 of its request decoding).
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub content_type: Option<String>,
+    pub value: Bytes,
+}
+
+/// One request as the handler sees it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInput {
+    pub request_id: String,
+    pub headers: Vec<(String, String)>,
+    pub params: Vec<Param>,
+}
+
+impl RequestInput {
+    /// The last parameter with that name (TorchServe keeps the last duplicate).
+    pub fn param(&self, name: &str) -> Option<&Param> {
+        self.params.iter().rev().find(|p| p.name == name)
+    }
+}
+
+/// A handler's answer to one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// A request decoded on the request thread, ready to join a batch.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The request's model input, already shaped for the batch (no batch dimension).
+    pub tensor: Vec<f32>,
+    pub topk: usize,
+}
+
+pub trait NativeHandler: Send + Sync {
+    /// Decodes one request; runs on the HTTP side so bad input never occupies a worker.
+    fn preprocess(&self, input: &RequestInput) -> Result<Prepared, ApiError>;
+    /// Runs one batch; one result per request, in order. Blocking, on a worker thread.
+    fn infer(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError>;
+    /// The device the model runs on.
+    fn device(&self) -> crate::device::Device;
+}
+
+/// Names of the handlers implemented natively.
+pub const NATIVE_HANDLERS: &[&str] = &[tensor_classifier::NAME];
+
+/// Which native handler, if any, serves this archive.
+pub fn native_handler_name(archive: &ModelArchive) -> Option<String> {
+    if let Some(name) = archive
+        .config
+        .ferroserve("native_handler")
+        .and_then(|v| v.as_str())
+    {
+        return Some(name.to_string());
+    }
+    let handler = archive.manifest.model.handler.as_deref()?;
+    NATIVE_HANDLERS
+        .iter()
+        .find(|n| **n == handler)
+        .map(|n| n.to_string())
+}
+
+/// Builds the native handler for an archive, or says why it cannot run here.
+pub fn load(
+    archive: &ModelArchive,
+    options: &RuntimeOptions,
+) -> Result<Arc<dyn NativeHandler>, LoadError> {
+    let Some(name) = native_handler_name(archive) else {
+        return Err(LoadError::Unsupported(format!(
+            "handler {:?} is custom Python code; running Python handlers is not supported yet \
+             (native handlers: {}; select one with ferroserve.native_handler in model-config.yaml)",
+            archive.manifest.model.handler.as_deref().unwrap_or(""),
+            NATIVE_HANDLERS.join(", ")
+        )));
+    };
+    match name.as_str() {
+        tensor_classifier::NAME => {
+            let file = archive
+                .manifest
+                .model
+                .serialized_file
+                .as_deref()
+                .ok_or_else(|| LoadError::Invalid("the manifest names no serializedFile".into()))?;
+            let path = crate::archive::safe_join(&archive.dir, file).ok_or_else(|| {
+                LoadError::Invalid(format!(
+                    "serializedFile {file:?} escapes the model directory"
+                ))
+            })?;
+            if !path.is_file() {
+                return Err(LoadError::Invalid(format!(
+                    "serializedFile {file} is missing from the archive"
+                )));
+            }
+            let model = backend::load(&path, options)?;
+            Ok(Arc::new(tensor_classifier::TensorClassifier::new(
+                archive,
+                Arc::from(model),
+            )?))
+        }
+        other => Err(LoadError::Unsupported(format!(
+            "unknown native handler {other:?} (known: {})",
+            NATIVE_HANDLERS.join(", ")
+        ))),
+    }
+}

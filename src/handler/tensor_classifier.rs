@@ -1,0 +1,433 @@
+//! `json_tensor_classifier`: a JSON sequence of feature frames in, top-k labels out.
+//!
+//! Request: `{"landmarks": [frame, ...], "topk": 5}` where a frame is a flat list of numbers or
+//! a list of points (`[x, y, z]`...) that is flattened. Sequences are zero-padded or truncated
+//! to the model's frame count. Reply: `{"predictions": [{"label", "confidence"}...],
+//! "device": "cpu"}`, written like the Python handler's `json.dumps(indent=2)`.
+//!
+//! The shape comes from model-config.yaml (`handler.frames`, `handler.features`), or from the
+//! ONNX input's static dimensions.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Serialize;
+
+use super::{NativeHandler, Prepared, Reply, RequestInput};
+use crate::archive::ModelArchive;
+use crate::backend::{Backend, Tensor};
+use crate::device::Device;
+use crate::error::{ApiError, LoadError};
+
+pub const NAME: &str = "json_tensor_classifier";
+const DEFAULT_TOPK: usize = 5;
+
+pub struct TensorClassifier {
+    model: Arc<dyn Backend>,
+    frames: usize,
+    features: usize,
+    labels: Vec<String>,
+}
+
+impl TensorClassifier {
+    pub fn new(archive: &ModelArchive, model: Arc<dyn Backend>) -> Result<Self, LoadError> {
+        let section = archive.config.get("handler");
+        let from_yaml = |key: &str| {
+            section
+                .and_then(|s| s.get(key))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+        };
+        let dims = model.input_dims().unwrap_or_default();
+        let from_model = |i: usize| dims.get(i).copied().flatten();
+        let frames = from_yaml("frames").or_else(|| from_model(1));
+        let features = from_yaml("features").or_else(|| from_model(2));
+        let (Some(frames), Some(features)) = (frames, features) else {
+            return Err(LoadError::Invalid(format!(
+                "{NAME} needs the input shape: set handler.frames and handler.features in model-config.yaml"
+            )));
+        };
+        if frames == 0 || features == 0 {
+            return Err(LoadError::Invalid(
+                "handler.frames and handler.features must be > 0".into(),
+            ));
+        }
+        let labels = read_labels(archive)?;
+        Ok(Self {
+            model,
+            frames,
+            features,
+            labels,
+        })
+    }
+
+    fn label(&self, class: usize) -> String {
+        self.labels
+            .get(class)
+            .filter(|l| !l.is_empty())
+            .cloned()
+            .unwrap_or_else(|| class.to_string())
+    }
+}
+
+/// `index_to_name.json`: `{"0": "hello"}` or ImageNet-style `{"0": ["n01440764", "tench"]}`.
+fn read_labels(archive: &ModelArchive) -> Result<Vec<String>, LoadError> {
+    let path = archive.file("index_to_name.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Vec::new());
+    };
+    let map: HashMap<String, serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| LoadError::Invalid(format!("index_to_name.json: {e}")))?;
+    let mut labels = Vec::new();
+    for (k, v) in map {
+        let Ok(i) = k.parse::<usize>() else { continue };
+        let name = match &v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(a) => a
+                .last()
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            other => other.to_string(),
+        };
+        if i >= labels.len() {
+            labels.resize(i + 1, String::new());
+        }
+        labels[i] = name;
+    }
+    Ok(labels)
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    label: String,
+    confidence: f64,
+}
+
+#[derive(Serialize)]
+struct Answer {
+    predictions: Vec<Prediction>,
+    device: String,
+}
+
+impl NativeHandler for TensorClassifier {
+    fn preprocess(&self, input: &RequestInput) -> Result<Prepared, ApiError> {
+        let param = input
+            .param("data")
+            .or_else(|| input.param("body"))
+            .ok_or_else(|| ApiError::bad_request("missing request body"))?;
+        parse_request(&param.value, self.frames, self.features)
+    }
+
+    fn infer(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError> {
+        let per_item = self.frames * self.features;
+        let mut data = Vec::with_capacity(batch.len() * per_item);
+        for item in batch {
+            data.extend_from_slice(&item.tensor);
+        }
+        let input = Tensor::new(vec![batch.len(), self.frames, self.features], data);
+        let output = self
+            .model
+            .forward(input)
+            .map_err(|e| ApiError::internal(503, format!("Prediction failed: {e}")))?;
+        if output.shape.first() != Some(&batch.len()) || output.data.len() % batch.len() != 0 {
+            return Err(ApiError::internal(
+                503,
+                format!(
+                    "model returned shape {:?} for a batch of {}",
+                    output.shape,
+                    batch.len()
+                ),
+            ));
+        }
+        let classes = output.data.len() / batch.len();
+        let device = self.model.device().to_string();
+        let device = device.split(':').next().unwrap_or("cpu").to_string();
+        Ok(batch
+            .iter()
+            .zip(output.data.chunks(classes))
+            .map(|(item, logits)| {
+                let probs = softmax(logits);
+                let mut order: Vec<usize> = (0..classes).collect();
+                order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+                let answer = Answer {
+                    predictions: order
+                        .into_iter()
+                        .take(item.topk.clamp(1, classes))
+                        .map(|c| Prediction {
+                            label: self.label(c),
+                            confidence: f64::from(probs[c]),
+                        })
+                        .collect(),
+                    device: device.clone(),
+                };
+                Reply {
+                    status: 200,
+                    content_type: None,
+                    headers: Vec::new(),
+                    body: Bytes::from(
+                        serde_json::to_vec_pretty(&answer).expect("answer serializes"),
+                    ),
+                }
+            })
+            .collect())
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
+    }
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Parses the JSON body straight into the zero-padded `[frames, features]` buffer: no
+/// intermediate JSON tree for the tens of thousands of numbers a request carries.
+pub fn parse_request(body: &[u8], frames: usize, features: usize) -> Result<Prepared, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = RequestSeed { frames, features };
+    let parsed = seed
+        .deserialize(&mut de)
+        .and_then(|p| de.end().map(|_| p))
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    let (tensor, topk) = parsed;
+    let tensor = tensor.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "invalid request: missing \"landmarks\" (expected [<= {frames} frames, {features} features])"
+        ))
+    })?;
+    Ok(Prepared {
+        tensor,
+        topk: topk.unwrap_or(DEFAULT_TOPK),
+    })
+}
+
+struct RequestSeed {
+    frames: usize,
+    features: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for RequestSeed {
+    type Value = (Option<Vec<f32>>, Option<usize>);
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RequestSeed {
+    type Value = (Option<Vec<f32>>, Option<usize>);
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object with \"landmarks\"")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut tensor, mut topk) = (None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "landmarks" => {
+                    tensor = Some(map.next_value_seed(Landmarks {
+                        frames: self.frames,
+                        features: self.features,
+                    })?)
+                }
+                "topk" => {
+                    let k: usize = map
+                        .next_value()
+                        .map_err(|_| de::Error::custom("\"topk\" must be a positive integer"))?;
+                    if k == 0 {
+                        return Err(de::Error::custom("\"topk\" must be a positive integer"));
+                    }
+                    topk = Some(k);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((tensor, topk))
+    }
+}
+
+/// `[frame, ...]` → padded buffer; frames past the model's count are skipped unread.
+struct Landmarks {
+    frames: usize,
+    features: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Landmarks {
+    type Value = Vec<f32>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<f32>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Landmarks {
+    type Value = Vec<f32>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("\"landmarks\" as a list of frames")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+        let mut out = vec![0f32; self.frames * self.features];
+        let mut index = 0;
+        loop {
+            if index < self.frames {
+                let row = &mut out[index * self.features..(index + 1) * self.features];
+                let frame = Frame {
+                    index,
+                    frames: self.frames,
+                    row,
+                };
+                if seq.next_element_seed(frame)?.is_none() {
+                    break;
+                }
+            } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+            index += 1;
+        }
+        if index == 0 {
+            return Err(de::Error::custom(
+                "\"landmarks\" must be a non-empty list of frames",
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// One frame: numbers, or points (lists of numbers), flattened into `row`.
+struct Frame<'a> {
+    index: usize,
+    frames: usize,
+    row: &'a mut [f32],
+}
+
+impl<'de> DeserializeSeed<'de> for Frame<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Frame<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "frame {} as a list of numbers or of points", self.index)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let features = self.row.len();
+        let mut count = 0usize;
+        while let Some(()) = seq.next_element_seed(Values {
+            row: &mut *self.row,
+            count: &mut count,
+        })? {}
+        if count != features {
+            return Err(de::Error::custom(format!(
+                "frame {} has {count} values, expected {features} (input shape [<= {}, {features}]; \
+                 points such as [x, y, z] are flattened)",
+                self.index, self.frames
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A number, or a point (list of numbers); values past the row's end are only counted.
+struct Values<'a> {
+    row: &'a mut [f32],
+    count: &'a mut usize,
+}
+
+impl Values<'_> {
+    fn push(&mut self, v: f64) {
+        if let Some(slot) = self.row.get_mut(*self.count) {
+            *slot = v as f32;
+        }
+        *self.count += 1;
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Values<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Values<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number or a list of numbers")
+    }
+    fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
+        self.push(v);
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(mut self, v: i64) -> Result<(), E> {
+        self.push(v as f64);
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(mut self, v: u64) -> Result<(), E> {
+        self.push(v as f64);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(v) = seq.next_element::<f64>()? {
+            self.push(v);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_and_point_frames_pad_and_truncate() {
+        let p = parse_request(
+            br#"{"landmarks": [[1, 2, 3, 4], [[5, 6], [7, 8]]], "topk": 2}"#,
+            3,
+            4,
+        )
+        .unwrap();
+        assert_eq!(
+            p.tensor,
+            vec![1., 2., 3., 4., 5., 6., 7., 8., 0., 0., 0., 0.]
+        );
+        assert_eq!(p.topk, 2);
+        let p = parse_request(br#"{"x": {"y": 1}, "landmarks": [[1], [2], [3]]}"#, 2, 1).unwrap();
+        assert_eq!(p.tensor, vec![1., 2.]);
+        assert_eq!(p.topk, DEFAULT_TOPK);
+    }
+
+    #[test]
+    fn wrong_shapes_name_the_expected_shape() {
+        let err = parse_request(br#"{"landmarks": [[1, 2, 3]]}"#, 64, 4).unwrap_err();
+        assert_eq!(err.code, 400);
+        assert!(err.message.contains("expected 4"), "{}", err.message);
+        assert!(err.message.contains("[<= 64, 4]"), "{}", err.message);
+        for bad in [
+            &br#"{"landmarks": []}"#[..],
+            br#"{}"#,
+            br#"[1]"#,
+            b"not json",
+            br#"{"landmarks": [["a"]]}"#,
+            br#"{"landmarks": [[1]], "topk": 0}"#,
+        ] {
+            assert_eq!(parse_request(bad, 2, 1).unwrap_err().code, 400);
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let p = softmax(&[1.0, 2.0, 3.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[2] > p[1] && p[1] > p[0]);
+    }
+}

@@ -1,0 +1,11 @@
+//! ferroserve: a drop-in replacement for TorchServe 0.12.
+
+pub mod api;
+pub mod archive;
+pub mod backend;
+pub mod batching;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod handler;
+pub mod registry;

@@ -1,0 +1,173 @@
+//! `ferroserve`: starts, or stops, the model server, accepting TorchServe's command line.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use ferroserve::api::{self, AppState};
+use ferroserve::backend::RuntimeOptions;
+use ferroserve::config::{Cli, Settings};
+use ferroserve::device::{self, DeviceRequest, LibtorchProbe};
+use ferroserve::registry::{self, Registry};
+
+/// Where `--start` records the server's PID for `--stop` (TorchServe's location).
+fn pid_file() -> PathBuf {
+    std::env::temp_dir().join(".model_server.pid")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    if cli.stop {
+        return stop();
+    }
+    if !cli.foreground {
+        return detach();
+    }
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ferroserve: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--start` without `--foreground`: start the server in the background and return, as the
+/// `torchserve` launcher does.
+fn detach() -> ExitCode {
+    if let Some(pid) = running_pid() {
+        eprintln!(
+            "ferroserve is already running (pid {pid}), please use ferroserve --stop to stop it."
+        );
+        return ExitCode::FAILURE;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ferroserve: cannot find own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--foreground".into());
+    match std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+    {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferroserve: cannot start the server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn running_pid() -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: signal 0 only checks that the process exists.
+    (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
+
+fn stop() -> ExitCode {
+    match running_pid() {
+        Some(pid) => {
+            // SAFETY: plain kill(2) on the recorded server PID.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let _ = std::fs::remove_file(pid_file());
+            println!("ferroserve has stopped.");
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!("ferroserve is not currently running.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let settings = Settings::load(cli).map_err(|e| e.to_string())?;
+    let store = settings
+        .model_store
+        .clone()
+        .ok_or("Missing mandatory parameter --model-store")?;
+    if !store.is_dir() {
+        return Err(format!(
+            "--model-store directory not found: {}",
+            store.display()
+        ));
+    }
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let request = DeviceRequest::from_env(&env).map_err(|e| e.to_string())?;
+    let device =
+        device::select(request, &mut LibtorchProbe::new(&env)).map_err(|e| e.to_string())?;
+    tracing::info!(%device, ?request, "device selected");
+    tch::set_num_threads(settings.intra_op_threads as i32);
+    tch::set_num_interop_threads(1);
+    if let Some(file) = &settings.config_file {
+        tracing::info!("Config file: {}", file.display());
+    }
+    tracing::info!("Model Store: {}", store.display());
+    for key in settings.extra.keys() {
+        tracing::debug!(key, "configuration key not used by ferroserve");
+    }
+
+    let runtime = RuntimeOptions {
+        device,
+        intra_op_threads: settings.intra_op_threads,
+        onnxruntime_library: settings.onnxruntime_library.clone(),
+    };
+    let registry = Registry::new(settings.initial_worker_port);
+    for (name, url) in registry::startup_entries(&settings) {
+        let loaded = registry
+            .load(&settings, &runtime, name.as_deref(), &url, true)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                let (n, v, d, w) = (
+                    m.name.clone(),
+                    m.version.clone(),
+                    m.device(),
+                    m.workers.len(),
+                );
+                registry
+                    .insert(m)
+                    .map(|_| (n, v, d, w))
+                    .map_err(|e| e.message)
+            });
+        match loaded {
+            Ok((n, v, d, w)) => {
+                tracing::info!(model = %n, version = %v, device = %d, workers = w, "model loaded")
+            }
+            Err(e) => tracing::error!(url = %url, "failed to load model: {e}"),
+        }
+    }
+
+    std::fs::write(pid_file(), std::process::id().to_string()).ok();
+    let state = AppState {
+        settings: Arc::new(settings),
+        registry: Arc::new(registry),
+    };
+    let result = actix_web::rt::System::new()
+        .block_on(api::serve(state))
+        .map_err(|e| e.to_string());
+    if running_pid() == Some(std::process::id() as i32) {
+        let _ = std::fs::remove_file(pid_file());
+    }
+    result
+}

@@ -1,0 +1,282 @@
+//! Models by name and version, their parameters, and how they are loaded.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::archive::{self, ModelArchive};
+use crate::backend::RuntimeOptions;
+use crate::batching::{BatchSettings, JobQueue, Worker};
+use crate::config::Settings;
+use crate::device::Device;
+use crate::error::{ApiError, LoadError};
+use crate::handler::{self, NativeHandler};
+
+/// A model version's serving parameters, resolved once at load time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelParams {
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub batch_size: usize,
+    pub max_batch_delay_ms: u64,
+    pub response_timeout_s: u64,
+    pub startup_timeout_s: u64,
+    pub max_retry_timeout_s: u64,
+    pub client_timeout_ms: u64,
+    pub job_queue_size: usize,
+}
+
+impl ModelParams {
+    /// TorchServe's start-up precedence: model-config.yaml > `models=` entry > server default.
+    pub fn resolve(settings: &Settings, archive: &ModelArchive, name: &str, version: &str) -> Self {
+        let entry = settings
+            .models
+            .get(name)
+            .and_then(|v| v.get(version))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let from_models = |key: &str| entry.get(key).and_then(Value::as_i64).filter(|&v| v > 0);
+        let yaml = &archive.config;
+        let positive = |key: &str| yaml.int(key).filter(|&v| v > 0);
+
+        let default_workers = settings.workers_default(0) as i64;
+        let (mut min, mut max) = (default_workers, default_workers);
+        if let Some(v) = from_models("minWorkers") {
+            min = v;
+        }
+        if let Some(v) = from_models("maxWorkers") {
+            max = v;
+        }
+        if let (Some(ymin), Some(ymax)) = (positive("minWorkers"), yaml.int("maxWorkers")) {
+            if ymax >= ymin {
+                (min, max) = (ymin, ymax);
+            }
+        }
+        let pick = |key: &str, default: i64| {
+            positive(key)
+                .or_else(|| from_models(key))
+                .unwrap_or(default)
+        };
+        ModelParams {
+            min_workers: min.max(0) as usize,
+            max_workers: max.max(min).max(0) as usize,
+            batch_size: pick("batchSize", 1) as usize,
+            max_batch_delay_ms: pick("maxBatchDelay", 100) as u64,
+            response_timeout_s: pick("responseTimeout", settings.default_response_timeout as i64)
+                as u64,
+            startup_timeout_s: pick("startupTimeout", settings.default_startup_timeout as i64)
+                as u64,
+            max_retry_timeout_s: positive("maxRetryTimeoutInSec").unwrap_or(300) as u64,
+            client_timeout_ms: positive("clientTimeoutInMills").unwrap_or(0) as u64,
+            job_queue_size: positive("jobQueueSize").unwrap_or(settings.job_queue_size as i64)
+                as usize,
+        }
+    }
+}
+
+/// One loaded version of a model, with its queue and workers.
+pub struct ModelVersion {
+    pub name: String,
+    pub version: String,
+    pub runtime: String,
+    pub params: ModelParams,
+    pub loaded_at_startup: bool,
+    pub handler: Arc<dyn NativeHandler>,
+    pub queue: JobQueue,
+    pub workers: Vec<Worker>,
+    pub archive: ModelArchive,
+}
+
+impl ModelVersion {
+    pub fn url(&self) -> &str {
+        &self.archive.url
+    }
+
+    pub fn device(&self) -> Device {
+        self.handler.device()
+    }
+
+    pub fn healthy_workers(&self) -> usize {
+        self.workers.iter().filter(|w| w.is_alive()).count()
+    }
+}
+
+struct Versions {
+    default: String,
+    versions: BTreeMap<String, Arc<ModelVersion>>,
+}
+
+/// Every registered model. Lookups take a read lock; (un)registration is rare.
+pub struct Registry {
+    models: RwLock<BTreeMap<String, Versions>>,
+    next_worker_id: AtomicU32,
+}
+
+impl Registry {
+    pub fn new(first_worker_id: u32) -> Self {
+        Self {
+            models: RwLock::new(BTreeMap::new()),
+            next_worker_id: AtomicU32::new(first_worker_id),
+        }
+    }
+
+    /// The requested version, or the default one.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, ApiError> {
+        let models = self.models.read().expect("registry lock");
+        let entry = models
+            .get(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        let v = version.unwrap_or(&entry.default);
+        entry
+            .versions
+            .get(v)
+            .cloned()
+            .ok_or_else(|| ApiError::version_not_found(name, v))
+    }
+
+    /// Every version of a model (default first).
+    pub fn all_versions(&self, name: &str) -> Result<Vec<Arc<ModelVersion>>, ApiError> {
+        let models = self.models.read().expect("registry lock");
+        let entry = models
+            .get(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        let mut all: Vec<_> = entry.versions.values().cloned().collect();
+        all.sort_by_key(|m| m.version != entry.default);
+        Ok(all)
+    }
+
+    /// Default versions, sorted by name.
+    pub fn defaults(&self) -> Vec<Arc<ModelVersion>> {
+        let models = self.models.read().expect("registry lock");
+        models
+            .values()
+            .filter_map(|e| e.versions.get(&e.default).cloned())
+            .collect()
+    }
+
+    pub fn insert(&self, model: ModelVersion) -> Result<(), ApiError> {
+        let mut models = self.models.write().expect("registry lock");
+        let entry = models
+            .entry(model.name.clone())
+            .or_insert_with(|| Versions {
+                default: model.version.clone(),
+                versions: BTreeMap::new(),
+            });
+        if entry.versions.contains_key(&model.version) {
+            return Err(ApiError::new(
+                409,
+                "ConflictStatusException",
+                format!(
+                    "Model version {} is already registered for model {}",
+                    model.version, model.name
+                ),
+            ));
+        }
+        entry
+            .versions
+            .insert(model.version.clone(), Arc::new(model));
+        Ok(())
+    }
+
+    /// Opens an archive, builds its handler and starts its workers.
+    pub fn load(
+        &self,
+        settings: &Settings,
+        runtime: &RuntimeOptions,
+        name_override: Option<&str>,
+        url: &str,
+        at_startup: bool,
+    ) -> Result<ModelVersion, LoadError> {
+        let store = settings
+            .model_store
+            .as_deref()
+            .ok_or_else(|| LoadError::Invalid("Model store has not been configured.".into()))?;
+        let archive = ModelArchive::open(store, url, settings.max_archive_size)?;
+        let name = name_override
+            .map(str::to_string)
+            .or_else(|| archive.manifest.model.model_name.clone())
+            .unwrap_or_else(|| archive::default_model_name(url));
+        let version = archive
+            .manifest
+            .model
+            .model_version
+            .clone()
+            .unwrap_or_else(|| "1.0".into());
+        let runtime_name = archive
+            .manifest
+            .runtime
+            .clone()
+            .unwrap_or_else(|| "python".into());
+        if !matches!(runtime_name.as_str(), "python" | "python3" | "LSP") {
+            return Err(LoadError::Invalid(
+                "Runtime is not defined or invalid.".into(),
+            ));
+        }
+        let params = ModelParams::resolve(settings, &archive, &name, &version);
+        let handler = handler::load(&archive, runtime)?;
+        let queue = JobQueue::new(params.job_queue_size.max(1));
+        let batch = BatchSettings {
+            batch_size: params.batch_size.max(1),
+            max_batch_delay: Duration::from_millis(params.max_batch_delay_ms),
+        };
+        let label = format!("{name}_{version}");
+        let workers = (0..params.min_workers)
+            .map(|_| {
+                let id = self.next_worker_id.fetch_add(1, Ordering::SeqCst);
+                Worker::spawn(id, &label, &queue, handler.clone(), batch)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LoadError::Invalid(format!("cannot start worker threads: {e}")))?;
+        Ok(ModelVersion {
+            name,
+            version,
+            runtime: runtime_name,
+            params,
+            loaded_at_startup: at_startup,
+            handler,
+            queue,
+            workers,
+            archive,
+        })
+    }
+}
+
+/// Expands `load_models` entries: `all` means every `.mar`/`.model` file and folder of the
+/// store (hidden entries skipped); otherwise `[name=]url` entries.
+pub fn startup_entries(settings: &Settings) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    for entry in &settings.load_models {
+        if entry.eq_ignore_ascii_case("all") {
+            let Some(store) = &settings.model_store else {
+                continue;
+            };
+            let mut names: Vec<String> = std::fs::read_dir(store)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter_map(|e| {
+                            let name = e.file_name().to_string_lossy().to_string();
+                            let keep = !name.starts_with('.')
+                                && (e.path().is_dir()
+                                    || name.ends_with(".mar")
+                                    || name.ends_with(".model"));
+                            keep.then_some(name)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            out.extend(names.into_iter().map(|n| (None, n)));
+        } else {
+            match entry.split_once('=') {
+                Some((name, url)) => {
+                    out.push((Some(name.trim().to_string()), url.trim().to_string()))
+                }
+                None => out.push((None, entry.clone())),
+            }
+        }
+    }
+    out
+}
