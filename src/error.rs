@@ -86,13 +86,20 @@ impl ApiError {
         Self::new(code, "InternalServerException", message)
     }
 
-    /// The body TorchServe writes: Gson pretty printing with a trailing newline.
+    /// The body TorchServe writes: fields in its order, Gson pretty printing, trailing newline.
     pub fn body(&self) -> String {
-        let mut s = serde_json::to_string_pretty(&serde_json::json!({
-            "code": self.code,
-            "type": self.kind,
-            "message": self.message,
-        }))
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            code: u16,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            message: &'a str,
+        }
+        let mut s = serde_json::to_string_pretty(&Body {
+            code: self.code,
+            kind: self.kind,
+            message: &self.message,
+        })
         .expect("error body serializes");
         s.push('\n');
         s

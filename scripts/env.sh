@@ -1,0 +1,24 @@
+# Sourced by start.sh and scripts/test.sh: installs what a fresh Debian machine lacks and
+# exports the build environment. Everything lands in stable, versioned paths outside the
+# clone, so later runs (and CI) reuse it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+missing=()
+command -v unzip >/dev/null || missing+=(unzip)
+command -v cc >/dev/null || missing+=(build-essential)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
+
+eval "$("$ROOT/scripts/native-deps.sh" --env)"
+export LIBTORCH ORT_DYLIB_PATH
+export CARGO_TARGET_DIR="${FERROSERVE_TARGET_DIR:-$HOME/.cache/ferroserve/target}"

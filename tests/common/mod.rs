@@ -1,0 +1,282 @@
+//! Starts the real `ferroserve` binary on free loopback ports with a private model store.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent()
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub inference: String,
+    pub management: String,
+    pub metrics: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// What a test server gets: extra config lines, archives copied from `model-store/`,
+/// extra environment.
+#[derive(Default)]
+pub struct Setup<'a> {
+    pub archives: &'a [&'a str],
+    pub config: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+impl Server {
+    pub fn model_store(dir: &Path) -> PathBuf {
+        dir.join("model-store")
+    }
+
+    /// Prepares the directory and config, then lets `prepare` add files before start.
+    pub fn start_with(setup: Setup, prepare: impl FnOnce(&Path)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Self::model_store(dir.path());
+        std::fs::create_dir_all(&store).unwrap();
+        for a in setup.archives {
+            std::fs::copy(Path::new(REPO).join("model-store").join(a), store.join(a)).unwrap();
+        }
+        prepare(&store);
+        let (ip, mp, xp) = (free_port(), free_port(), free_port());
+        let config = format!(
+            "inference_address=http://127.0.0.1:{ip}\nmanagement_address=http://127.0.0.1:{mp}\n\
+             metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\n{}\n",
+            store.display(),
+            setup.config
+        );
+        let cfg_path = dir.path().join("config.properties");
+        std::fs::write(&cfg_path, config).unwrap();
+        let log = dir.path().join("server.log");
+        let child = spawn(
+            dir.path(),
+            &["--foreground", "--ts-config", cfg_path.to_str().unwrap()],
+            setup.env,
+            &log,
+        );
+        let server = Server {
+            inference: format!("http://127.0.0.1:{ip}"),
+            management: format!("http://127.0.0.1:{mp}"),
+            metrics: format!("http://127.0.0.1:{xp}"),
+            dir,
+            child,
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    pub fn start(setup: Setup) -> Server {
+        Self::start_with(setup, |_| {})
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let agent = agent();
+        while Instant::now() < deadline {
+            if agent.get(format!("{}/ping", self.inference)).call().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not become ready:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(cwd: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroserve"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("TMPDIR", cwd)
+        .env("RUST_LOG", "info")
+        .env_remove("TORCH_DEVICE")
+        .env_remove("DEVICE")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn ferroserve")
+}
+
+/// Runs the binary expecting it to exit (bad configuration); returns (exit code, output).
+pub fn run_to_exit(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let log = cwd.join("exit.log");
+    let mut child = spawn(cwd, args, env, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut text = String::new();
+            std::fs::File::open(&log)
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
+            return (status.code().unwrap_or(-1), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferroserve did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The generator's reference: formula inputs and the logits torch computed for them.
+pub struct Reference {
+    pub json: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load() -> Self {
+        let text =
+            std::fs::read_to_string(Path::new(REPO).join("tests/fixtures/sign_reference.json"))
+                .unwrap();
+        Self {
+            json: serde_json::from_str(&text).unwrap(),
+        }
+    }
+
+    pub fn features(&self) -> usize {
+        self.json["features"].as_u64().unwrap() as usize
+    }
+
+    pub fn cases(&self) -> &Vec<serde_json::Value> {
+        self.json["cases"].as_array().unwrap()
+    }
+
+    pub fn label(&self, class: usize) -> String {
+        self.json["labels"][class.to_string()]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// The same formula as scripts/gen_models.py, computed in f64 then rounded to f32.
+pub fn formula_frames(seed: u64, frames: usize, features: usize) -> Vec<Vec<f32>> {
+    (0..frames)
+        .map(|f| {
+            (0..features)
+                .map(|j| {
+                    let idx = (f * features + j) as f64;
+                    ((idx * 0.001 * (seed + 1) as f64 + seed as f64).sin() * 0.5) as f32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A request body for a reference case: flat frames or frames of `[x, y, z]` points.
+pub fn request_body(case: &serde_json::Value, features: usize, topk: usize) -> String {
+    let frames = formula_frames(
+        case["seed"].as_u64().unwrap(),
+        case["frames"].as_u64().unwrap() as usize,
+        features,
+    );
+    let landmarks: serde_json::Value = if case["format"] == "points" {
+        frames
+            .iter()
+            .map(|f| f.chunks(3).map(|p| p.to_vec()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+            .into()
+    } else {
+        frames.into()
+    };
+    serde_json::json!({"landmarks": landmarks, "topk": topk}).to_string()
+}
+
+pub fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits.iter().map(|v| (v - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// POST a body; returns (status, body text, headers as lower-case pairs).
+pub fn post(url: &str, content_type: &str, body: &str) -> (u16, String, Vec<(String, String)>) {
+    let res = agent()
+        .post(url)
+        .header("Content-Type", content_type)
+        .send(body)
+        .unwrap();
+    into_parts(res)
+}
+
+pub fn get(url: &str) -> (u16, String, Vec<(String, String)>) {
+    into_parts(agent().get(url).call().unwrap())
+}
+
+fn into_parts(mut res: ureq::http::Response<ureq::Body>) -> (u16, String, Vec<(String, String)>) {
+    let status = res.status().as_u16();
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_lowercase(),
+                v.to_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let body = res
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_default();
+    (status, body, headers)
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Asserts TorchServe's error JSON: `{"code", "type", "message"}` in that order, pretty, `\n`.
+pub fn assert_error(body: &str, code: u16, kind: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(v["code"], code, "{body}");
+    assert_eq!(v["type"], kind, "{body}");
+    assert!(body.ends_with("}\n"), "{body:?}");
+    let order: Vec<usize> = ["\"code\"", "\"type\"", "\"message\""]
+        .iter()
+        .map(|k| body.find(k).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{body}");
+    v["message"].as_str().unwrap().to_string()
+}

@@ -1,0 +1,341 @@
+//! The inference and management APIs against the real server and the bundled sign models.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+const BOTH: &[&str] = &["sign.mar", "sign_onnx.mar"];
+
+/// Every reference case (full, padded, truncated, `[x, y, z]` points) through both runtimes
+/// matches the logits torch computed, within 1e-4 on every class probability.
+#[test]
+fn predictions_match_reference_for_torchscript_and_onnx() {
+    let server = Server::start(Setup {
+        archives: BOTH,
+        ..Setup::default()
+    });
+    let reference = Reference::load();
+    let classes = reference.json["classes"].as_u64().unwrap() as usize;
+    for model in ["sign", "sign_onnx"] {
+        for case in reference.cases() {
+            let body = request_body(case, reference.features(), classes);
+            let (status, text, headers) = post(
+                &format!("{}/predictions/{model}", server.inference),
+                "application/json",
+                &body,
+            );
+            assert_eq!(status, 200, "{model} {case}: {text}");
+            assert!(header(&headers, "x-request-id").is_some());
+            let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(answer["device"], "cpu");
+            let logits: Vec<f64> = case["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let expected = softmax(&logits);
+            let got: HashMap<String, f64> = answer["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["label"].as_str().unwrap().to_string(),
+                        p["confidence"].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(got.len(), classes);
+            for (class, p) in expected.iter().enumerate() {
+                let g = got[&reference.label(class)];
+                assert!(
+                    (g - p).abs() < 1e-4,
+                    "{model} seed {} class {class}: {g} vs {p}",
+                    case["seed"]
+                );
+            }
+            // Sorted by confidence, best first.
+            let confs: Vec<f64> = answer["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["confidence"].as_f64().unwrap())
+                .collect();
+            assert!(confs.windows(2).all(|w| w[0] >= w[1]));
+        }
+    }
+}
+
+/// Default top-k, version routing, the reply relayed like TorchServe's (empty reason phrase,
+/// no content type), and the same body sent as a multipart file part.
+#[test]
+fn request_forms_and_versions() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        ..Setup::default()
+    });
+    let reference = Reference::load();
+    let body = request_body(&reference.cases()[1], reference.features(), 5);
+    for path in [
+        "/predictions/sign",
+        "/predictions/sign/1.0",
+        "/predictions/sign/",
+        "/explanations/sign",
+    ] {
+        let (status, text, headers) = post(
+            &format!("{}{path}", server.inference),
+            "application/json",
+            &body,
+        );
+        assert_eq!(status, 200, "{path}: {text}");
+        assert!(header(&headers, "content-type").is_none(), "{path}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["predictions"].as_array().unwrap().len(), 5);
+        assert!(
+            text.starts_with("{\n  \"predictions\": [\n    {\n      \"label\""),
+            "{text}"
+        );
+    }
+    let boundary = "XyZBoundary";
+    let multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"req.json\"\r\n\
+         Content-Type: application/json\r\n\r\n{body}\r\n--{boundary}--\r\n"
+    );
+    let (status, text, _) = post(
+        &format!("{}/predictions/sign", server.inference),
+        &format!("multipart/form-data; boundary={boundary}"),
+        &multipart,
+    );
+    assert_eq!(status, 200, "{text}");
+}
+
+/// A batch size of 4: concurrent clients each get the answer to their own input.
+#[test]
+fn concurrent_requests_in_batches_get_their_own_answers() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        config: "models={\"sign\": {\"1.0\": {\"batchSize\": 4, \"maxBatchDelay\": 200}}}",
+        ..Setup::default()
+    });
+    let (_, describe, _) = get(&format!("{}/models/sign", server.management));
+    let d: serde_json::Value = serde_json::from_str(&describe).unwrap();
+    assert_eq!(d[0]["batchSize"], 4);
+    assert_eq!(d[0]["maxBatchDelay"], 200);
+    let reference = Reference::load();
+    let handles: Vec<_> = reference
+        .cases()
+        .iter()
+        .map(|case| {
+            let url = format!("{}/predictions/sign", server.inference);
+            let body = request_body(case, reference.features(), 1);
+            let logits: Vec<f64> = case["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            std::thread::spawn(move || {
+                let (status, text, _) = post(&url, "application/json", &body);
+                assert_eq!(status, 200, "{text}");
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let best = softmax(&logits).iter().cloned().fold(0.0, f64::max);
+                let got = v["predictions"][0]["confidence"].as_f64().unwrap();
+                assert!((got - best).abs() < 1e-4, "{got} vs {best}");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+/// TorchServe's error bodies and status codes on the inference path.
+#[test]
+fn inference_errors() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        config: "max_request_size=1000000",
+        ..Setup::default()
+    });
+    let base = &server.inference;
+    let (status, body, headers) = post(
+        &format!("{base}/predictions/nope"),
+        "application/json",
+        "{}",
+    );
+    assert_eq!(status, 404);
+    assert_eq!(
+        assert_error(&body, 404, "ModelNotFoundException"),
+        "Model not found: nope"
+    );
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+
+    let (status, body, _) = post(
+        &format!("{base}/predictions/sign/9.9"),
+        "application/json",
+        "{}",
+    );
+    assert_eq!(status, 404);
+    assert_eq!(
+        assert_error(&body, 404, "ModelVersionNotFoundException"),
+        "Model version: 9.9 does not exist for model: sign"
+    );
+
+    let (status, body, _) = get(&format!("{base}/no/such/path"));
+    assert_eq!(status, 404);
+    assert_error(&body, 404, "ResourceNotFoundException");
+
+    // A frame of the wrong size names the expected shape.
+    let (status, body, _) = post(
+        &format!("{base}/predictions/sign"),
+        "application/json",
+        "{\"landmarks\": [[0.1, 0.2, 0.3]]}",
+    );
+    assert_eq!(status, 400);
+    let msg = assert_error(&body, 400, "BadRequestException");
+    assert!(
+        msg.contains("expected 469") && msg.contains("[<= 64, 469]"),
+        "{msg}"
+    );
+
+    for bad in [
+        "not json",
+        "{\"landmarks\": []}",
+        "{\"topk\": 3}",
+        "{\"landmarks\": [[1]], \"topk\": -1}",
+    ] {
+        let (status, body, _) = post(&format!("{base}/predictions/sign"), "application/json", bad);
+        assert_eq!(status, 400, "{bad}");
+        assert_error(&body, 400, "BadRequestException");
+    }
+
+    // Over max_request_size: refused before the model sees it.
+    let big = format!("{{\"landmarks\": [[{}]]}}", vec!["0.5"; 300_000].join(","));
+    let (status, body, _) = post(
+        &format!("{base}/predictions/sign"),
+        "application/json",
+        &big,
+    );
+    assert_eq!(status, 413);
+    assert_error(&body, 413, "RequestEntityTooLargeException");
+
+    // The server still answers after all of that.
+    let reference = Reference::load();
+    let ok = request_body(&reference.cases()[0], reference.features(), 1);
+    assert_eq!(
+        post(&format!("{base}/predictions/sign"), "application/json", &ok).0,
+        200
+    );
+}
+
+/// `GET /models` and describe, with TorchServe's JSON shapes; model API writes are refused.
+#[test]
+fn management_list_and_describe() {
+    let server = Server::start(Setup {
+        archives: BOTH,
+        ..Setup::default()
+    });
+    let m = &server.management;
+    let (status, body, _) = get(&format!("{m}/models"));
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"models": [
+            {"modelName": "sign", "modelUrl": "sign.mar"},
+            {"modelName": "sign_onnx", "modelUrl": "sign_onnx.mar"}
+        ]})
+    );
+    let (_, body, _) = get(&format!("{m}/models?limit=1"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["nextPageToken"], "1");
+    assert_eq!(v["models"].as_array().unwrap().len(), 1);
+    let (_, body, _) = get(&format!("{m}/models?limit=1&next_page_token=1"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["models"][0]["modelName"], "sign_onnx");
+
+    let (status, body, _) = get(&format!("{m}/models/sign_onnx"));
+    assert_eq!(status, 200);
+    let keys = [
+        "modelName",
+        "modelVersion",
+        "modelUrl",
+        "runtime",
+        "minWorkers",
+        "maxWorkers",
+        "batchSize",
+        "maxBatchDelay",
+        "responseTimeout",
+        "startupTimeout",
+        "maxRetryTimeoutInSec",
+        "clientTimeoutInMills",
+        "parallelType",
+        "parallelLevel",
+        "deviceType",
+        "continuousBatching",
+        "useJobTicket",
+        "useVenv",
+        "stateful",
+        "sequenceMaxIdleMSec",
+        "sequenceTimeoutMSec",
+        "maxNumSequence",
+        "maxSequenceJobQueueSize",
+        "loadedAtStartup",
+        "workers",
+        "jobQueueStatus",
+    ];
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            body.find(&format!("\"{k}\""))
+                .unwrap_or_else(|| panic!("{k} missing: {body}"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "field order: {body}"
+    );
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let d = &d[0];
+    assert_eq!(d["modelName"], "sign_onnx");
+    assert_eq!(d["modelVersion"], "1.0");
+    assert_eq!(d["runtime"], "python");
+    assert_eq!(d["minWorkers"], 1);
+    assert_eq!(d["batchSize"], 1);
+    assert_eq!(d["maxBatchDelay"], 100);
+    assert_eq!(d["deviceType"], "cpu");
+    assert_eq!(d["device"], "cpu");
+    assert_eq!(d["loadedAtStartup"], true);
+    assert_eq!(d["workers"][0]["status"], "READY");
+    assert_eq!(d["workers"][0]["id"], "9001");
+    assert_eq!(
+        d["jobQueueStatus"],
+        serde_json::json!({"remainingCapacity": 100, "pendingRequests": 0})
+    );
+
+    let (_, body, _) = get(&format!("{m}/models/sign/all"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (status, body, _) = get(&format!("{m}/models/nope"));
+    assert_eq!(status, 404);
+    assert_error(&body, 404, "ModelNotFoundException");
+    let (status, body, _) = get(&format!("{m}/models/sign/2.0"));
+    assert_eq!(status, 404);
+    assert_error(&body, 404, "ModelVersionNotFoundException");
+    let (status, body, _) = post(&format!("{m}/models?url=sign.mar"), "text/plain", "");
+    assert_eq!(status, 405);
+    assert_error(&body, 405, "MethodNotAllowedException");
+
+    let (status, _, _) = get(&format!("{}/metrics", server.metrics));
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,133 @@
+//! Start-up failures: one clear line naming the problem, and a non-zero exit.
+
+mod common;
+
+use common::*;
+
+fn config_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("store")).unwrap();
+    std::fs::write(
+        dir.path().join("config.properties"),
+        format!(
+            "model_store={}\n{text}\n",
+            dir.path().join("store").display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn bad_config_values_name_the_key() {
+    for (line, key) in [
+        (
+            "inference_address=http://127.0.0.1:80x0",
+            "inference_address",
+        ),
+        ("max_request_size=big", "max_request_size"),
+        ("enable_metrics_api=maybe", "enable_metrics_api"),
+        ("models={oops", "models"),
+    ] {
+        let dir = config_dir(line);
+        let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[]);
+        assert_ne!(code, 0, "{line}");
+        let last = out.lines().last().unwrap_or_default();
+        assert!(last.contains(key), "{line}: {out}");
+    }
+}
+
+#[test]
+fn missing_files_and_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = run_to_exit(
+        dir.path(),
+        &["--foreground", "--ts-config", "/no/such/file.properties"],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("/no/such/file.properties"), "{out}");
+    let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[]);
+    assert_ne!(code, 0);
+    assert!(out.contains("--model-store"), "{out}");
+    let (code, out) = run_to_exit(
+        dir.path(),
+        &["--foreground", "--model-store", "/no/such/store"],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("/no/such/store"), "{out}");
+}
+
+#[test]
+fn invalid_or_unavailable_device_stops_startup() {
+    let dir = config_dir("");
+    let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[("TORCH_DEVICE", "tpu")]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("TORCH_DEVICE") && out.contains("tpu") && out.contains("cuda:N"),
+        "{out}"
+    );
+    // No GPU (or no CUDA libtorch) on the test host: asking for CUDA must fail loudly.
+    if std::env::var("FERROSERVE_TEST_HAS_CUDA").is_err() {
+        let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[("TORCH_DEVICE", "cuda")]);
+        assert_ne!(code, 0);
+        assert!(
+            out.contains("cuda was requested but is not available"),
+            "{out}"
+        );
+    }
+    let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[("DEVICE", "mps")]);
+    assert_ne!(code, 0);
+    assert!(out.contains("mps was requested"), "{out}");
+}
+
+#[test]
+fn env_overrides_apply_when_enabled() {
+    // enable_envvars_config lets TS_* override the file (CLI > env is covered by unit tests).
+    let port = free_port();
+    let dir = config_dir("enable_envvars_config=true\ninference_address=http://127.0.0.1:1");
+    let addr = format!("http://127.0.0.1:{port}");
+    let bad = run_to_exit(
+        dir.path(),
+        &["--foreground"],
+        &[("TS_INFERENCE_ADDRESS", "http://127.0.0.1:xx")],
+    );
+    assert_ne!(bad.0, 0);
+    assert!(bad.1.contains("inference_address"), "{}", bad.1);
+    // A good env value is used: the server answers there.
+    let log = dir.path().join("run.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .args([
+            "--foreground",
+            "--model-store",
+            dir.path().join("store").to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .env("TS_INFERENCE_ADDRESS", &addr)
+        .env(
+            "TS_MANAGEMENT_ADDRESS",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "TS_METRICS_ADDRESS",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut ok = false;
+    while std::time::Instant::now() < deadline {
+        if let Ok(res) = agent().get(format!("{addr}/ping")).call() {
+            ok = res.status() == 200;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "server did not answer on the TS_INFERENCE_ADDRESS port");
+}
