@@ -1,6 +1,7 @@
 //! `ferroserve`: starts, or stops, the model server, accepting TorchServe's command line.
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -98,8 +99,6 @@ fn stop() -> ExitCode {
         }
     }
 }
-
-use std::os::unix::process::CommandExt;
 
 fn run(cli: &Cli) -> Result<(), String> {
     let settings = Settings::load(cli).map_err(|e| e.to_string())?;

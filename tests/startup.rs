@@ -131,3 +131,24 @@ fn env_overrides_apply_when_enabled() {
     let _ = child.wait();
     assert!(ok, "server did not answer on the TS_INFERENCE_ADDRESS port");
 }
+
+/// ONNX Runtime missing: the ONNX model is refused with a clear error, TorchScript still serves.
+#[test]
+fn missing_onnxruntime_library_is_reported() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar", "sign_onnx.mar"],
+        env: &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+        ..Setup::default()
+    });
+    let log = server.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("sign_onnx.mar")
+            && l.contains("/nonexistent/libonnxruntime.so")
+            && l.contains("ORT_DYLIB_PATH")),
+        "{log}"
+    );
+    let (_, body, _) = get(&format!("{}/models", server.management));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["models"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(v["models"][0]["modelName"], "sign");
+}

@@ -19,8 +19,7 @@ impl TorchScriptModel {
                 BackendError::Load {
                     file: path.display().to_string(),
                     reason: format!(
-                        "{e} (is it TorchScript saved by torch <= {}?)",
-                        torch_version()
+                        "{e} (is it TorchScript saved by torch <= {LIBTORCH_VERSION}?)"
                     ),
                 }
             })?;
@@ -32,9 +31,8 @@ impl TorchScriptModel {
     }
 }
 
-fn torch_version() -> &'static str {
-    "2.13"
-}
+/// The libtorch this build links; newer TorchScript files may not load.
+const LIBTORCH_VERSION: &str = "2.13";
 
 impl Backend for TorchScriptModel {
     fn forward(&self, input: Tensor) -> Result<Tensor, BackendError> {
