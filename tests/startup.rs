@@ -152,3 +152,30 @@ fn missing_onnxruntime_library_is_reported() {
     assert_eq!(v["models"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(v["models"][0]["modelName"], "sign");
 }
+
+/// `--start` detaches and returns at once, like `torchserve --start`; `--stop` ends the server.
+#[test]
+fn start_detaches_and_stop_stops() {
+    let port = free_port();
+    let dir = config_dir(&format!(
+        "inference_address=http://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{}\nmetrics_address=http://127.0.0.1:{}",
+        free_port(),
+        free_port()
+    ));
+    let (code, _) = run_to_exit(dir.path(), &["--start"], &[]);
+    assert_eq!(code, 0);
+    let ping = format!("http://127.0.0.1:{port}/ping");
+    let up = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        agent().get(&ping).call().is_ok()
+    });
+    assert!(up, "detached server never answered");
+    let (code, out) = run_to_exit(dir.path(), &["--stop"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stopped"), "{out}");
+    let down = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        agent().get(&ping).call().is_err()
+    });
+    assert!(down, "server still answering after --stop");
+}
