@@ -168,3 +168,116 @@ fn run_batch(handler: &dyn NativeHandler, batch: Vec<Job>) {
         let _ = tx.send(Err(result.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+    use std::sync::Mutex as StdMutex;
+
+    /// Records batch sizes; answers each request with its own first value, or misbehaves.
+    struct Recorder {
+        sizes: StdMutex<Vec<usize>>,
+        mode: &'static str,
+    }
+
+    impl NativeHandler for Recorder {
+        fn preprocess(&self, _: &crate::handler::RequestInput) -> Result<Prepared, ApiError> {
+            unreachable!("jobs are queued already prepared")
+        }
+        fn infer(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError> {
+            self.sizes.lock().unwrap().push(batch.len());
+            match self.mode {
+                "panic" => panic!("boom"),
+                "short" => Ok(Vec::new()),
+                _ => Ok(batch
+                    .iter()
+                    .map(|p| Reply {
+                        status: 200,
+                        content_type: None,
+                        headers: Vec::new(),
+                        body: bytes::Bytes::from(p.tensor[0].to_string()),
+                    })
+                    .collect()),
+            }
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+    }
+
+    fn run(mode: &'static str, jobs: usize, batch_size: usize) -> (Vec<usize>, Vec<JobResult>) {
+        let queue = JobQueue::new(100);
+        let handler = Arc::new(Recorder {
+            sizes: StdMutex::new(Vec::new()),
+            mode,
+        });
+        let mut receivers = Vec::new();
+        for i in 0..jobs {
+            let (tx, rx) = oneshot::channel();
+            let input = Prepared {
+                tensor: vec![i as f32],
+                topk: 1,
+            };
+            assert!(queue.submit(Job { input, reply: tx }).is_ok());
+            receivers.push(rx);
+        }
+        assert_eq!(queue.pending(), jobs);
+        let settings = BatchSettings {
+            batch_size,
+            max_batch_delay: Duration::from_millis(50),
+        };
+        let _worker = Worker::spawn(1, "t", &queue, handler.clone(), settings).unwrap();
+        let results: Vec<JobResult> = receivers
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect();
+        assert_eq!(queue.pending(), 0);
+        let sizes = handler.sizes.lock().unwrap().clone();
+        (sizes, results)
+    }
+
+    #[test]
+    fn batches_are_cut_at_batch_size_and_answers_keep_order() {
+        let (sizes, results) = run("ok", 10, 4);
+        assert_eq!(sizes, vec![4, 4, 2]);
+        for (i, r) in results.into_iter().enumerate() {
+            assert_eq!(r.unwrap().body, bytes::Bytes::from(i.to_string()));
+        }
+    }
+
+    #[test]
+    fn a_wrong_answer_count_or_a_panic_fails_only_that_batch() {
+        let (_, results) = run("short", 2, 2);
+        for r in results {
+            assert_eq!(
+                r.unwrap_err().message,
+                "number of batch response mismatched"
+            );
+        }
+        let (sizes, results) = run("panic", 3, 2);
+        assert_eq!(
+            sizes,
+            vec![2, 1],
+            "the worker survives a panic and takes the next batch"
+        );
+        for r in results {
+            assert_eq!(r.unwrap_err().message, "Worker died.");
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        let queue = JobQueue::new(1);
+        let job = || Job {
+            input: Prepared {
+                tensor: vec![0.0],
+                topk: 1,
+            },
+            reply: oneshot::channel().0,
+        };
+        assert!(queue.submit(job()).is_ok());
+        assert!(matches!(queue.submit(job()), Err(SubmitError::Full)));
+        assert_eq!(queue.pending(), 1);
+    }
+}

@@ -31,7 +31,14 @@ pub struct ModelParams {
 
 impl ModelParams {
     /// TorchServe's start-up precedence: model-config.yaml > `models=` entry > server default.
-    pub fn resolve(settings: &Settings, archive: &ModelArchive, name: &str, version: &str) -> Self {
+    /// `gpus` is how many GPUs the server uses (0 on the CPU): the default worker count.
+    pub fn resolve(
+        settings: &Settings,
+        archive: &ModelArchive,
+        name: &str,
+        version: &str,
+        gpus: usize,
+    ) -> Self {
         let entry = settings
             .models
             .get(name)
@@ -42,7 +49,7 @@ impl ModelParams {
         let yaml = &archive.config;
         let positive = |key: &str| yaml.int(key).filter(|&v| v > 0);
 
-        let default_workers = settings.workers_default(0) as i64;
+        let default_workers = settings.workers_default(gpus) as i64;
         let (mut min, mut max) = (default_workers, default_workers);
         if let Some(v) = from_models("minWorkers") {
             min = v;
@@ -215,7 +222,12 @@ impl Registry {
                 "Runtime is not defined or invalid.".into(),
             ));
         }
-        let params = ModelParams::resolve(settings, &archive, &name, &version);
+        let gpus = if runtime.device.is_gpu() {
+            settings.number_of_gpu.unwrap_or(1)
+        } else {
+            0
+        };
+        let params = ModelParams::resolve(settings, &archive, &name, &version, gpus);
         let handler = handler::load(&archive, runtime)?;
         let queue = JobQueue::new(params.job_queue_size.max(1));
         let batch = BatchSettings {
@@ -279,4 +291,121 @@ pub fn startup_entries(settings: &Settings) -> Vec<(Option<String>, String)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+    use std::collections::HashMap;
+
+    fn folder(yaml: Option<&str>) -> (tempfile::TempDir, ModelArchive) {
+        let store = tempfile::tempdir().unwrap();
+        let dir = store.path().join("m");
+        std::fs::create_dir_all(dir.join("MAR-INF")).unwrap();
+        let config = yaml.map_or(String::new(), |_| {
+            ", \"configFile\": \"model-config.yaml\"".into()
+        });
+        std::fs::write(
+            dir.join("MAR-INF/MANIFEST.json"),
+            format!("{{\"model\": {{\"modelName\": \"m\", \"modelVersion\": \"2.0\"{config}}}}}"),
+        )
+        .unwrap();
+        if let Some(y) = yaml {
+            std::fs::write(dir.join("model-config.yaml"), y).unwrap();
+        }
+        let archive = ModelArchive::open(store.path(), "m", 1 << 20).unwrap();
+        (store, archive)
+    }
+
+    fn settings(props: &str) -> Settings {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), props).unwrap();
+        Settings::resolve(&Cli::default(), &HashMap::new(), f.path()).unwrap()
+    }
+
+    #[test]
+    fn defaults_then_models_entry_then_yaml() {
+        let s = settings(
+            "default_workers_per_model=3\ndefault_response_timeout=50\njob_queue_size=7\n",
+        );
+        let (_d, a) = folder(None);
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0);
+        assert_eq!(
+            (
+                p.min_workers,
+                p.max_workers,
+                p.batch_size,
+                p.max_batch_delay_ms
+            ),
+            (3, 3, 1, 100)
+        );
+        assert_eq!((p.response_timeout_s, p.job_queue_size), (50, 7));
+
+        let s = settings(
+            "default_workers_per_model=3\nmodels={\"m\": {\"2.0\": {\"minWorkers\": 2, \"maxWorkers\": 4, \"batchSize\": 8, \"maxBatchDelay\": 5, \"responseTimeout\": 9}}}\n",
+        );
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0);
+        assert_eq!(
+            (
+                p.min_workers,
+                p.max_workers,
+                p.batch_size,
+                p.max_batch_delay_ms,
+                p.response_timeout_s
+            ),
+            (2, 4, 8, 5, 9)
+        );
+
+        let (_d, a) = folder(Some(
+            "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\njobQueueSize: 3\n",
+        ));
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0);
+        assert_eq!(
+            (
+                p.min_workers,
+                p.max_workers,
+                p.batch_size,
+                p.max_batch_delay_ms
+            ),
+            (1, 1, 16, 5)
+        );
+        assert_eq!((p.response_timeout_s, p.job_queue_size), (9, 3));
+
+        // An invalid YAML worker pair (max < min) is ignored.
+        let (_d, a) = folder(Some("minWorkers: 5\nmaxWorkers: 2\n"));
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0);
+        assert_eq!((p.min_workers, p.max_workers), (2, 4));
+    }
+
+    #[test]
+    fn gpus_set_the_default_worker_count() {
+        let (_d, a) = folder(None);
+        let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 4);
+        assert_eq!(p.min_workers, 4);
+    }
+
+    #[test]
+    fn startup_entries_expand_all_and_names() {
+        let store = tempfile::tempdir().unwrap();
+        for f in ["b.mar", "a.mar", ".hidden.mar", "notes.txt"] {
+            std::fs::write(store.path().join(f), "").unwrap();
+        }
+        std::fs::create_dir(store.path().join("folder")).unwrap();
+        let s = settings(&format!(
+            "model_store={}\nload_models=all, x=y.mar\n",
+            store.path().display()
+        ));
+        let e = startup_entries(&s);
+        let names: Vec<_> = e.iter().map(|(n, u)| (n.as_deref(), u.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![
+                (None, "a.mar"),
+                (None, "b.mar"),
+                (None, "folder"),
+                (Some("x"), "y.mar")
+            ]
+        );
+    }
 }
