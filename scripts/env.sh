@@ -19,6 +19,10 @@ if ! command -v cargo >/dev/null; then
 fi
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
 
-eval "$("$ROOT/scripts/native-deps.sh" --env)"
+# A CUDA device also needs libtorch's CUDA libraries and onnxruntime-gpu.
+deps_args=(--env)
+case "${TORCH_DEVICE:-}" in cuda* | gpu) deps_args+=(--cuda) ;; esac
+eval "$("$ROOT/scripts/native-deps.sh" "${deps_args[@]}")"
 export LIBTORCH ORT_DYLIB_PATH
+if [ -n "${FERROSERVE_LIBTORCH_CUDA:-}" ]; then export FERROSERVE_LIBTORCH_CUDA; fi
 export CARGO_TARGET_DIR="${FERROSERVE_TARGET_DIR:-$HOME/.cache/ferroserve/target}"

@@ -4,8 +4,10 @@
 # Idempotent: a finished install leaves a .complete marker and is never fetched again.
 # Paths are stable and carry the version, so torch-sys' C++ glue is not rebuilt needlessly.
 #
-# Usage: scripts/native-deps.sh            # installs what is missing, prints nothing else
-#        scripts/native-deps.sh --env      # also prints `export` lines for the build
+# Usage: scripts/native-deps.sh [--cuda] [--env]
+#   --cuda  also fetch libtorch's CUDA libraries (libtorch_cuda.so and the NVIDIA runtime
+#           wheels, about 3 GB) and onnxruntime-gpu, for GPU hosts
+#   --env   print `export` lines for the build and the server
 set -euo pipefail
 
 TORCH_VERSION=2.13.0
@@ -16,6 +18,8 @@ ORT_VERSION=1.31.1
 DEPS_DIR="${FERROSERVE_DEPS_DIR:-$HOME/.cache/ferroserve/deps}"
 LIBTORCH_DIR="$DEPS_DIR/libtorch-$TORCH_VERSION"
 ORT_DIR="$DEPS_DIR/onnxruntime-$ORT_VERSION"
+CUDA_DIR="$DEPS_DIR/libtorch-$TORCH_VERSION-cuda"
+ORT_GPU_DIR="$DEPS_DIR/onnxruntime-gpu-$ORT_VERSION"
 PYTHON="${PYTHON:-python3}"
 
 log() { printf 'native-deps: %s\n' "$*" >&2; }
@@ -52,7 +56,7 @@ install_libtorch() {
   local spec
   for spec in "nvidia-cuda-runtime==$CUDART_VERSION" "nvidia-cuda-cupti==$CUPTI_VERSION"; do
     whl=$(wheel "$tmp/${spec%%=*}" "$spec")
-    unzip -q -o "$whl" '*.so*' -d "$tmp/${spec%%=*}/x"
+    unzip -q -o "$whl" '*/libcudart.so*' '*/libcupti.so*' -d "$tmp/${spec%%=*}/x"
     find "$tmp/${spec%%=*}/x" -name '*.so*' -type f -exec mv {} "$LIBTORCH_DIR/lib/" \;
   done
   echo "$TORCH_VERSION" > "$LIBTORCH_DIR/build-version"
@@ -73,11 +77,64 @@ install_onnxruntime() {
   log "ONNX Runtime ready in $ORT_DIR"
 }
 
+# libtorch_cuda.so and everything it needs, flattened into one directory: its run path
+# ($ORIGIN) then finds them. Kept apart from the CPU libraries so CPU builds never link them;
+# the server loads libtorch_cuda.so at start when a GPU is requested (src/device.rs).
+install_libtorch_cuda() {
+  [ -f "$CUDA_DIR/.complete" ] && return
+  log "fetching libtorch $TORCH_VERSION CUDA libraries and their NVIDIA wheels (about 3 GB, once)"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  rm -rf "$CUDA_DIR"; mkdir -p "$CUDA_DIR/lib"
+  "$PYTHON" -m pip download -q --only-binary=:all: -d "$tmp/w" "torch==$TORCH_VERSION" >&2
+  # Every torch library but the CPU ones the binary already links.
+  unzip -q "$tmp"/w/torch-*.whl 'torch/lib/*.so*' -x 'torch/lib/libtorch_cpu.so' \
+    'torch/lib/libc10.so' 'torch/lib/libtorch.so' 'torch/lib/libgomp*' 'torch/lib/libtorch_python.so' \
+    'torch/lib/libshm*' -d "$tmp/x"
+  local whl
+  for whl in "$tmp"/w/nvidia_*.whl; do
+    unzip -q -o "$whl" '*.so*' -d "$tmp/x" || true
+  done
+  find "$tmp/x" -name '*.so*' -type f -exec mv {} "$CUDA_DIR/lib/" \;
+  [ -f "$CUDA_DIR/lib/libtorch_cuda.so" ] || { log "libtorch_cuda.so missing from the torch wheel"; exit 1; }
+  touch "$CUDA_DIR/.complete"
+  log "libtorch CUDA libraries ready in $CUDA_DIR"
+}
+
+install_onnxruntime_gpu() {
+  [ -f "$ORT_GPU_DIR/.complete" ] && return
+  log "fetching onnxruntime-gpu $ORT_VERSION"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  rm -rf "$ORT_GPU_DIR"; mkdir -p "$ORT_GPU_DIR/lib"
+  local whl; whl=$(wheel "$tmp/ort" "onnxruntime-gpu==$ORT_VERSION")
+  unzip -q "$whl" 'onnxruntime/capi/libonnxruntime*' -d "$tmp/x"
+  mv "$tmp/x/onnxruntime/capi/"libonnxruntime* "$ORT_GPU_DIR/lib/"
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_GPU_DIR/lib/libonnxruntime.so"
+  touch "$ORT_GPU_DIR/.complete"
+}
+
+cuda=false env=false
+for arg in "$@"; do
+  case "$arg" in
+    --cuda) cuda=true ;;
+    --env) env=true ;;
+    *) log "unknown argument $arg"; exit 2 ;;
+  esac
+done
+
 need_tools
 install_libtorch
 install_onnxruntime
+if $cuda; then
+  install_libtorch_cuda
+  install_onnxruntime_gpu
+fi
 
-if [ "${1:-}" = "--env" ]; then
+if $env; then
   echo "export LIBTORCH='$LIBTORCH_DIR'"
-  echo "export ORT_DYLIB_PATH='$ORT_DIR/lib/libonnxruntime.so'"
+  if $cuda; then
+    echo "export FERROSERVE_LIBTORCH_CUDA='$CUDA_DIR/lib/libtorch_cuda.so'"
+    echo "export ORT_DYLIB_PATH='$ORT_GPU_DIR/lib/libonnxruntime.so'"
+  else
+    echo "export ORT_DYLIB_PATH='$ORT_DIR/lib/libonnxruntime.so'"
+  fi
 fi

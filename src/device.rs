@@ -106,6 +106,8 @@ impl DeviceRequest {
 
 /// What the host offers.
 pub trait Probe {
+    /// A cheap look for an NVIDIA GPU, so that `auto` loads the CUDA libraries only then.
+    fn gpu_present(&mut self) -> bool;
     fn cuda_devices(&mut self) -> Result<usize, String>;
     fn mps(&mut self) -> bool;
 }
@@ -139,7 +141,7 @@ impl LibtorchProbe {
 
     fn load_cuda(&self) -> Result<(), String> {
         let Some(path) = self.search.iter().find(|p| p.is_file()) else {
-            return Err("libtorch_cuda.so not found (install the CUDA build of libtorch and set FERROSERVE_LIBTORCH_CUDA)".into());
+            return Err("libtorch_cuda.so not found (scripts/native-deps.sh --cuda fetches it; or set FERROSERVE_LIBTORCH_CUDA)".into());
         };
         // SAFETY: loading libtorch's own CUDA library; its initialisers only register kernels.
         let lib = unsafe {
@@ -156,6 +158,12 @@ impl LibtorchProbe {
 }
 
 impl Probe for LibtorchProbe {
+    fn gpu_present(&mut self) -> bool {
+        let driver_gpus = std::fs::read_dir("/proc/driver/nvidia/gpus")
+            .is_ok_and(|mut entries| entries.next().is_some());
+        driver_gpus || std::path::Path::new("/dev/nvidia0").exists()
+    }
+
     fn cuda_devices(&mut self) -> Result<usize, String> {
         self.load_cuda()?;
         match tch::Cuda::device_count() {
@@ -199,7 +207,7 @@ pub fn select(request: DeviceRequest, probe: &mut dyn Probe) -> Result<Device, D
             }
         }
         DeviceRequest::Auto => {
-            if probe.cuda_devices().is_ok() {
+            if probe.gpu_present() && probe.cuda_devices().is_ok() {
                 Ok(Device::Cuda(0))
             } else if probe.mps() {
                 Ok(Device::Mps)
@@ -219,6 +227,9 @@ mod tests {
         mps: bool,
     }
     impl Probe for Fake {
+        fn gpu_present(&mut self) -> bool {
+            self.cuda > 0
+        }
         fn cuda_devices(&mut self) -> Result<usize, String> {
             if self.cuda == 0 {
                 Err("none".into())
