@@ -22,7 +22,9 @@ command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; 
 # A CUDA device also needs libtorch's CUDA libraries and onnxruntime-gpu.
 deps_args=(--env)
 case "${TORCH_DEVICE:-}" in cuda* | gpu) deps_args+=(--cuda) ;; esac
-eval "$("$ROOT/scripts/native-deps.sh" "${deps_args[@]}")"
+# Assigned first: a failure then stops here instead of vanishing inside eval.
+deps_env=$("$ROOT/scripts/native-deps.sh" "${deps_args[@]}")
+eval "$deps_env"
 export LIBTORCH ORT_DYLIB_PATH
 if [ -n "${FERROSERVE_LIBTORCH_CUDA:-}" ]; then export FERROSERVE_LIBTORCH_CUDA; fi
 export CARGO_TARGET_DIR="${FERROSERVE_TARGET_DIR:-$HOME/.cache/ferroserve/target}"

@@ -53,11 +53,12 @@ install_libtorch() {
   mv "$tmp/x/torch/include" "$LIBTORCH_DIR/include"
   mv "$tmp/x/torch/lib/"* "$LIBTORCH_DIR/lib/"
   # libtorch_cpu needs the CUDA runtime and CUPTI even on CPU-only hosts (DT_NEEDED).
-  local spec
-  for spec in "nvidia-cuda-runtime==$CUDART_VERSION" "nvidia-cuda-cupti==$CUPTI_VERSION"; do
-    whl=$(wheel "$tmp/${spec%%=*}" "$spec")
-    unzip -q -o "$whl" '*/libcudart.so*' '*/libcupti.so*' -d "$tmp/${spec%%=*}/x"
-    find "$tmp/${spec%%=*}/x" -name '*.so*' -type f -exec mv {} "$LIBTORCH_DIR/lib/" \;
+  local spec lib
+  for spec in "nvidia-cuda-runtime==$CUDART_VERSION:libcudart" "nvidia-cuda-cupti==$CUPTI_VERSION:libcupti"; do
+    lib=${spec##*:}; spec=${spec%:*}
+    whl=$(wheel "$tmp/$lib" "$spec")
+    unzip -q -o "$whl" "*/$lib.so*" -d "$tmp/$lib/x"
+    find "$tmp/$lib/x" -name '*.so*' -type f -exec mv {} "$LIBTORCH_DIR/lib/" \;
   done
   echo "$TORCH_VERSION" > "$LIBTORCH_DIR/build-version"
   touch "$LIBTORCH_DIR/.complete"

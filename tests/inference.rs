@@ -185,6 +185,12 @@ fn inference_errors() {
         "Model version: 9.9 does not exist for model: sign"
     );
 
+    let (status, body, _) = get(&format!("{base}/api-description"));
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.0.1");
+    assert!(doc["paths"]["/predictions/{model_name}"].is_object());
+
     let (status, body, _) = get(&format!("{base}/no/such/path"));
     assert_eq!(status, 404);
     assert_error(&body, 404, "ResourceNotFoundException");

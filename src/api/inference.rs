@@ -24,6 +24,7 @@ pub async fn route(
     {
         [] if req.method() == Method::OPTIONS => Ok(api_description()),
         [] => Err(ApiError::method_not_allowed()),
+        [_, "api-description"] => Ok(api_description()),
         [_, "ping"] => Ok(ping(&state)),
         [_, "predictions" | "explanations", model, rest @ ..] => {
             let version = rest.first().copied();
