@@ -9,3 +9,4 @@ pub mod device;
 pub mod error;
 pub mod handler;
 pub mod registry;
+pub mod worker;

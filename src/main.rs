@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use clap::Parser;
 use ferroserve::api::{self, AppState};
@@ -100,6 +101,22 @@ fn stop() -> ExitCode {
     }
 }
 
+/// Watches for workers stuck past their response timeout, for as long as the registry lives.
+fn spawn_supervisor(registry: Weak<Registry>) {
+    let spawned = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || {
+            while let Some(registry) = registry.upgrade() {
+                registry.supervise();
+                drop(registry);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the worker supervisor: {e}");
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), String> {
     let settings = Settings::load(cli).map_err(|e| e.to_string())?;
     let store = settings
@@ -142,7 +159,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                     m.name.clone(),
                     m.version.clone(),
                     m.device(),
-                    m.workers.len(),
+                    m.pool.limits().0,
                 );
                 registry
                     .insert(m)
@@ -158,9 +175,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
 
     std::fs::write(pid_file(), std::process::id().to_string()).ok();
+    let registry = Arc::new(registry);
+    spawn_supervisor(Arc::downgrade(&registry));
     let state = AppState {
         settings: Arc::new(settings),
-        registry: Arc::new(registry),
+        registry,
     };
     let result = actix_web::rt::System::new()
         .block_on(api::serve(state))

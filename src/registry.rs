@@ -9,11 +9,12 @@ use serde_json::Value;
 
 use crate::archive::{self, ModelArchive};
 use crate::backend::RuntimeOptions;
-use crate::batching::{BatchSettings, JobQueue, Worker};
+use crate::batching::{BatchSettings, JobQueue, Stats};
 use crate::config::Settings;
 use crate::device::Device;
 use crate::error::{ApiError, LoadError};
 use crate::handler::{self, NativeHandler};
+use crate::worker::{WorkerConfig, WorkerPool};
 
 /// A model version's serving parameters, resolved once at load time.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,11 +90,12 @@ pub struct ModelVersion {
     pub name: String,
     pub version: String,
     pub runtime: String,
+    /// Parameters at load time; the worker limits live in `pool` (they change with scaling).
     pub params: ModelParams,
     pub loaded_at_startup: bool,
     pub handler: Arc<dyn NativeHandler>,
     pub queue: JobQueue,
-    pub workers: Vec<Worker>,
+    pub pool: WorkerPool,
     pub archive: ModelArchive,
 }
 
@@ -106,8 +108,18 @@ impl ModelVersion {
         self.handler.device()
     }
 
-    pub fn healthy_workers(&self) -> usize {
-        self.workers.iter().filter(|w| w.is_alive()).count()
+    /// TorchServe's health rule: at least `minWorkers` healthy workers.
+    pub fn is_healthy(&self) -> bool {
+        self.pool.healthy() >= self.pool.limits().0
+    }
+
+    /// Readiness: at least `minWorkers` workers READY (and at least one).
+    pub fn is_ready(&self) -> bool {
+        self.pool.ready() >= self.pool.limits().0.max(1)
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_secs(self.params.response_timeout_s.max(1))
     }
 }
 
@@ -142,6 +154,28 @@ impl Registry {
             .get(v)
             .cloned()
             .ok_or_else(|| ApiError::version_not_found(name, v))
+    }
+
+    /// A fresh worker id (TorchServe numbers workers like ports, from `initial_worker_port`).
+    pub fn next_worker_id(&self) -> u32 {
+        self.next_worker_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Every loaded version of every model.
+    pub fn all(&self) -> Vec<Arc<ModelVersion>> {
+        let models = self.models.read().expect("registry lock");
+        models
+            .values()
+            .flat_map(|e| e.versions.values().cloned())
+            .collect()
+    }
+
+    /// Replaces workers stuck past their model's response timeout.
+    pub fn supervise(&self) {
+        for m in self.all() {
+            m.pool
+                .replace_stuck(m.response_timeout(), &|| self.next_worker_id());
+        }
     }
 
     /// Every version of a model (default first).
@@ -230,18 +264,24 @@ impl Registry {
         let params = ModelParams::resolve(settings, &archive, &name, &version, gpus);
         let handler = handler::load(&archive, runtime)?;
         let queue = JobQueue::new(params.job_queue_size.max(1));
-        let batch = BatchSettings {
-            batch_size: params.batch_size.max(1),
-            max_batch_delay: Duration::from_millis(params.max_batch_delay_ms),
+        let config = WorkerConfig {
+            label: format!("{name}_{version}"),
+            batch: BatchSettings {
+                batch_size: params.batch_size.max(1),
+                max_batch_delay: Duration::from_millis(params.max_batch_delay_ms),
+            },
+            max_retry: Duration::from_secs(params.max_retry_timeout_s),
         };
-        let label = format!("{name}_{version}");
-        let workers = (0..params.min_workers)
-            .map(|_| {
-                let id = self.next_worker_id.fetch_add(1, Ordering::SeqCst);
-                Worker::spawn(id, &label, &queue, handler.clone(), batch)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| LoadError::Invalid(format!("cannot start worker threads: {e}")))?;
+        let pool = WorkerPool::new(
+            config,
+            queue.intake(),
+            handler.clone(),
+            Arc::new(Stats::default()),
+        );
+        pool.scale(params.min_workers, params.max_workers, &|| {
+            self.next_worker_id()
+        })
+        .map_err(|e| LoadError::Invalid(format!("cannot start worker threads: {e}")))?;
         Ok(ModelVersion {
             name,
             version,
@@ -250,7 +290,7 @@ impl Registry {
             loaded_at_startup: at_startup,
             handler,
             queue,
-            workers,
+            pool,
             archive,
         })
     }

@@ -1,7 +1,6 @@
 //! The inference API: `/ping`, `/predictions/{model}[/{version}]`, `/explanations/...`.
 
-use std::time::Duration;
-
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use tokio::sync::oneshot;
@@ -26,6 +25,9 @@ pub async fn route(
         [] => Err(ApiError::method_not_allowed()),
         [_, "api-description"] => Ok(api_description()),
         [_, "ping"] => Ok(ping(&state)),
+        [_, "v2", "health", "live"] => Ok(response::json(200, &serde_json::json!({"live": true}))),
+        [_, "v2", "health", "ready"] => Ok(server_ready(&state)),
+        [_, "v2", "models", model, "ready"] => model_ready(&state, model),
         [_, "predictions" | "explanations", model, rest @ ..] => {
             let version = rest.first().copied();
             predict(&req, payload, &state, model, version).await
@@ -35,14 +37,9 @@ pub async fn route(
     result.unwrap_or_else(|e| response::error(&e))
 }
 
-/// Healthy when every model's default version has at least its minimum of live workers.
+/// Healthy when every model's default version has at least its minimum of healthy workers.
 fn ping(state: &AppState) -> HttpResponse {
-    let healthy = state
-        .registry
-        .defaults()
-        .iter()
-        .all(|m| m.healthy_workers() >= m.params.min_workers);
-    if healthy {
+    if state.registry.defaults().iter().all(|m| m.is_healthy()) {
         response::json(200, &response::Status { status: "Healthy" })
     } else {
         response::json(
@@ -52,6 +49,28 @@ fn ping(state: &AppState) -> HttpResponse {
             },
         )
     }
+}
+
+/// KServe/OIP readiness: every model loaded at start-up has its minimum of READY workers.
+fn server_ready(state: &AppState) -> HttpResponse {
+    let ready = state
+        .registry
+        .defaults()
+        .iter()
+        .filter(|m| m.loaded_at_startup)
+        .all(|m| m.is_ready());
+    response::json(
+        if ready { 200 } else { 503 },
+        &serde_json::json!({ "ready": ready }),
+    )
+}
+
+fn model_ready(state: &AppState, model: &str) -> Result<HttpResponse, ApiError> {
+    let ready = state.registry.get(model, None)?.is_ready();
+    Ok(response::json(
+        if ready { 200 } else { 503 },
+        &serde_json::json!({ "name": model, "ready": ready }),
+    ))
 }
 
 async fn predict(
@@ -72,20 +91,25 @@ async fn predict(
     let request = input::request_input(req, request_id, body).await?;
     let prepared = mv.handler.preprocess(&request)?;
 
-    if mv.workers.is_empty() {
+    if !mv.pool.has_workers() {
         return Err(ApiError::no_worker(model, version));
     }
     let (tx, rx) = oneshot::channel();
-    mv.queue
-        .submit(Job {
-            input: prepared,
-            reply: tx,
-        })
-        .map_err(|e| match e {
-            SubmitError::Full | SubmitError::Closed => ApiError::no_worker(model, version),
-        })?;
-    let timeout = Duration::from_secs(mv.params.response_timeout_s.max(1));
-    match tokio::time::timeout(timeout, rx).await {
+    let job = Job {
+        input: prepared,
+        reply: tx,
+    };
+    if let Err(e) = mv.queue.submit(job) {
+        let mut res = response::error(&ApiError::no_worker(model, version));
+        if matches!(e, SubmitError::Full) {
+            // The queue drains within about one batch time; tell clients to come back soon.
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        return Ok(res);
+    }
+    // Dropping `rx` (client gone, or this timeout) lets the worker skip the job.
+    match tokio::time::timeout(mv.response_timeout(), rx).await {
         Ok(Ok(Ok(reply))) => Ok(response::reply(reply)),
         Ok(Ok(Err(e))) => Err(e),
         Ok(Err(_)) | Err(_) => Err(ApiError::internal(500, "Worker died.")),

@@ -26,7 +26,7 @@ pub async fn route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         },
         [_, "models", model] => match method {
             Method::GET => describe(&state, model, None),
-            Method::PUT => Err(not_yet("scaling workers")),
+            Method::PUT => scale(&req, &state, model, None).await,
             Method::DELETE if state.settings.enable_model_api => {
                 Err(not_yet("unregistering models"))
             }
@@ -34,7 +34,7 @@ pub async fn route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         },
         [_, "models", model, version] => match method {
             Method::GET => describe(&state, model, Some(version)),
-            Method::PUT => Err(not_yet("scaling workers")),
+            Method::PUT => scale(&req, &state, model, Some(version)).await,
             Method::DELETE if state.settings.enable_model_api => {
                 Err(not_yet("unregistering models"))
             }
@@ -48,6 +48,77 @@ pub async fn route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         _ => Err(ApiError::resource_not_found()),
     };
     result.unwrap_or_else(|e| response::error(&e))
+}
+
+fn query(req: &HttpRequest) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
+}
+
+/// First value of a query parameter; unparseable values fall back to the default, as in
+/// TorchServe.
+fn param<T: std::str::FromStr>(q: &[(String, String)], key: &str) -> Option<T> {
+    q.iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// `PUT /models/{m}[/{v}]?min_worker=&max_worker=&synchronous=`. Native workers start in
+/// microseconds, so a synchronous call answers once they run.
+async fn scale(
+    req: &HttpRequest,
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query(req);
+    let version = version
+        .map(str::to_string)
+        .or_else(|| param(&q, "model_version"));
+    let m = state.registry.get(model, version.as_deref())?;
+    let min: usize = param(&q, "min_worker").unwrap_or(1);
+    let max: usize = param(&q, "max_worker").unwrap_or(min);
+    if max < min {
+        return Err(ApiError::bad_request(
+            "max_worker cannot be less than min_worker.",
+        ));
+    }
+    let synchronous = param::<bool>(&q, "synchronous").unwrap_or(false);
+    let registry = state.registry.clone();
+    let pool_model = m.clone();
+    web::block(move || {
+        pool_model
+            .pool
+            .scale(min, max, &|| registry.next_worker_id())
+    })
+    .await
+    .map_err(|e| ApiError::internal(500, e.to_string()))?
+    .map_err(|e| {
+        ApiError::internal(
+            500,
+            format!(
+                "Failed to start workers for model {model} version: {}: {e}",
+                m.version
+            ),
+        )
+    })?;
+    tracing::info!(model, version = %m.version, min, max, "workers scaled");
+    if !synchronous {
+        return Ok(response::json(
+            202,
+            &response::Status {
+                status: "Processing worker updates...",
+            },
+        ));
+    }
+    let suffix = version
+        .map(|v| format!(", version: {v}"))
+        .unwrap_or_default();
+    Ok(response::json(
+        200,
+        &response::Status {
+            status: &format!("Workers scaled to {min} for model: {model}{suffix}"),
+        },
+    ))
 }
 
 fn not_yet(what: &str) -> ApiError {
@@ -76,20 +147,12 @@ struct ListResponse<'a> {
 /// Default versions sorted by name; `limit` (default 100, out of range → 100) and
 /// `next_page_token` (an offset) as TorchServe pages them.
 fn list(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let query: Vec<(String, String)> =
-        serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
-    let int = |key: &str, default: i64| {
-        query
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse::<i64>().ok())
-            .unwrap_or(default)
-    };
-    let limit = match int("limit", 100) {
+    let q = query(req);
+    let limit = match param::<i64>(&q, "limit").unwrap_or(100) {
         l if !(0..=100).contains(&l) => 100,
         l => l as usize,
     };
-    let offset = int("next_page_token", 0).max(0) as usize;
+    let offset = param::<i64>(&q, "next_page_token").unwrap_or(0).max(0) as usize;
     let models = state.registry.defaults();
     let next_page_token = (offset + limit <= models.len()).then(|| (offset + limit).to_string());
     let page = models
@@ -160,19 +223,34 @@ struct DescribeView<'a> {
     workers: Vec<WorkerView>,
     job_queue_status: QueueView,
     device: String,
+    stats: StatsView,
+}
+
+/// ferroserve's counters for this version (not in TorchServe's describe).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatsView {
+    batches: u64,
+    requests: u64,
+    dropped_requests: u64,
+    failed_batches: u64,
+    worker_restarts: u64,
 }
 
 fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
     let pid = std::process::id() as i64;
     let device = m.device();
     let pending = m.queue.pending();
+    let (min_workers, max_workers) = m.pool.limits();
+    let stats = m.pool.stats();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     DescribeView {
         model_name: &m.name,
         model_version: &m.version,
         model_url: m.url(),
         runtime: &m.runtime,
-        min_workers: m.params.min_workers,
-        max_workers: m.params.max_workers,
+        min_workers,
+        max_workers,
         batch_size: m.params.batch_size,
         max_batch_delay: m.params.max_batch_delay_ms,
         response_timeout: m.params.response_timeout_s,
@@ -191,24 +269,34 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
         max_num_sequence: 0,
         max_sequence_job_queue_size: 0,
         loaded_at_startup: m.loaded_at_startup,
-        workers: m
-            .workers
-            .iter()
-            .map(|w| WorkerView {
-                id: w.id.to_string(),
-                start_time: w.started.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-                status: if w.is_alive() { "READY" } else { "UNLOADING" },
-                memory_usage: 0,
-                pid,
-                gpu: device.is_gpu(),
-                gpu_usage: "N/A",
-            })
-            .collect(),
+        workers: m.pool.with_workers(|workers| {
+            workers
+                .iter()
+                .map(|w| WorkerView {
+                    id: w.id.to_string(),
+                    start_time: w.started.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                    status: w.status(),
+                    memory_usage: 0,
+                    pid,
+                    gpu: device.is_gpu(),
+                    gpu_usage: "N/A",
+                })
+                .collect()
+        }),
         job_queue_status: QueueView {
             remaining_capacity: m.queue.capacity().saturating_sub(pending),
             pending_requests: pending,
         },
         device: device.to_string(),
+        stats: StatsView {
+            batches: count(&stats.batches),
+            requests: count(&stats.requests),
+            dropped_requests: count(&stats.dropped),
+            failed_batches: count(&stats.failed_batches),
+            worker_restarts: m
+                .pool
+                .with_workers(|w| w.iter().map(|w| w.restarts()).sum()),
+        },
     }
 }
 

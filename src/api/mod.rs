@@ -83,12 +83,16 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     let (mhost, mport) = bind("management_address", &settings.management_address)?;
 
     let s = state.clone();
+    // On SIGTERM/SIGINT the listeners stop accepting and in-flight requests get this long.
+    let drain = settings.default_response_timeout.clamp(1, 120);
     let inference = HttpServer::new(move || app!(s, inference::route))
         .workers(cores)
+        .shutdown_timeout(drain)
         .bind((ihost.as_str(), iport))?;
     let s = state.clone();
     let management = HttpServer::new(move || app!(s, management::route))
         .workers(1)
+        .shutdown_timeout(drain)
         .bind((mhost.as_str(), mport))?;
     tracing::info!("Inference address: {}", settings_addr(&ihost, iport));
     tracing::info!("Management address: {}", settings_addr(&mhost, mport));

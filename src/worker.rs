@@ -1,0 +1,548 @@
+//! Workers and worker pools. A native worker is a dedicated OS thread; all workers of a model
+//! version share its one loaded model (weights are never copied per worker) and its queue.
+//!
+//! Lifecycle, as TorchServe's: a worker whose handler panics fails its batch with
+//! "Worker died.", waits out TorchServe's back-off and serves again; one failing for longer
+//! than `maxRetryTimeoutInSec` stays dead. A worker stuck past the response timeout is
+//! abandoned (it exits when its call returns) and replaced, so the queue keeps moving.
+//! Retiring a worker (scale down) lets it finish its batch first: no request is dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::batching::{run_batch, BatchSettings, Intake, Outcome, Stats};
+use crate::handler::NativeHandler;
+
+/// TorchServe's restart back-off in seconds; the index moves up before each wait.
+const BACK_OFF: [u64; 18] = [
+    0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WorkerState {
+    Ready = 0,
+    /// Waiting out the back-off after a failure.
+    BackingOff = 1,
+    /// Told to stop; finishing its current batch.
+    Retiring = 2,
+    /// Failed for longer than `maxRetryTimeoutInSec`.
+    Dead = 3,
+    Exited = 4,
+}
+
+impl WorkerState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Ready,
+            1 => Self::BackingOff,
+            2 => Self::Retiring,
+            3 => Self::Dead,
+            _ => Self::Exited,
+        }
+    }
+}
+
+/// What a worker thread and its pool share.
+struct Shared {
+    stop: AtomicBool,
+    state: AtomicU8,
+    /// Milliseconds since `epoch` when the current batch started; 0 when idle.
+    busy_since_ms: AtomicU64,
+    epoch: Instant,
+    failing_since: Mutex<Option<Instant>>,
+    restarts: AtomicU64,
+}
+
+impl Shared {
+    fn set(&self, state: WorkerState) {
+        self.state.store(state as u8, Ordering::SeqCst);
+    }
+
+    fn state(&self) -> WorkerState {
+        WorkerState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    fn busy_for(&self) -> Option<Duration> {
+        match self.busy_since_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+}
+
+pub struct Worker {
+    pub id: u32,
+    pub started: chrono::DateTime<chrono::Local>,
+    shared: Arc<Shared>,
+}
+
+/// How a pool's workers run.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    pub label: String,
+    pub batch: BatchSettings,
+    pub max_retry: Duration,
+}
+
+impl Worker {
+    fn spawn(
+        id: u32,
+        config: &WorkerConfig,
+        intake: Arc<Intake>,
+        handler: Arc<dyn NativeHandler>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            state: AtomicU8::new(WorkerState::Ready as u8),
+            busy_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            failing_since: Mutex::new(None),
+            restarts: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let cfg = config.clone();
+        std::thread::Builder::new()
+            .name(format!("W-{id}-{}", config.label))
+            .spawn(move || {
+                serve(&s, &cfg, &intake, handler.as_ref(), &stats);
+                if s.state() != WorkerState::Dead {
+                    s.set(WorkerState::Exited);
+                }
+            })?;
+        Ok(Self {
+            id,
+            started: chrono::Local::now(),
+            shared,
+        })
+    }
+
+    pub fn state(&self) -> WorkerState {
+        self.shared.state()
+    }
+
+    /// Counts for `/ping` and readiness: running or backing off, and not failing for too long.
+    pub fn is_healthy(&self, max_retry: Duration) -> bool {
+        let failing_too_long = self
+            .shared
+            .failing_since
+            .lock()
+            .map(|f| f.is_some_and(|t| t.elapsed() > max_retry))
+            .unwrap_or(true);
+        matches!(self.state(), WorkerState::Ready | WorkerState::BackingOff) && !failing_too_long
+    }
+
+    /// TorchServe's describe status: READY only while serving.
+    pub fn status(&self) -> &'static str {
+        match self.state() {
+            WorkerState::Ready => "READY",
+            _ => "UNLOADING",
+        }
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::SeqCst)
+    }
+
+    fn retire(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if self.state() != WorkerState::Dead {
+            self.shared.set(WorkerState::Retiring);
+        }
+    }
+
+    fn running(&self) -> bool {
+        !matches!(
+            self.state(),
+            WorkerState::Retiring | WorkerState::Dead | WorkerState::Exited
+        )
+    }
+}
+
+/// The worker thread's loop.
+fn serve(
+    s: &Shared,
+    cfg: &WorkerConfig,
+    intake: &Intake,
+    handler: &dyn NativeHandler,
+    stats: &Stats,
+) {
+    let mut backoff = 0usize;
+    while let Some(batch) = intake.next_batch(cfg.batch, &s.stop) {
+        let started = s.epoch.elapsed().as_millis().max(1) as u64;
+        s.busy_since_ms.store(started, Ordering::SeqCst);
+        let outcome = run_batch(handler, batch, stats);
+        s.busy_since_ms.store(0, Ordering::SeqCst);
+        if s.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match outcome {
+            Outcome::Done => {
+                backoff = 0;
+                *s.failing_since.lock().expect("worker lock") = None;
+            }
+            Outcome::Panicked => {
+                s.restarts.fetch_add(1, Ordering::SeqCst);
+                let since = *s
+                    .failing_since
+                    .lock()
+                    .expect("worker lock")
+                    .get_or_insert_with(Instant::now);
+                if since.elapsed() > cfg.max_retry {
+                    tracing::error!(worker = %cfg.label, "worker failed for longer than maxRetryTimeoutInSec; it stays down");
+                    s.set(WorkerState::Dead);
+                    return;
+                }
+                backoff = (backoff + 1).min(BACK_OFF.len() - 1);
+                let wait = Duration::from_secs(BACK_OFF[backoff]);
+                tracing::warn!(worker = %cfg.label, ?wait, "worker failed; restarting after back-off");
+                s.set(WorkerState::BackingOff);
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !s.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+                }
+                if s.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                s.set(WorkerState::Ready);
+            }
+        }
+    }
+}
+
+/// The workers of one model version.
+pub struct WorkerPool {
+    config: WorkerConfig,
+    intake: Arc<Intake>,
+    handler: Arc<dyn NativeHandler>,
+    stats: Arc<Stats>,
+    workers: Mutex<Vec<Worker>>,
+    /// (min, max) workers.
+    limits: Mutex<(usize, usize)>,
+}
+
+impl WorkerPool {
+    pub fn new(
+        config: WorkerConfig,
+        intake: Arc<Intake>,
+        handler: Arc<dyn NativeHandler>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            config,
+            intake,
+            handler,
+            stats,
+            workers: Mutex::new(Vec::new()),
+            limits: Mutex::new((0, 0)),
+        }
+    }
+
+    pub fn limits(&self) -> (usize, usize) {
+        *self.limits.lock().expect("pool lock")
+    }
+
+    /// Starts or retires workers so that `min` run; retired workers finish their batch.
+    /// `next_id` hands out worker ids (TorchServe's port-like numbering).
+    pub fn scale(&self, min: usize, max: usize, next_id: &dyn Fn() -> u32) -> std::io::Result<()> {
+        *self.limits.lock().expect("pool lock") = (min, max.max(min));
+        let mut workers = self.workers.lock().expect("pool lock");
+        workers.retain(|w| w.state() != WorkerState::Exited);
+        let mut running: Vec<&Worker> = workers.iter().filter(|w| w.running()).collect();
+        // Highest ids go first, as TorchServe removes its newest threads.
+        running.sort_by_key(|w| std::cmp::Reverse(w.id));
+        let excess = running.len().saturating_sub(min);
+        for w in running.into_iter().take(excess) {
+            w.retire();
+        }
+        let have = workers.iter().filter(|w| w.running()).count();
+        for _ in have..min {
+            workers.push(Worker::spawn(
+                next_id(),
+                &self.config,
+                self.intake.clone(),
+                self.handler.clone(),
+                self.stats.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Abandons workers busy for longer than `timeout` and starts replacements.
+    pub fn replace_stuck(&self, timeout: Duration, next_id: &dyn Fn() -> u32) {
+        let stuck: Vec<u32> = {
+            let workers = self.workers.lock().expect("pool lock");
+            workers
+                .iter()
+                .filter(|w| w.running() && w.shared.busy_for().is_some_and(|b| b > timeout))
+                .map(|w| {
+                    w.retire();
+                    w.id
+                })
+                .collect()
+        };
+        if !stuck.is_empty() {
+            tracing::warn!(worker = %self.config.label, ?stuck, ?timeout, "workers stuck past the response timeout were abandoned");
+            let (min, max) = self.limits();
+            if let Err(e) = self.scale(min, max, next_id) {
+                tracing::error!(worker = %self.config.label, "cannot start replacement workers: {e}");
+            }
+        }
+    }
+
+    pub fn healthy(&self) -> usize {
+        let workers = self.workers.lock().expect("pool lock");
+        workers
+            .iter()
+            .filter(|w| w.is_healthy(self.config.max_retry))
+            .count()
+    }
+
+    pub fn ready(&self) -> usize {
+        let workers = self.workers.lock().expect("pool lock");
+        workers
+            .iter()
+            .filter(|w| w.state() == WorkerState::Ready)
+            .count()
+    }
+
+    /// Workers that exist (any state but exited), for describe.
+    pub fn with_workers<T>(&self, f: impl FnOnce(&[Worker]) -> T) -> T {
+        let workers = self.workers.lock().expect("pool lock");
+        f(&workers)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn has_workers(&self) -> bool {
+        self.with_workers(|w| w.iter().any(|w| w.running()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batching::{Job, JobQueue, JobResult, SubmitError};
+    use crate::device::Device;
+    use crate::error::ApiError;
+    use crate::handler::{Prepared, Reply};
+    use std::sync::atomic::AtomicU32;
+    use tokio::sync::oneshot;
+
+    /// Records batch sizes; answers each request with its own first value, or misbehaves.
+    struct Recorder {
+        sizes: Mutex<Vec<usize>>,
+        mode: &'static str,
+    }
+
+    impl NativeHandler for Recorder {
+        fn preprocess(&self, _: &crate::handler::RequestInput) -> Result<Prepared, ApiError> {
+            unreachable!("jobs are queued already prepared")
+        }
+        fn infer(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError> {
+            self.sizes.lock().unwrap().push(batch.len());
+            if batch[0].tensor[0] < 0.0 {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            match self.mode {
+                "panic" => panic!("boom"),
+                "short" => Ok(Vec::new()),
+                _ => Ok(batch
+                    .iter()
+                    .map(|p| Reply {
+                        status: 200,
+                        content_type: None,
+                        headers: Vec::new(),
+                        body: bytes::Bytes::from(p.tensor[0].to_string()),
+                    })
+                    .collect()),
+            }
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+    }
+
+    struct Harness {
+        queue: JobQueue,
+        pool: WorkerPool,
+        handler: Arc<Recorder>,
+        ids: AtomicU32,
+    }
+
+    impl Harness {
+        fn new(mode: &'static str, batch_size: usize) -> Self {
+            let queue = JobQueue::new(100);
+            let handler = Arc::new(Recorder {
+                sizes: Mutex::new(Vec::new()),
+                mode,
+            });
+            let config = WorkerConfig {
+                label: "t".into(),
+                batch: BatchSettings {
+                    batch_size,
+                    max_batch_delay: Duration::from_millis(50),
+                },
+                max_retry: Duration::from_secs(300),
+            };
+            let pool = WorkerPool::new(
+                config,
+                queue.intake(),
+                handler.clone(),
+                Arc::new(Stats::default()),
+            );
+            Self {
+                queue,
+                pool,
+                handler,
+                ids: AtomicU32::new(9000),
+            }
+        }
+
+        fn scale(&self, n: usize) {
+            self.pool
+                .scale(n, n, &|| self.ids.fetch_add(1, Ordering::SeqCst))
+                .unwrap();
+        }
+
+        fn submit(
+            &self,
+            values: impl IntoIterator<Item = f32>,
+        ) -> Vec<oneshot::Receiver<JobResult>> {
+            values
+                .into_iter()
+                .map(|v| {
+                    let (tx, rx) = oneshot::channel();
+                    let input = Prepared {
+                        tensor: vec![v],
+                        topk: 1,
+                    };
+                    assert!(self.queue.submit(Job { input, reply: tx }).is_ok());
+                    rx
+                })
+                .collect()
+        }
+    }
+
+    fn wait_all(rxs: Vec<oneshot::Receiver<JobResult>>) -> Vec<JobResult> {
+        rxs.into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_cut_at_batch_size_and_answers_keep_order() {
+        let h = Harness::new("ok", 4);
+        let rxs = h.submit((0..10).map(|i| i as f32));
+        assert_eq!(h.queue.pending(), 10);
+        h.scale(1);
+        for (i, r) in wait_all(rxs).into_iter().enumerate() {
+            assert_eq!(r.unwrap().body, bytes::Bytes::from(i.to_string()));
+        }
+        assert_eq!(*h.handler.sizes.lock().unwrap(), vec![4, 4, 2]);
+        assert_eq!(h.queue.pending(), 0);
+        assert_eq!(h.pool.stats().batches.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_wrong_answer_count_fails_only_that_batch() {
+        let h = Harness::new("short", 2);
+        h.scale(1);
+        for r in wait_all(h.submit([1.0, 2.0])) {
+            assert_eq!(
+                r.unwrap_err().message,
+                "number of batch response mismatched"
+            );
+        }
+        assert_eq!(h.pool.healthy(), 1);
+    }
+
+    #[test]
+    fn a_panicking_worker_backs_off_and_serves_again() {
+        let h = Harness::new("panic", 1);
+        h.scale(1);
+        let first = wait_all(h.submit([1.0]));
+        assert_eq!(first[0].as_ref().unwrap_err().message, "Worker died.");
+        std::thread::sleep(Duration::from_millis(100));
+        h.pool.with_workers(|w| {
+            assert_eq!(w[0].state(), WorkerState::BackingOff);
+            assert_eq!(w[0].status(), "UNLOADING");
+            assert_eq!(w[0].restarts(), 1);
+        });
+        assert_eq!(h.pool.healthy(), 1, "backing off still counts as healthy");
+        // After TorchServe's first back-off (1 s) the worker takes the next job.
+        let start = Instant::now();
+        let second = wait_all(h.submit([2.0]));
+        assert!(second[0].is_err());
+        assert!(
+            start.elapsed() >= Duration::from_millis(800),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn scaling_down_lets_busy_workers_finish_and_scaling_up_adds_workers() {
+        let h = Harness::new("ok", 1);
+        h.scale(3);
+        assert_eq!(h.pool.ready(), 3);
+        // Three slow jobs occupy all three workers, then two workers are retired.
+        let rxs = h.submit([-1.0, -2.0, -3.0]);
+        std::thread::sleep(Duration::from_millis(100));
+        h.scale(1);
+        for r in wait_all(rxs) {
+            assert!(r.is_ok(), "a retired worker finishes its batch");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        h.pool.with_workers(|w| {
+            let ids: Vec<_> = w.iter().filter(|w| w.running()).map(|w| w.id).collect();
+            assert_eq!(ids, vec![9000], "the newest workers are retired first");
+        });
+        h.scale(2);
+        assert_eq!(h.pool.ready(), 2);
+        assert!(wait_all(h.submit([5.0])).pop().unwrap().is_ok());
+    }
+
+    #[test]
+    fn stuck_workers_are_replaced() {
+        let h = Harness::new("ok", 1);
+        h.scale(1);
+        let slow = h.submit([-1.0]);
+        std::thread::sleep(Duration::from_millis(150));
+        h.pool.replace_stuck(Duration::from_millis(100), &|| {
+            h.ids.fetch_add(1, Ordering::SeqCst)
+        });
+        // The replacement serves while the stuck one is still busy.
+        let start = Instant::now();
+        assert!(wait_all(h.submit([7.0])).pop().unwrap().is_ok());
+        assert!(
+            start.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(wait_all(slow).pop().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        let queue = JobQueue::new(1);
+        let job = || Job {
+            input: Prepared {
+                tensor: vec![0.0],
+                topk: 1,
+            },
+            reply: oneshot::channel().0,
+        };
+        assert!(queue.submit(job()).is_ok());
+        assert!(matches!(queue.submit(job()), Err(SubmitError::Full)));
+        assert_eq!(queue.pending(), 1);
+    }
+}
