@@ -7,6 +7,8 @@ Outputs:
   model-store/sign.mar        TorchScript sign model (64 frames x 469 features -> 100 classes)
   model-store/sign_onnx.mar   the same weights exported to ONNX
   tests/fixtures/sign_reference.json  inputs (by formula) and expected logits
+  tests/fixtures/probe.mar    test-only TorchScript model: slow, failing and batch-revealing on
+                              request (see Probe)
 """
 import json
 import math
@@ -45,6 +47,54 @@ class SignTransformer(nn.Module):
         active = (x.abs().sum(dim=-1) > 1e-6).float().unsqueeze(-1)
         pooled = (h * active).sum(dim=1) / active.sum(dim=1).clamp_min(1.0)
         return self.classifier(pooled)
+
+
+class Probe(nn.Module):
+    """Input [B, 1, 4]. x[:, 0, 0] = work units (the batch's max; each unit is one 256x256
+    matmul), x[:, 0, 1] > 0.5 raises an error. Output [B, 2] = [log(B), 0], so the reply's
+    confidence for label "batch" is B / (B + 1): the batch size the model saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.full((256, 256), 1.0 / 256))
+
+    def forward(self, x):
+        work = int(x[:, 0, 0].max().item())
+        y = torch.ones(256, 256)
+        for _ in range(work):
+            y = torch.mm(y, self.w)
+        if bool((x[:, 0, 1] > 0.5).any()):
+            raise RuntimeError("probe: failure requested")
+        b = x.size(0)
+        out = torch.zeros(b, 2)
+        out[:, 0] = torch.log(torch.full([b], float(b)))
+        return out + y[0, 0] * 0.0
+
+
+def probe_archive(tmp):
+    path = os.path.join(tmp, "probe.pt")
+    torch.jit.script(Probe()).save(path)
+    cfg_dir = os.path.join(tmp, "probe-cfg")
+    os.makedirs(cfg_dir)
+    labels = os.path.join(cfg_dir, "index_to_name.json")
+    with open(labels, "w") as f:
+        json.dump({"0": "batch", "1": "rest"}, f)
+    config = os.path.join(cfg_dir, "model-config.yaml")
+    with open(config, "w") as f:
+        f.write(
+            "ferroserve:\n  native_handler: json_tensor_classifier\n"
+            "handler:\n  frames: 1\n  features: 4\nminWorkers: 1\nmaxWorkers: 1\n"
+        )
+    subprocess.run(
+        [
+            sys.executable, "-m", "model_archiver.model_packaging",
+            "--model-name", "probe", "--version", "1.0", "--serialized-file", path,
+            "--handler", os.path.join(ROOT, "handlers", "sign_handler.py"),
+            "--extra-files", labels, "--config-file", config,
+            "--export-path", os.path.join(ROOT, "tests", "fixtures"), "--force",
+        ],
+        check=True,
+    )
 
 
 def formula_frames(seed, n_frames):
@@ -121,6 +171,7 @@ def main():
         print("max |torch - onnx| =", float(np.abs(onnx_logits - logits).max()))
         for c, row in zip(cases, logits):
             c["logits"] = [float(v) for v in row]
+        probe_archive(tmp)
         ref = {"frames": FRAMES, "features": FEATURES, "classes": CLASSES, "labels": labels, "cases": cases}
         with open(os.path.join(ROOT, "tests", "fixtures", "sign_reference.json"), "w") as f:
             json.dump(ref, f, indent=1)

@@ -108,11 +108,36 @@ async fn predict(
         }
         return Ok(res);
     }
-    // Dropping `rx` (client gone, or this timeout) lets the worker skip the job.
-    match tokio::time::timeout(mv.response_timeout(), rx).await {
-        Ok(Ok(Ok(reply))) => Ok(response::reply(reply)),
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_)) | Err(_) => Err(ApiError::internal(500, "Worker died.")),
+    let conn = req.conn_data::<super::ConnFd>().copied();
+    // Dropping `rx` (timeout, or client gone) lets the worker skip the job.
+    let waited = tokio::time::timeout(mv.response_timeout(), async {
+        tokio::select! {
+            reply = rx => Some(reply),
+            _ = client_gone(conn) => None,
+        }
+    })
+    .await;
+    match waited {
+        Ok(Some(Ok(Ok(reply)))) => Ok(response::reply(reply)),
+        Ok(Some(Ok(Err(e)))) => Err(e),
+        // Nobody is listening any more; the connection is closed with whatever we write.
+        Ok(None) => Err(ApiError::bad_request("client disconnected")),
+        Ok(Some(Err(_))) | Err(_) => Err(ApiError::internal(500, "Worker died.")),
+    }
+}
+
+/// Resolves when the client closes its connection. actix notices a disconnect only when it
+/// writes, so while a request waits for a worker its socket is peeked now and then.
+async fn client_gone(conn: Option<super::ConnFd>) {
+    let Some(conn) = conn else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        if conn.peer_closed() {
+            return;
+        }
     }
 }
 

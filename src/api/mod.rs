@@ -24,6 +24,42 @@ pub struct AppState {
     pub registry: Arc<Registry>,
 }
 
+/// The socket of an HTTP connection, to notice a client that left while its request waits.
+#[derive(Clone, Copy)]
+pub struct ConnFd(std::os::fd::RawFd);
+
+impl ConnFd {
+    fn from_connection(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+        use std::os::fd::AsRawFd;
+        if let Some(sock) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            ext.insert(ConnFd(sock.as_raw_fd()));
+        }
+    }
+
+    /// True once the peer closed (or reset) the connection. Valid while the request that
+    /// carries it is being handled: the connection, and so the descriptor, outlives it.
+    pub fn peer_closed(self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local buffer on a descriptor owned by the connection.
+        let n = unsafe {
+            libc::recv(
+                self.0,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => true,
+            n if n > 0 => false,
+            _ => !matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN) | Some(libc::EINTR)
+            ),
+        }
+    }
+}
+
 /// The server-generated id of the current request (also the backend request id).
 #[derive(Clone)]
 pub struct RequestId(pub String);
@@ -86,12 +122,15 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     // On SIGTERM/SIGINT the listeners stop accepting and in-flight requests get this long.
     let drain = settings.default_response_timeout.clamp(1, 120);
     let inference = HttpServer::new(move || app!(s, inference::route))
+        .on_connect(ConnFd::from_connection)
         .workers(cores)
+        .disable_signals()
         .shutdown_timeout(drain)
         .bind((ihost.as_str(), iport))?;
     let s = state.clone();
     let management = HttpServer::new(move || app!(s, management::route))
         .workers(1)
+        .disable_signals()
         .shutdown_timeout(drain)
         .bind((mhost.as_str(), mport))?;
     tracing::info!("Inference address: {}", settings_addr(&ihost, iport));
@@ -104,14 +143,44 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         servers.push(
             HttpServer::new(move || app!(s, metrics_route))
                 .workers(1)
+                .disable_signals()
                 .bind((xhost.as_str(), xport))?
                 .run(),
         );
         tracing::info!("Metrics address: {}", settings_addr(&xhost, xport));
     }
     println!("Model server started.");
+    // One signal handler for all listeners: each stops gracefully and the process exits only
+    // when every in-flight request has its answer (or the drain time ran out).
+    let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
+    actix_web::rt::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        futures_util::future::join_all(handles.iter().map(|h| h.stop(true))).await;
+    });
     futures_util::future::try_join_all(servers).await?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM (`ferroserve --stop`, Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot listen for SIGTERM/SIGINT; falling back to Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn settings_addr(host: &str, port: u16) -> String {

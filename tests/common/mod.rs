@@ -27,6 +27,7 @@ pub fn agent() -> ureq::Agent {
 
 pub struct Server {
     pub dir: tempfile::TempDir,
+    pub pid: u32,
     pub inference: String,
     pub management: String,
     pub metrics: String,
@@ -54,7 +55,14 @@ impl Server {
         let store = Self::model_store(dir.path());
         std::fs::create_dir_all(&store).unwrap();
         for a in setup.archives {
-            std::fs::copy(Path::new(REPO).join("model-store").join(a), store.join(a)).unwrap();
+            // Bundled models live in model-store/, test-only ones in tests/fixtures/.
+            let bundled = Path::new(REPO).join("model-store").join(a);
+            let source = if bundled.exists() {
+                bundled
+            } else {
+                Path::new(REPO).join("tests/fixtures").join(a)
+            };
+            std::fs::copy(source, store.join(a)).unwrap();
         }
         prepare(&store);
         let (ip, mp, xp) = (free_port(), free_port(), free_port());
@@ -74,6 +82,7 @@ impl Server {
             &log,
         );
         let server = Server {
+            pid: child.id(),
             inference: format!("http://127.0.0.1:{ip}"),
             management: format!("http://127.0.0.1:{mp}"),
             metrics: format!("http://127.0.0.1:{xp}"),
@@ -103,6 +112,15 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the child this harness started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
     }
 }
 
@@ -279,4 +297,8 @@ pub fn assert_error(body: &str, code: u16, kind: &str) -> String {
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{body}");
     v["message"].as_str().unwrap().to_string()
+}
+
+pub fn agent_put(url: &str) -> (u16, String, Vec<(String, String)>) {
+    into_parts(agent().put(url).send_empty().unwrap())
 }
