@@ -1,5 +1,9 @@
-//! Start-up, memory and single-request latency of the bundled sign models, next to the raw
-//! forward pass and body decoding measured in the same run. Run through `bench/run.sh`.
+//! Measurements of the bundled sign models, run through `bench/run.sh` and `bench/load.sh`:
+//! - `latency [N]`: start-up, RSS and single-connection latency next to the raw forward pass
+//!   and the body decode, measured in the same run;
+//! - `raw B`: the in-process forward pass at batch size B (TorchScript and ONNX);
+//! - `overload`: how fast a full queue is refused (503);
+//! - `memory`: RSS of one model with 1 and with 4 workers (the weights are shared).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +37,7 @@ fn time_us(n: usize, mut f: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
+/// The benchmark request: 64 frames of 469 values, the same formula as `bench/load.sh` uses.
 fn request_body() -> String {
     let frames: Vec<Vec<f32>> = (0..FRAMES)
         .map(|f| {
@@ -62,100 +67,191 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let server_bin = PathBuf::from(
-        args.get(1)
-            .expect("usage: bench <ferroserve binary> [requests]"),
-    );
-    let requests: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let store = repo.join("model-store");
-    let body = request_body();
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &str) -> u16 {
+    match agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+    {
+        Ok(mut res) => {
+            let _ = res.body_mut().read_to_string();
+            res.status().as_u16()
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Raw in-process forward passes at `batch`, one intra-op thread: p50 in µs (TorchScript, ONNX).
+fn raw_forward(batch: usize) -> [f64; 2] {
     tch::set_num_threads(1);
     tch::set_num_interop_threads(1);
-
-    // Raw runtimes, in process: batch 1, one intra-op thread.
     let options = RuntimeOptions {
         device: Device::Cpu,
         intra_op_threads: 1,
         onnxruntime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
     };
-    let mut raw = Vec::new();
-    for mar in ["sign.mar", "sign_onnx.mar"] {
-        let archive = ModelArchive::open(&store, mar, 1 << 30).expect("archive");
+    let body = request_body();
+    let one = parse_request(body.as_bytes(), FRAMES, FEATURES)
+        .unwrap()
+        .tensor;
+    let input: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
+    let mut out = [0.0; 2];
+    for (i, mar) in ["sign.mar", "sign_onnx.mar"].iter().enumerate() {
+        let archive =
+            ModelArchive::open(&repo().join("model-store"), mar, 1 << 30).expect("archive");
         let file = archive.manifest.model.serialized_file.clone().unwrap();
         let model = backend::load(&archive.file(&file), &options).expect("model");
-        let input = parse_request(body.as_bytes(), FRAMES, FEATURES)
-            .unwrap()
-            .tensor;
         let run = || {
             model
-                .forward(Tensor::new(vec![1, FRAMES, FEATURES], input.clone()))
+                .forward(Tensor::new(vec![batch, FRAMES, FEATURES], input.clone()))
                 .unwrap();
         };
-        time_us(50, run);
-        raw.push(median(time_us(500, run)));
+        time_us(20, run);
+        out[i] = median(time_us(200, run));
     }
+    out
+}
+
+/// A server on free loopback ports with the given archives and extra config lines.
+struct Running {
+    child: std::process::Child,
+    base: String,
+    management: String,
+    started: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(bin: &Path, archives: &[&str], extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        for a in archives {
+            let src = [
+                repo().join("model-store").join(a),
+                repo().join("tests/fixtures").join(a),
+            ]
+            .into_iter()
+            .find(|p| p.exists())
+            .expect("archive");
+            std::fs::copy(src, store.join(a)).unwrap();
+        }
+        let (ip, mp, xp) = (free_port(), free_port(), free_port());
+        let cfg = dir.path().join("config.properties");
+        std::fs::write(
+            &cfg,
+            format!(
+                "inference_address=http://127.0.0.1:{ip}\nmanagement_address=http://127.0.0.1:{mp}\n\
+                 metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\n\
+                 intra_op_threads=1\n{extra}\n",
+                store.display()
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let child = Command::new(bin)
+            .args(["--foreground", "--ts-config", cfg.to_str().unwrap()])
+            .current_dir(dir.path())
+            .env("TMPDIR", dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ferroserve");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{ip}"),
+            management: format!("http://127.0.0.1:{mp}"),
+            started,
+            _dir: dir,
+        }
+    }
+
+    /// Time from start to the first `/ping` answered 200.
+    fn wait_ready(&self, agent: &ureq::Agent) -> Duration {
+        loop {
+            if agent
+                .get(format!("{}/ping", self.base))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return self.started.elapsed();
+            }
+            assert!(
+                self.started.elapsed() < Duration::from_secs(60),
+                "server never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn rss_mib(&self) -> f64 {
+        rss_mib(self.child.id())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage =
+        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | overload | memory";
+    let bin = PathBuf::from(args.get(1).expect(usage));
+    match args.get(2).map(String::as_str) {
+        Some("latency") => latency(
+            &bin,
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000),
+        ),
+        Some("raw") => {
+            let batch = args.get(3).and_then(|s| s.parse().ok()).expect(usage);
+            let [ts, onnx] = raw_forward(batch);
+            println!("{ts:.0} {onnx:.0}");
+        }
+        Some("overload") => overload(&bin),
+        Some("memory") => memory(&bin),
+        _ => panic!("{usage}"),
+    }
+}
+
+fn latency(bin: &Path, requests: usize) {
+    let body = request_body();
+    let raw = raw_forward(1);
     let decode = median(time_us(500, || {
         parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap();
     }));
 
     // The server: start to ready, first prediction, RSS, then sequential requests.
-    let dir = tempfile::tempdir().unwrap();
-    let (ip, mp, xp) = (free_port(), free_port(), free_port());
-    let cfg = dir.path().join("config.properties");
-    std::fs::write(
-        &cfg,
-        format!(
-            "inference_address=http://127.0.0.1:{ip}\nmanagement_address=http://127.0.0.1:{mp}\n\
-             metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\nintra_op_threads=1\n",
-            store.display()
-        ),
-    )
-    .unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let base = format!("http://127.0.0.1:{ip}");
-    let start = Instant::now();
-    let mut child = Command::new(&server_bin)
-        .args(["--foreground", "--ts-config", cfg.to_str().unwrap()])
-        .current_dir(dir.path())
-        .env("TMPDIR", dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ferroserve");
-    let ready = loop {
-        if agent
-            .get(format!("{base}/ping"))
-            .call()
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break start.elapsed();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "server never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let server = Running::start(bin, &["sign.mar", "sign_onnx.mar"], "");
+    let client = agent();
+    let ready = server.wait_ready(&client);
     let predict = |model: &str| {
-        let res = agent
-            .post(format!("{base}/predictions/{model}"))
-            .header("Content-Type", "application/json")
-            .send(body.as_str())
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        res.into_body().read_to_string().unwrap();
+        let status = post(
+            &client,
+            &format!("{}/predictions/{model}", server.base),
+            &body,
+        );
+        assert_eq!(status, 200);
     };
     predict("sign");
-    let first_prediction = start.elapsed();
+    let first_prediction = server.started.elapsed();
     std::thread::sleep(Duration::from_millis(200));
-    let rss = rss_mib(child.id());
+    let rss = server.rss_mib();
 
     let mut served = Vec::new();
     for model in ["sign", "sign_onnx"] {
@@ -163,9 +259,8 @@ fn main() {
         let t = time_us(requests, || predict(model));
         served.push((median(t.clone()), percentile(t, 0.99)));
     }
-    let rss_after = rss_mib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let rss_after = server.rss_mib();
+    drop(server);
 
     println!("| measure | TorchScript | ONNX |");
     println!("|---|---|---|");
@@ -183,22 +278,91 @@ fn main() {
         served[0].1, served[1].1
     );
     println!(
-        "| server overhead: p50 − (decode + forward) | {:.0} µs | {:.0} µs |",
+        "| p50 − (decode + forward) | {:.0} µs | {:.0} µs |",
         served[0].0 - decode - raw[0],
         served[1].0 - decode - raw[1]
     );
     println!();
     println!(
-        "start to ready (first /ping 200): {:.0} ms",
-        ready.as_secs_f64() * 1e3
-    );
-    println!(
-        "start to first prediction: {:.0} ms",
+        "- start to ready (first /ping 200): {:.0} ms; start to first prediction: {:.0} ms",
+        ready.as_secs_f64() * 1e3,
         first_prediction.as_secs_f64() * 1e3
     );
-    println!("RSS after start (both models loaded, one prediction): {rss:.0} MiB");
     println!(
-        "RSS after {} requests: {rss_after:.0} MiB",
+        "- RSS after start (both models, one prediction): {rss:.0} MiB; after {} requests: {rss_after:.0} MiB",
         2 * (requests + 50)
+    );
+}
+
+/// A full queue must be refused at once: the probe model keeps the only worker busy and the
+/// queue (size 1) full while 503s are timed, each on a new connection (a 503 closes it).
+fn overload(bin: &Path) {
+    let server = Running::start(bin, &["probe.mar"], "job_queue_size=1");
+    let client = agent();
+    server.wait_ready(&client);
+    let url = format!("{}/predictions/probe", server.base);
+    let occupy = |work: u32| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            post(
+                &agent(),
+                &url,
+                &format!("{{\"landmarks\": [[{work}, 0, 0, 0]]}}"),
+            )
+        })
+    };
+    let busy = occupy(40_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let queued = occupy(0);
+    std::thread::sleep(Duration::from_millis(300));
+    let times = time_us(500, || {
+        assert_eq!(post(&client, &url, "{\"landmarks\": [[0, 0, 0, 0]]}"), 503);
+    });
+    println!(
+        "- 503 on a full queue, client-side including a new loopback connection: p50 {:.0} µs, p99 {:.0} µs",
+        median(times.clone()),
+        percentile(times, 0.99)
+    );
+    drop(server);
+    let _ = (busy.join(), queued.join());
+}
+
+/// RSS of the sign model with one worker, then scaled to four workers that all ran.
+fn memory(bin: &Path) {
+    let server = Running::start(bin, &["sign.mar"], "");
+    let client = agent();
+    server.wait_ready(&client);
+    let body = request_body();
+    let url = format!("{}/predictions/sign", server.base);
+    for _ in 0..20 {
+        assert_eq!(post(&client, &url, &body), 200);
+    }
+    let one = server.rss_mib();
+    let res = client
+        .put(format!(
+            "{}/models/sign?min_worker=4&synchronous=true",
+            server.management
+        ))
+        .send_empty()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || {
+                let client = agent();
+                for _ in 0..50 {
+                    assert_eq!(post(&client, &url, &body), 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let four = server.rss_mib();
+    println!(
+        "- RSS of the sign model: 1 worker {one:.0} MiB, 4 workers {four:.0} MiB (+{:.0} MiB for 3 more workers)",
+        four - one
     );
 }

@@ -380,6 +380,10 @@ mod tests {
 
     impl Harness {
         fn new(mode: &'static str, batch_size: usize) -> Self {
+            Self::with_retry(mode, batch_size, Duration::from_secs(300))
+        }
+
+        fn with_retry(mode: &'static str, batch_size: usize, max_retry: Duration) -> Self {
             let queue = JobQueue::new(100);
             let handler = Arc::new(Recorder {
                 sizes: Mutex::new(Vec::new()),
@@ -391,7 +395,7 @@ mod tests {
                     batch_size,
                     max_batch_delay: Duration::from_millis(50),
                 },
-                max_retry: Duration::from_secs(300),
+                max_retry,
             };
             let pool = WorkerPool::new(
                 config,
@@ -487,6 +491,22 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn a_worker_failing_past_max_retry_stays_dead_and_unhealthy() {
+        let h = Harness::with_retry("panic", 1, Duration::ZERO);
+        h.scale(1);
+        assert!(wait_all(h.submit([1.0])).pop().unwrap().is_err());
+        std::thread::sleep(Duration::from_millis(100));
+        h.pool
+            .with_workers(|w| assert_eq!(w[0].state(), WorkerState::Dead));
+        assert_eq!(
+            h.pool.healthy(),
+            0,
+            "/ping turns Unhealthy below minWorkers"
+        );
+        assert_eq!(h.pool.ready(), 0);
     }
 
     #[test]
