@@ -102,9 +102,7 @@ fn raw_forward(batch: usize) -> [f64; 2] {
         onnxruntime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
     };
     let body = request_body();
-    let one = parse_request(body.as_bytes(), FRAMES, FEATURES)
-        .unwrap()
-        .tensor;
+    let one = parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap().0;
     let input: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
     let mut out = [0.0; 2];
     for (i, mar) in ["sign.mar", "sign_onnx.mar"].iter().enumerate() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
-use crate::handler::{NativeHandler, Prepared, Reply};
+use crate::handler::{Engine, EngineError, Prepared, Reply};
 
 pub type JobResult = Result<Reply, ApiError>;
 
@@ -134,12 +134,12 @@ impl Intake {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Done,
-    /// The handler panicked: the worker counts as failed (TorchServe's "worker died").
-    Panicked,
+    /// The engine died or panicked: the worker must restart (TorchServe's "worker died").
+    Died,
 }
 
 /// Runs one batch and answers every job in it.
-pub fn run_batch(handler: &dyn NativeHandler, batch: Vec<Job>, stats: &Stats) -> Outcome {
+pub fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, stats: &Stats) -> Outcome {
     let total = batch.len();
     // Requests whose client went away are dropped before they reach the model.
     let (inputs, replies): (Vec<Prepared>, Vec<oneshot::Sender<JobResult>>) = batch
@@ -157,7 +157,7 @@ pub fn run_batch(handler: &dyn NativeHandler, batch: Vec<Job>, stats: &Stats) ->
     stats
         .requests
         .fetch_add(inputs.len() as u64, Ordering::Relaxed);
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| handler.infer(&inputs)));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| engine.infer(&inputs)));
     let (error, result) = match outcome {
         Ok(Ok(answers)) if answers.len() == replies.len() => {
             for (tx, answer) in replies.into_iter().zip(answers) {
@@ -169,10 +169,11 @@ pub fn run_batch(handler: &dyn NativeHandler, batch: Vec<Job>, stats: &Stats) ->
             ApiError::internal(503, "number of batch response mismatched"),
             Outcome::Done,
         ),
-        Ok(Err(e)) => (e, Outcome::Done),
+        Ok(Err(EngineError::Batch(e))) => (e, Outcome::Done),
+        Ok(Err(EngineError::Died(e))) => (e, Outcome::Died),
         Err(_) => {
-            tracing::error!("a native handler panicked; the batch failed");
-            (ApiError::internal(500, "Worker died."), Outcome::Panicked)
+            tracing::error!("a handler panicked; the batch failed");
+            (ApiError::internal(500, "Worker died."), Outcome::Died)
         }
     };
     stats.failed_batches.fetch_add(1, Ordering::Relaxed);

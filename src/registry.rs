@@ -13,8 +13,11 @@ use crate::batching::{BatchSettings, JobQueue, Stats};
 use crate::config::Settings;
 use crate::device::Device;
 use crate::error::{ApiError, LoadError};
-use crate::handler::{self, NativeHandler};
+use crate::handler::{self, Handler};
 use crate::worker::{WorkerConfig, WorkerPool};
+
+/// How long loading waits for workers to come up before carrying on in the background.
+const STARTUP_WAIT: Duration = Duration::from_secs(2);
 
 /// A model version's serving parameters, resolved once at load time.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +96,7 @@ pub struct ModelVersion {
     /// Parameters at load time; the worker limits live in `pool` (they change with scaling).
     pub params: ModelParams,
     pub loaded_at_startup: bool,
-    pub handler: Arc<dyn NativeHandler>,
+    pub handler: Arc<dyn Handler>,
     pub queue: JobQueue,
     pub pool: WorkerPool,
     pub archive: ModelArchive,
@@ -282,6 +285,8 @@ impl Registry {
             self.next_worker_id()
         })
         .map_err(|e| LoadError::Invalid(format!("cannot start worker threads: {e}")))?;
+        // Native workers start at once; slower ones (Python) go on loading in the background.
+        pool.wait_started(STARTUP_WAIT);
         Ok(ModelVersion {
             name,
             version,

@@ -1,18 +1,19 @@
-//! Workers and worker pools. A native worker is a dedicated OS thread; all workers of a model
-//! version share its one loaded model (weights are never copied per worker) and its queue.
+//! Workers and worker pools. A worker is a dedicated OS thread with an engine from the model
+//! version's handler: for native models a view of the one loaded model (weights are never
+//! copied per worker), for Python handlers its own worker process. All share the queue.
 //!
-//! Lifecycle, as TorchServe's: a worker whose handler panics fails its batch with
-//! "Worker died.", waits out TorchServe's back-off and serves again; one failing for longer
-//! than `maxRetryTimeoutInSec` stays dead. A worker stuck past the response timeout is
-//! abandoned (it exits when its call returns) and replaced, so the queue keeps moving.
-//! Retiring a worker (scale down) lets it finish its batch first: no request is dropped.
+//! Lifecycle, as TorchServe's: a worker whose engine dies (process exit, broken protocol,
+//! panic) fails its batch with "Worker died.", waits out TorchServe's back-off and starts a new
+//! engine; one failing for longer than `maxRetryTimeoutInSec` stays dead. A worker stuck past
+//! the response timeout is abandoned (it exits when its call returns) and replaced, so the
+//! queue keeps moving. Retiring a worker (scale down) lets it finish its batch first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::batching::{run_batch, BatchSettings, Intake, Outcome, Stats};
-use crate::handler::NativeHandler;
+use crate::handler::{Engine, Handler};
 
 /// TorchServe's restart back-off in seconds; the index moves up before each wait.
 const BACK_OFF: [u64; 18] = [
@@ -22,6 +23,8 @@ const BACK_OFF: [u64; 18] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum WorkerState {
+    /// Starting its engine (a Python worker loads its model).
+    Starting = 5,
     Ready = 0,
     /// Waiting out the back-off after a failure.
     BackingOff = 1,
@@ -39,6 +42,7 @@ impl WorkerState {
             1 => Self::BackingOff,
             2 => Self::Retiring,
             3 => Self::Dead,
+            5 => Self::Starting,
             _ => Self::Exited,
         }
     }
@@ -95,12 +99,12 @@ impl Worker {
         id: u32,
         config: &WorkerConfig,
         intake: Arc<Intake>,
-        handler: Arc<dyn NativeHandler>,
+        handler: Arc<dyn Handler>,
         stats: Arc<Stats>,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            state: AtomicU8::new(WorkerState::Ready as u8),
+            state: AtomicU8::new(WorkerState::Starting as u8),
             busy_since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             failing_since: Mutex::new(None),
@@ -111,7 +115,7 @@ impl Worker {
         std::thread::Builder::new()
             .name(format!("W-{id}-{}", config.label))
             .spawn(move || {
-                serve(&s, &cfg, &intake, handler.as_ref(), &stats);
+                serve(id, &s, &cfg, &intake, handler, &stats);
                 if s.state() != WorkerState::Dead {
                     s.set(WorkerState::Exited);
                 }
@@ -127,7 +131,7 @@ impl Worker {
         self.shared.state()
     }
 
-    /// Counts for `/ping` and readiness: running or backing off, and not failing for too long.
+    /// Counts for `/ping`: starting, running or backing off, and not failing for too long.
     pub fn is_healthy(&self, max_retry: Duration) -> bool {
         let failing_too_long = self
             .shared
@@ -135,7 +139,10 @@ impl Worker {
             .lock()
             .map(|f| f.is_some_and(|t| t.elapsed() > max_retry))
             .unwrap_or(true);
-        matches!(self.state(), WorkerState::Ready | WorkerState::BackingOff) && !failing_too_long
+        matches!(
+            self.state(),
+            WorkerState::Starting | WorkerState::Ready | WorkerState::BackingOff
+        ) && !failing_too_long
     }
 
     /// TorchServe's describe status: READY only while serving.
@@ -165,62 +172,94 @@ impl Worker {
     }
 }
 
-/// The worker thread's loop.
+/// The worker thread's loop: start an engine, serve batches until it dies, back off, repeat.
 fn serve(
+    id: u32,
     s: &Shared,
     cfg: &WorkerConfig,
     intake: &Intake,
-    handler: &dyn NativeHandler,
+    handler: Arc<dyn Handler>,
     stats: &Stats,
 ) {
     let mut backoff = 0usize;
-    while let Some(batch) = intake.next_batch(cfg.batch, &s.stop) {
-        let started = s.epoch.elapsed().as_millis().max(1) as u64;
-        s.busy_since_ms.store(started, Ordering::SeqCst);
-        let outcome = run_batch(handler, batch, stats);
-        s.busy_since_ms.store(0, Ordering::SeqCst);
+    loop {
+        s.set(WorkerState::Starting);
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.clone().start_worker(id)
+        }))
+        .unwrap_or_else(|_| Err("the handler panicked while starting".into()));
         if s.stop.load(Ordering::SeqCst) {
             return;
         }
-        match outcome {
-            Outcome::Done => {
+        match started {
+            Ok(mut engine) => {
+                // A successful start resets TorchServe's back-off and failure window.
                 backoff = 0;
                 *s.failing_since.lock().expect("worker lock") = None;
-            }
-            Outcome::Panicked => {
-                s.restarts.fetch_add(1, Ordering::SeqCst);
-                let since = *s
-                    .failing_since
-                    .lock()
-                    .expect("worker lock")
-                    .get_or_insert_with(Instant::now);
-                if since.elapsed() > cfg.max_retry {
-                    tracing::error!(worker = %cfg.label, "worker failed for longer than maxRetryTimeoutInSec; it stays down");
-                    s.set(WorkerState::Dead);
-                    return;
-                }
-                backoff = (backoff + 1).min(BACK_OFF.len() - 1);
-                let wait = Duration::from_secs(BACK_OFF[backoff]);
-                tracing::warn!(worker = %cfg.label, ?wait, "worker failed; restarting after back-off");
-                s.set(WorkerState::BackingOff);
-                let until = Instant::now() + wait;
-                while Instant::now() < until && !s.stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
-                }
-                if s.stop.load(Ordering::SeqCst) {
-                    return;
-                }
                 s.set(WorkerState::Ready);
+                if !serve_batches(s, cfg, intake, engine.as_mut(), stats) {
+                    return;
+                }
+                tracing::warn!(worker = %cfg.label, id, "worker died");
+            }
+            Err(reason) => {
+                tracing::error!(worker = %cfg.label, id, "worker failed to start: {reason}");
             }
         }
+        // The engine died or could not start: back off, or give up past maxRetryTimeoutInSec.
+        s.restarts.fetch_add(1, Ordering::SeqCst);
+        let since = *s
+            .failing_since
+            .lock()
+            .expect("worker lock")
+            .get_or_insert_with(Instant::now);
+        if since.elapsed() > cfg.max_retry {
+            tracing::error!(worker = %cfg.label, id, "worker failed for longer than maxRetryTimeoutInSec; it stays down");
+            s.set(WorkerState::Dead);
+            return;
+        }
+        backoff = (backoff + 1).min(BACK_OFF.len() - 1);
+        let wait = Duration::from_secs(BACK_OFF[backoff]);
+        tracing::warn!(worker = %cfg.label, id, ?wait, "restarting worker after back-off");
+        s.set(WorkerState::BackingOff);
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !s.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+        }
+        if s.stop.load(Ordering::SeqCst) {
+            return;
+        }
     }
+}
+
+/// Serves batches until the engine dies (`true`) or the worker is told to stop (`false`).
+fn serve_batches(
+    s: &Shared,
+    cfg: &WorkerConfig,
+    intake: &Intake,
+    engine: &mut dyn Engine,
+    stats: &Stats,
+) -> bool {
+    while let Some(batch) = intake.next_batch(cfg.batch, &s.stop) {
+        let started = s.epoch.elapsed().as_millis().max(1) as u64;
+        s.busy_since_ms.store(started, Ordering::SeqCst);
+        let outcome = run_batch(engine, batch, stats);
+        s.busy_since_ms.store(0, Ordering::SeqCst);
+        if s.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        if outcome == Outcome::Died {
+            return true;
+        }
+    }
+    false
 }
 
 /// The workers of one model version.
 pub struct WorkerPool {
     config: WorkerConfig,
     intake: Arc<Intake>,
-    handler: Arc<dyn NativeHandler>,
+    handler: Arc<dyn Handler>,
     stats: Arc<Stats>,
     workers: Mutex<Vec<Worker>>,
     /// (min, max) workers.
@@ -231,7 +270,7 @@ impl WorkerPool {
     pub fn new(
         config: WorkerConfig,
         intake: Arc<Intake>,
-        handler: Arc<dyn NativeHandler>,
+        handler: Arc<dyn Handler>,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
@@ -296,6 +335,25 @@ impl WorkerPool {
         }
     }
 
+    /// Waits until no worker is still starting (or `timeout` passed); true when none is.
+    pub fn wait_started(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let starting = self.with_workers(|w| {
+                w.iter().any(|w| {
+                    w.state() == WorkerState::Starting && !w.shared.stop.load(Ordering::SeqCst)
+                })
+            });
+            if !starting {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn healthy(&self) -> usize {
         let workers = self.workers.lock().expect("pool lock");
         workers
@@ -333,7 +391,7 @@ mod tests {
     use crate::batching::{Job, JobQueue, JobResult, SubmitError};
     use crate::device::Device;
     use crate::error::ApiError;
-    use crate::handler::{Prepared, Reply};
+    use crate::handler::{EngineError, Prepared, Reply};
     use std::sync::atomic::AtomicU32;
     use tokio::sync::oneshot;
 
@@ -343,16 +401,34 @@ mod tests {
         mode: &'static str,
     }
 
-    impl NativeHandler for Recorder {
-        fn preprocess(&self, _: &crate::handler::RequestInput) -> Result<Prepared, ApiError> {
+    fn value(p: &Prepared) -> f32 {
+        match p {
+            Prepared::Tensor { tensor, .. } => tensor[0],
+            Prepared::Request(_) => unreachable!(),
+        }
+    }
+
+    impl Handler for Recorder {
+        fn prepare(&self, _: crate::handler::RequestInput) -> Result<Prepared, ApiError> {
             unreachable!("jobs are queued already prepared")
         }
-        fn infer(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError> {
-            self.sizes.lock().unwrap().push(batch.len());
-            if batch[0].tensor[0] < 0.0 {
+        fn start_worker(self: Arc<Self>, _: u32) -> Result<Box<dyn Engine>, String> {
+            Ok(Box::new(RecorderEngine(self)))
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+    }
+
+    struct RecorderEngine(Arc<Recorder>);
+
+    impl Engine for RecorderEngine {
+        fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError> {
+            self.0.sizes.lock().unwrap().push(batch.len());
+            if value(&batch[0]) < 0.0 {
                 std::thread::sleep(Duration::from_millis(400));
             }
-            match self.mode {
+            match self.0.mode {
                 "panic" => panic!("boom"),
                 "short" => Ok(Vec::new()),
                 _ => Ok(batch
@@ -361,13 +437,10 @@ mod tests {
                         status: 200,
                         content_type: None,
                         headers: Vec::new(),
-                        body: bytes::Bytes::from(p.tensor[0].to_string()),
+                        body: bytes::Bytes::from(value(p).to_string()),
                     })
                     .collect()),
             }
-        }
-        fn device(&self) -> Device {
-            Device::Cpu
         }
     }
 
@@ -415,6 +488,7 @@ mod tests {
             self.pool
                 .scale(n, n, &|| self.ids.fetch_add(1, Ordering::SeqCst))
                 .unwrap();
+            assert!(self.pool.wait_started(Duration::from_secs(5)));
         }
 
         fn submit(
@@ -425,7 +499,7 @@ mod tests {
                 .into_iter()
                 .map(|v| {
                     let (tx, rx) = oneshot::channel();
-                    let input = Prepared {
+                    let input = Prepared::Tensor {
                         tensor: vec![v],
                         topk: 1,
                     };
@@ -555,7 +629,7 @@ mod tests {
     fn a_full_queue_refuses_at_once() {
         let queue = JobQueue::new(1);
         let job = || Job {
-            input: Prepared {
+            input: Prepared::Tensor {
                 tensor: vec![0.0],
                 topk: 1,
             },

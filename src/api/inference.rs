@@ -89,7 +89,7 @@ async fn predict(
         .map(|r| r.0.clone())
         .unwrap_or_default();
     let request = input::request_input(req, request_id, body).await?;
-    let prepared = mv.handler.preprocess(&request)?;
+    let prepared = mv.handler.prepare(request)?;
 
     if !mv.pool.has_workers() {
         return Err(ApiError::no_worker(model, version));

@@ -2,6 +2,8 @@
 //! Registration, scaling, unregistering and set-default answer as TorchServe does when they are
 //! refused, and say plainly that they are not available yet otherwise.
 
+use std::time::Duration;
+
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -102,6 +104,21 @@ async fn scale(
         )
     })?;
     tracing::info!(model, version = %m.version, min, max, "workers scaled");
+    if synchronous {
+        let timeout = Duration::from_secs(m.params.startup_timeout_s.max(1));
+        let waiting = m.clone();
+        let settled = web::block(move || waiting.pool.wait_started(timeout))
+            .await
+            .unwrap_or(false);
+        if !settled {
+            return Ok(response::json(
+                206,
+                &response::Status {
+                    status: "Workers scaling in progress...",
+                },
+            ));
+        }
+    }
     if !synchronous {
         return Ok(response::json(
             202,

@@ -47,21 +47,38 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// A request decoded on the request thread, ready to join a batch.
+/// A request ready to join a batch, prepared on the request thread.
 #[derive(Debug, Clone)]
-pub struct Prepared {
-    /// The request's model input, already shaped for the batch (no batch dimension).
-    pub tensor: Vec<f32>,
-    pub topk: usize,
+pub enum Prepared {
+    /// A native handler's decoded input, shaped for the batch (no batch dimension).
+    Tensor { tensor: Vec<f32>, topk: usize },
+    /// The request as TorchServe's frontend hands it to a Python worker.
+    Request(RequestInput),
 }
 
-pub trait NativeHandler: Send + Sync {
+/// A model version's handler: it prepares requests and starts workers.
+pub trait Handler: Send + Sync {
     /// Decodes one request; runs on the HTTP side so bad input never occupies a worker.
-    fn preprocess(&self, input: &RequestInput) -> Result<Prepared, ApiError>;
-    /// Runs one batch; one result per request, in order. Blocking, on a worker thread.
-    fn infer(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError>;
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError>;
+    /// Starts what one worker runs batches with: a view of the shared native model, or a
+    /// Python worker process. Blocking; may take seconds. The error is the reason, for logs.
+    fn start_worker(self: Arc<Self>, id: u32) -> Result<Box<dyn Engine>, String>;
     /// The device the model runs on.
     fn device(&self) -> crate::device::Device;
+}
+
+/// One worker's means of running batches.
+pub trait Engine: Send {
+    /// Runs one batch; one reply per request, in order.
+    fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError>;
+}
+
+#[derive(Debug, Clone)]
+pub enum EngineError {
+    /// The batch failed (a handler error); the worker carries on.
+    Batch(ApiError),
+    /// The worker is gone (process died, broken protocol): it must be restarted.
+    Died(ApiError),
 }
 
 /// Names of the handlers implemented natively.
@@ -87,7 +104,7 @@ pub fn native_handler_name(archive: &ModelArchive) -> Option<String> {
 pub fn load(
     archive: &ModelArchive,
     options: &RuntimeOptions,
-) -> Result<Arc<dyn NativeHandler>, LoadError> {
+) -> Result<Arc<dyn Handler>, LoadError> {
     let Some(name) = native_handler_name(archive) else {
         return Err(LoadError::Unsupported(format!(
             "handler {:?} is custom Python code; running Python handlers is not supported yet \

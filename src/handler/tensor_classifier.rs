@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
-use super::{NativeHandler, Prepared, Reply, RequestInput};
+use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
 use crate::archive::ModelArchive;
 use crate::backend::{Backend, Tensor};
 use crate::device::Device;
@@ -113,20 +113,48 @@ struct Answer {
     device: String,
 }
 
-impl NativeHandler for TensorClassifier {
-    fn preprocess(&self, input: &RequestInput) -> Result<Prepared, ApiError> {
+impl Handler for TensorClassifier {
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError> {
         let param = input
             .param("data")
             .or_else(|| input.param("body"))
             .ok_or_else(|| ApiError::bad_request("missing request body"))?;
-        parse_request(&param.value, self.frames, self.features)
+        let (tensor, topk) = parse_request(&param.value, self.frames, self.features)?;
+        Ok(Prepared::Tensor { tensor, topk })
     }
 
-    fn infer(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError> {
+    fn start_worker(self: Arc<Self>, _id: u32) -> Result<Box<dyn Engine>, String> {
+        Ok(Box::new(SharedModel(self)))
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
+    }
+}
+
+/// A native worker's engine: the model version's one loaded model, shared.
+struct SharedModel(Arc<TensorClassifier>);
+
+impl Engine for SharedModel {
+    fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError> {
+        self.0.run(batch).map_err(EngineError::Batch)
+    }
+}
+
+impl TensorClassifier {
+    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError> {
         let per_item = self.frames * self.features;
         let mut data = Vec::with_capacity(batch.len() * per_item);
+        let mut topks = Vec::with_capacity(batch.len());
         for item in batch {
-            data.extend_from_slice(&item.tensor);
+            let Prepared::Tensor { tensor, topk } = item else {
+                return Err(ApiError::internal(
+                    500,
+                    "unexpected input for a native handler",
+                ));
+            };
+            data.extend_from_slice(tensor);
+            topks.push(*topk);
         }
         let input = Tensor::new(vec![batch.len(), self.frames, self.features], data);
         let output = self
@@ -146,17 +174,17 @@ impl NativeHandler for TensorClassifier {
         let classes = output.data.len() / batch.len();
         let device = self.model.device().to_string();
         let device = device.split(':').next().unwrap_or("cpu").to_string();
-        Ok(batch
+        Ok(topks
             .iter()
             .zip(output.data.chunks(classes))
-            .map(|(item, logits)| {
+            .map(|(topk, logits)| {
                 let probs = softmax(logits);
                 let mut order: Vec<usize> = (0..classes).collect();
                 order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
                 let answer = Answer {
                     predictions: order
                         .into_iter()
-                        .take(item.topk.clamp(1, classes))
+                        .take(topk.clamp(&1, &classes).to_owned())
                         .map(|c| Prediction {
                             label: self.label(c),
                             confidence: f64::from(probs[c]),
@@ -175,10 +203,6 @@ impl NativeHandler for TensorClassifier {
             })
             .collect())
     }
-
-    fn device(&self) -> Device {
-        self.model.device()
-    }
 }
 
 fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -190,7 +214,12 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 
 /// Parses the JSON body straight into the zero-padded `[frames, features]` buffer: no
 /// intermediate JSON tree for the tens of thousands of numbers a request carries.
-pub fn parse_request(body: &[u8], frames: usize, features: usize) -> Result<Prepared, ApiError> {
+/// Returns the padded tensor and `topk`.
+pub fn parse_request(
+    body: &[u8],
+    frames: usize,
+    features: usize,
+) -> Result<(Vec<f32>, usize), ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let seed = RequestSeed { frames, features };
     let parsed = seed
@@ -203,10 +232,7 @@ pub fn parse_request(body: &[u8], frames: usize, features: usize) -> Result<Prep
             "invalid request: missing \"landmarks\" (expected [<= {frames} frames, {features} features])"
         ))
     })?;
-    Ok(Prepared {
-        tensor,
-        topk: topk.unwrap_or(DEFAULT_TOPK),
-    })
+    Ok((tensor, topk.unwrap_or(DEFAULT_TOPK)))
 }
 
 struct RequestSeed {
@@ -396,14 +422,11 @@ mod tests {
             4,
         )
         .unwrap();
-        assert_eq!(
-            p.tensor,
-            vec![1., 2., 3., 4., 5., 6., 7., 8., 0., 0., 0., 0.]
-        );
-        assert_eq!(p.topk, 2);
+        assert_eq!(p.0, vec![1., 2., 3., 4., 5., 6., 7., 8., 0., 0., 0., 0.]);
+        assert_eq!(p.1, 2);
         let p = parse_request(br#"{"x": {"y": 1}, "landmarks": [[1], [2], [3]]}"#, 2, 1).unwrap();
-        assert_eq!(p.tensor, vec![1., 2.]);
-        assert_eq!(p.topk, DEFAULT_TOPK);
+        assert_eq!(p.0, vec![1., 2.]);
+        assert_eq!(p.1, DEFAULT_TOPK);
     }
 
     #[test]
