@@ -29,6 +29,8 @@ else
   . "$ROOT/scripts/env.sh"
   (cd "$ROOT" && cargo build --release --quiet)
   BIN="$CARGO_TARGET_DIR/release/ferroserve"
+  # Custom Python handlers run in TorchServe's own worker, from this environment.
+  set -- --python "$("$ROOT/scripts/python-env.sh")" "$@"
   cd "$ROOT"
 fi
 exec "$BIN" --foreground "$@"

@@ -4,6 +4,9 @@
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
+# TorchServe's Python worker, for the custom-handler tests.
+FERROSERVE_TEST_PYTHON=$("$ROOT/scripts/python-env.sh")
+export FERROSERVE_TEST_PYTHON
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

@@ -265,7 +265,17 @@ impl Registry {
             0
         };
         let params = ModelParams::resolve(settings, &archive, &name, &version, gpus);
-        let handler = handler::load(&archive, runtime)?;
+        let handler = handler::load(
+            &archive,
+            &handler::HandlerSpec {
+                runtime,
+                model_name: &name,
+                batch_size: params.batch_size,
+                response_timeout: Duration::from_secs(params.response_timeout_s.max(1)),
+                startup_timeout: Duration::from_secs(params.startup_timeout_s.max(1)),
+                settings,
+            },
+        )?;
         let queue = JobQueue::new(params.job_queue_size.max(1));
         let config = WorkerConfig {
             label: format!("{name}_{version}"),

@@ -57,6 +57,8 @@ struct Shared {
     epoch: Instant,
     failing_since: Mutex<Option<Instant>>,
     restarts: AtomicU64,
+    /// The engine's process id, 0 when it has none (native workers are threads).
+    pid: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -109,6 +111,7 @@ impl Worker {
             epoch: Instant::now(),
             failing_since: Mutex::new(None),
             restarts: AtomicU64::new(0),
+            pid: std::sync::atomic::AtomicU32::new(0),
         });
         let s = shared.clone();
         let cfg = config.clone();
@@ -150,6 +153,14 @@ impl Worker {
         match self.state() {
             WorkerState::Ready => "READY",
             _ => "UNLOADING",
+        }
+    }
+
+    /// The worker's process id (its Python process), if it has its own.
+    pub fn pid(&self) -> Option<u32> {
+        match self.shared.pid.load(Ordering::SeqCst) {
+            0 => None,
+            pid => Some(pid),
         }
     }
 
@@ -196,6 +207,7 @@ fn serve(
                 // A successful start resets TorchServe's back-off and failure window.
                 backoff = 0;
                 *s.failing_since.lock().expect("worker lock") = None;
+                s.pid.store(engine.pid().unwrap_or(0), Ordering::SeqCst);
                 s.set(WorkerState::Ready);
                 if !serve_batches(s, cfg, intake, engine.as_mut(), stats) {
                     return;

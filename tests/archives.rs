@@ -23,9 +23,11 @@ fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
 #[test]
 fn hostile_archives_are_refused_and_others_keep_serving() {
     let zeros = vec![0u8; 50 << 20];
+    // No usable interpreter: the Python-handler archive is refused with a clear error.
     let server = Server::start_with(
         Setup {
             archives: &["sign.mar"],
+            config: "python=/nonexistent/python3",
             ..Setup::default()
         },
         |store| {
@@ -78,7 +80,10 @@ fn hostile_archives_are_refused_and_others_keep_serving() {
         ("nomanifest.mar", "has no MAR-INF/MANIFEST.json"),
         ("badmanifest.mar", "invalid MAR-INF/MANIFEST.json"),
         ("corrupt.mar", "corrupt model archive"),
-        ("python.mar", "not supported yet"),
+        (
+            "python.mar",
+            "cannot run the Python interpreter /nonexistent/python3",
+        ),
     ] {
         let line = log
             .lines()

@@ -28,9 +28,25 @@ pub async fn route(
         [_, "v2", "health", "live"] => Ok(response::json(200, &serde_json::json!({"live": true}))),
         [_, "v2", "health", "ready"] => Ok(server_ready(&state)),
         [_, "v2", "models", model, "ready"] => model_ready(&state, model),
-        [_, "predictions" | "explanations", model, rest @ ..] => {
+        [_, kind @ ("predictions" | "explanations"), model, rest @ ..] => {
             let version = rest.first().copied();
-            predict(&req, payload, &state, model, version).await
+            // TorchServe tells handlers which route was used and what followed the version.
+            let extra = vec![
+                (
+                    "explain".to_string(),
+                    if *kind == "explanations" {
+                        "True"
+                    } else {
+                        "False"
+                    }
+                    .to_string(),
+                ),
+                (
+                    "url_path".to_string(),
+                    rest.get(1..).unwrap_or_default().join("/"),
+                ),
+            ];
+            predict(&req, payload, &state, model, version, extra).await
         }
         _ => Err(ApiError::resource_not_found()),
     };
@@ -79,6 +95,7 @@ async fn predict(
     state: &AppState,
     model: &str,
     version: Option<&str>,
+    extra_headers: Vec<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let version = version.filter(|v| !v.is_empty());
     let mv = state.registry.get(model, version)?;
@@ -88,7 +105,8 @@ async fn predict(
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let request = input::request_input(req, request_id, body).await?;
+    let mut request = input::request_input(req, request_id, body).await?;
+    request.headers.extend(extra_headers);
     let prepared = mv.handler.prepare(request)?;
 
     if !mv.pool.has_workers() {

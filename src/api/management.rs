@@ -294,7 +294,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
                     start_time: w.started.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
                     status: w.status(),
                     memory_usage: 0,
-                    pid,
+                    pid: w.pid().map_or(pid, i64::from),
                     gpu: device.is_gpu(),
                     gpu_usage: "N/A",
                 })

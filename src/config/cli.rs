@@ -47,6 +47,9 @@ pub struct Cli {
     /// Allow registering and unregistering models through the management API.
     #[arg(long = "enable-model-api")]
     pub enable_model_api: bool,
+    /// Python interpreter for custom Python handlers (needs `pip install torchserve==0.12.0`).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
     /// Plugins path (accepted and ignored: there are no Java plugins).
     #[arg(long = "plugins-path", alias = "ppath")]
     pub plugins_path: Option<PathBuf>,

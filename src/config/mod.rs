@@ -37,6 +37,11 @@ const KNOWN_KEYS: &[&str] = &[
     "intra_op_threads",
     "onnxruntime_library",
     "max_archive_size",
+    "python",
+    "decode_input_request",
+    "service_envelope",
+    "limit_max_image_pixels",
+    "default_service_handler",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -131,6 +136,12 @@ pub struct Settings {
     pub onnxruntime_library: Option<PathBuf>,
     /// Cap on the total extracted size of one archive.
     pub max_archive_size: u64,
+    /// The interpreter that runs TorchServe's Python worker (`python`, `--python`).
+    pub python: PathBuf,
+    pub decode_input_request: bool,
+    pub service_envelope: Option<String>,
+    pub limit_max_image_pixels: bool,
+    pub default_service_handler: Option<String>,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Keys this server does not use; kept so nothing is lost.
@@ -242,6 +253,15 @@ impl Settings {
                 .or_else(|| env.get("ORT_DYLIB_PATH").cloned())
                 .map(PathBuf::from),
             max_archive_size: parse_num(&get, "max_archive_size", 4 << 30)?,
+            python: get("python")
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("python3")),
+            decode_input_request: parse_bool(&get, "decode_input_request", true)?,
+            service_envelope: get("service_envelope").filter(|e| !e.trim().is_empty()),
+            limit_max_image_pixels: parse_bool(&get, "limit_max_image_pixels", true)?,
+            default_service_handler: get("default_service_handler")
+                .filter(|h| !h.trim().is_empty()),
             config_file,
             extra,
         })
@@ -285,6 +305,9 @@ fn apply_cli(
     // The CLI can only disable token auth and only enable the model API.
     if cli.disable_token_auth {
         b = b.set_override("disable_token_authorization", "true")?;
+    }
+    if let Some(python) = &cli.python {
+        b = b.set_override("python", python.display().to_string())?;
     }
     if cli.enable_model_api {
         b = b.set_override("enable_model_api", "true")?;

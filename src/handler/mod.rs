@@ -5,6 +5,7 @@
 //! model-config.yaml, else a manifest `handler` that names a native handler. Any other handler
 //! is Python code, which needs TorchServe's Python worker.
 
+pub mod python;
 pub mod tensor_classifier;
 
 use std::sync::Arc;
@@ -71,6 +72,10 @@ pub trait Handler: Send + Sync {
 pub trait Engine: Send {
     /// Runs one batch; one reply per request, in order.
     fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError>;
+    /// The worker process, when the engine has one.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,18 +105,21 @@ pub fn native_handler_name(archive: &ModelArchive) -> Option<String> {
         .map(|n| n.to_string())
 }
 
-/// Builds the native handler for an archive, or says why it cannot run here.
-pub fn load(
-    archive: &ModelArchive,
-    options: &RuntimeOptions,
-) -> Result<Arc<dyn Handler>, LoadError> {
+/// What building a handler needs beyond the archive.
+pub struct HandlerSpec<'a> {
+    pub runtime: &'a RuntimeOptions,
+    pub model_name: &'a str,
+    pub batch_size: usize,
+    pub response_timeout: std::time::Duration,
+    pub startup_timeout: std::time::Duration,
+    pub settings: &'a crate::config::Settings,
+}
+
+/// Builds the handler for an archive: native when one is selected, else TorchServe's Python
+/// worker running the archive's own handler.
+pub fn load(archive: &ModelArchive, spec: &HandlerSpec) -> Result<Arc<dyn Handler>, LoadError> {
     let Some(name) = native_handler_name(archive) else {
-        return Err(LoadError::Unsupported(format!(
-            "handler {:?} is custom Python code; running Python handlers is not supported yet \
-             (native handlers: {}; select one with ferroserve.native_handler in model-config.yaml)",
-            archive.manifest.model.handler.as_deref().unwrap_or(""),
-            NATIVE_HANDLERS.join(", ")
-        )));
+        return python_handler(archive, spec);
     };
     match name.as_str() {
         tensor_classifier::NAME => {
@@ -131,7 +139,7 @@ pub fn load(
                     "serializedFile {file} is missing from the archive"
                 )));
             }
-            let model = backend::load(&path, options)?;
+            let model = backend::load(&path, spec.runtime)?;
             Ok(Arc::new(tensor_classifier::TensorClassifier::new(
                 archive,
                 Arc::from(model),
@@ -142,4 +150,39 @@ pub fn load(
             NATIVE_HANDLERS.join(", ")
         ))),
     }
+}
+
+fn python_handler(
+    archive: &ModelArchive,
+    spec: &HandlerSpec,
+) -> Result<Arc<dyn Handler>, LoadError> {
+    let settings = spec.settings;
+    let handler = archive
+        .manifest
+        .model
+        .handler
+        .clone()
+        .or_else(|| settings.default_service_handler.clone())
+        .ok_or_else(|| LoadError::Invalid("the manifest names no handler".into()))?;
+    let ts_home = python::locate_ts(&settings.python)?;
+    let model_dir = archive
+        .dir
+        .canonicalize()
+        .map_err(|e| LoadError::Invalid(format!("model directory: {e}")))?;
+    Ok(Arc::new(python::PythonHandler {
+        model_name: spec.model_name.to_string(),
+        model_dir,
+        handler,
+        envelope: settings.service_envelope.clone().unwrap_or_default(),
+        batch_size: spec.batch_size,
+        response_timeout: spec.response_timeout,
+        startup_timeout: spec.startup_timeout,
+        max_response_size: settings.max_response_size,
+        decode_input_request: settings.decode_input_request,
+        limit_max_image_pixels: settings.limit_max_image_pixels,
+        python: settings.python.clone(),
+        ts_home,
+        socket_dir: std::env::temp_dir(),
+        device: crate::device::Device::Cpu,
+    }))
 }

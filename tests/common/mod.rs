@@ -302,3 +302,31 @@ pub fn assert_error(body: &str, code: u16, kind: &str) -> String {
 pub fn agent_put(url: &str) -> (u16, String, Vec<(String, String)>) {
     into_parts(agent().put(url).send_empty().unwrap())
 }
+
+/// Writes a `.mar` (zip) with a manifest and files, as torch-model-archiver lays them out.
+pub fn write_mar(path: &Path, manifest: &str, files: &[(&str, &[u8])]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default();
+    zip.start_file("MAR-INF/MANIFEST.json", opts).unwrap();
+    zip.write_all(manifest.as_bytes()).unwrap();
+    for (name, data) in files {
+        zip.start_file(*name, opts).unwrap();
+        zip.write_all(data).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// The interpreter with TorchServe's Python package (scripts/python-env.sh creates it).
+pub fn test_python() -> String {
+    if let Ok(p) = std::env::var("FERROSERVE_TEST_PYTHON") {
+        return p;
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = format!("{home}/.cache/ferroserve/deps/python-torchserve-0.12.0/bin/python");
+    assert!(
+        Path::new(&p).exists(),
+        "no Python environment with torchserve: run scripts/python-env.sh (scripts/test.sh does)"
+    );
+    p
+}

@@ -1,0 +1,535 @@
+//! Custom Python handlers, run unchanged by TorchServe's own Python worker
+//! (`ts/model_service_worker.py` from `pip install torchserve==0.12.0`), driven over its Unix
+//! socket protocol as TorchServe's Java frontend drives it. One worker process per worker.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
+use crate::device::Device;
+use crate::error::{ApiError, LoadError};
+
+/// Everything a worker process needs, fixed when the model is loaded.
+pub struct PythonHandler {
+    pub model_name: String,
+    pub model_dir: PathBuf,
+    pub handler: String,
+    pub envelope: String,
+    pub batch_size: usize,
+    pub response_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub max_response_size: usize,
+    pub decode_input_request: bool,
+    pub limit_max_image_pixels: bool,
+    pub python: PathBuf,
+    /// The directory holding the `ts` package.
+    pub ts_home: PathBuf,
+    /// Where worker sockets go (TorchServe: `<tmpdir>/.ts.sock.<id>`).
+    pub socket_dir: PathBuf,
+    pub device: Device,
+}
+
+/// Finds TorchServe's Python package for an interpreter; the error says how to get it.
+pub fn locate_ts(python: &Path) -> Result<PathBuf, LoadError> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import os, ts; print(os.path.dirname(os.path.dirname(os.path.abspath(ts.__file__))))",
+        ])
+        .output()
+        .map_err(|e| {
+            LoadError::Unsupported(format!(
+                "Python handler: cannot run the Python interpreter {}: {e} (set `python` in config.properties or --python)",
+                python.display()
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(LoadError::Unsupported(format!(
+            "Python handler: TorchServe's Python package is not importable by {} \
+             (pip install torchserve==0.12.0 into it): {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("")
+        )));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+impl Handler for PythonHandler {
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError> {
+        Ok(Prepared::Request(input))
+    }
+
+    fn start_worker(self: Arc<Self>, id: u32) -> Result<Box<dyn Engine>, String> {
+        PythonWorker::start(&self, id).map(|w| Box::new(w) as Box<dyn Engine>)
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+}
+
+/// The last lines a worker wrote to stderr, for error messages.
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+struct PythonWorker {
+    child: Child,
+    response_timeout: Duration,
+    stream: UnixStream,
+    socket: PathBuf,
+    max_response_size: usize,
+    tail: Tail,
+}
+
+impl PythonWorker {
+    fn start(h: &PythonHandler, id: u32) -> Result<Self, String> {
+        let socket = h.socket_dir.join(format!(".ts.sock.{id}"));
+        let _ = std::fs::remove_file(&socket);
+        let mut pythonpath = std::env::var("PYTHONPATH").unwrap_or_default();
+        if !pythonpath.is_empty() {
+            pythonpath.push(':');
+        }
+        pythonpath.push_str(&h.model_dir.to_string_lossy());
+        let mut cmd = Command::new(&h.python);
+        cmd.arg(h.ts_home.join("ts/model_service_worker.py"))
+            .args(["--sock-type", "unix", "--sock-name"])
+            .arg(&socket)
+            .arg("--metrics-config")
+            .arg(h.ts_home.join("ts/configs/metrics.yaml"))
+            .current_dir(&h.model_dir)
+            .env("PYTHONPATH", pythonpath)
+            .env(
+                "TS_DECODE_INPUT_REQUEST",
+                h.decode_input_request.to_string(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at the terminal reaches the server, which
+            // then stops its workers itself.
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", h.python.display()))?;
+        let label = format!("W-{id}-{}", h.model_name);
+        let (started_tx, started_rx) = mpsc::channel();
+        let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
+        forward_output(
+            child.stdout.take(),
+            &label,
+            false,
+            Some(started_tx),
+            tail.clone(),
+        );
+        forward_output(child.stderr.take(), &label, true, None, tail.clone());
+
+        let fail = |child: &mut Child, why: String| {
+            let _ = child.kill();
+            let _ = child.wait();
+            let last = tail_text(&tail);
+            if last.is_empty() {
+                why
+            } else {
+                format!("{why}; worker output: {last}")
+            }
+        };
+        let deadline = Instant::now() + h.startup_timeout;
+        if started_rx.recv_timeout(h.startup_timeout).is_err() {
+            return Err(fail(&mut child, "the Python worker did not start".into()));
+        }
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => {
+                    return Err(fail(
+                        &mut child,
+                        format!("cannot connect to the worker: {e}"),
+                    ))
+                }
+            }
+        };
+        let mut worker = PythonWorker {
+            child,
+            response_timeout: h.response_timeout,
+            stream,
+            socket,
+            max_response_size: h.max_response_size,
+            tail: tail.clone(),
+        };
+        let load = encode_load(h);
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        match worker.exchange(&load, remaining) {
+            Ok(reply) if reply.code == 200 => Ok(worker),
+            Ok(reply) => Err(fail(
+                &mut worker.child,
+                format!("model load failed ({} {})", reply.code, reply.message),
+            )),
+            Err(e) => Err(fail(&mut worker.child, format!("model load failed: {e}"))),
+        }
+    }
+
+    /// Sends one message and reads one reply.
+    fn exchange(&mut self, message: &[u8], timeout: Duration) -> std::io::Result<WireReply> {
+        self.stream.set_write_timeout(Some(timeout))?;
+        self.stream.write_all(message)?;
+        self.read_reply(timeout)
+    }
+
+    fn read_reply(&mut self, timeout: Duration) -> std::io::Result<WireReply> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let mut r = Decoder {
+            inner: BufReader::new(&self.stream),
+            limit: self.max_response_size,
+        };
+        let code = r.int()?;
+        let message = r.string()?;
+        let mut entries = Vec::new();
+        loop {
+            let len = r.int()?;
+            if len == -1 {
+                break;
+            }
+            let request_id = r.string_of(len)?;
+            let content_type = r.string()?;
+            let status = r.int()?;
+            let reason = r.string()?;
+            let count = r.int()?;
+            let mut headers = Vec::new();
+            for _ in 0..count.max(0) {
+                headers.push((r.string()?, r.string()?));
+            }
+            let body = r.bytes()?;
+            entries.push(WireEntry {
+                request_id,
+                content_type,
+                status,
+                reason,
+                headers,
+                body,
+            });
+        }
+        Ok(WireReply {
+            code,
+            message,
+            entries,
+        })
+    }
+}
+
+impl Engine for PythonWorker {
+    fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError> {
+        let requests: Vec<&RequestInput> = batch
+            .iter()
+            .map(|p| match p {
+                Prepared::Request(r) => Ok(r),
+                Prepared::Tensor { .. } => Err(EngineError::Batch(ApiError::internal(
+                    500,
+                    "unexpected input for a Python handler",
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+        let tail = self.tail.clone();
+        let died = move |e: std::io::Error| {
+            tracing::error!("Python worker connection failed: {e}; {}", tail_text(&tail));
+            EngineError::Died(ApiError::internal(500, "Worker died."))
+        };
+        let message = encode_inference(&requests);
+        // Each message of the reply must come within the response timeout, as in TorchServe.
+        let timeout = self.response_timeout;
+        let mut reply = self.exchange(&message, timeout).map_err(died)?;
+        // Streamed replies: intermediate messages carry `ts_stream_next: true`; their bodies
+        // are joined in order and the request is answered once its final message arrives.
+        let mut bodies: Vec<Vec<u8>> = vec![Vec::new(); requests.len()];
+        loop {
+            if reply.code != 200 {
+                let code = if reply.code == 413 { 507 } else { reply.code };
+                return Err(EngineError::Batch(ApiError::internal(
+                    u16::try_from(code).unwrap_or(500),
+                    reply.message,
+                )));
+            }
+            let streaming = reply.entries.iter().any(|e| {
+                e.headers
+                    .iter()
+                    .any(|(k, v)| k == "ts_stream_next" && v.eq_ignore_ascii_case("true"))
+            });
+            if !streaming {
+                break;
+            }
+            for e in &reply.entries {
+                if let Some(i) = requests.iter().position(|r| r.request_id == e.request_id) {
+                    bodies[i].extend_from_slice(&e.body);
+                }
+            }
+            reply = self.read_reply(timeout).map_err(|e| {
+                tracing::error!("Python worker stream failed: {e}");
+                EngineError::Died(ApiError::internal(500, "Worker died."))
+            })?;
+        }
+        let mut out = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let Some(e) = reply.entries.iter().find(|e| e.request_id == r.request_id) else {
+                return Err(EngineError::Died(ApiError::internal(500, "Worker died.")));
+            };
+            let mut body = std::mem::take(&mut bodies[i]);
+            body.extend_from_slice(&e.body);
+            let headers = e
+                .headers
+                .iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+                .cloned()
+                .collect();
+            let _ = &e.reason;
+            out.push(Reply {
+                status: u16::try_from(e.status).unwrap_or(500),
+                content_type: (!e.content_type.is_empty()).then(|| e.content_type.clone()),
+                headers,
+                body: Bytes::from(body),
+            });
+        }
+        Ok(out)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn tail_text(tail: &Tail) -> String {
+    tail.lock()
+        .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
+        .unwrap_or_default()
+}
+
+/// Copies a worker's stdout/stderr into the server log, line by line, and signals when the
+/// worker announces it is listening.
+fn forward_output(
+    stream: Option<impl Read + Send + 'static>,
+    label: &str,
+    is_stderr: bool,
+    started: Option<mpsc::Sender<()>>,
+    tail: Tail,
+) {
+    let Some(stream) = stream else { return };
+    let label = label.to_string();
+    let _ = std::thread::Builder::new()
+        .name(format!(
+            "{label}-{}",
+            if is_stderr { "stderr" } else { "stdout" }
+        ))
+        .spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if let Some(tx) = &started {
+                    if line.contains("Torch worker started.") {
+                        let _ = tx.send(());
+                    }
+                }
+                if line.starts_with("[METRICS]") {
+                    tracing::debug!(worker = %label, "{line}");
+                    continue;
+                }
+                if is_stderr {
+                    tracing::warn!(worker = %label, "{line}");
+                } else {
+                    tracing::info!(worker = %label, "{line}");
+                }
+                if let Ok(mut t) = tail.lock() {
+                    t.push_back(line);
+                    if t.len() > 12 {
+                        t.pop_front();
+                    }
+                }
+            }
+        });
+}
+
+// --- The wire format (big-endian ints, length-prefixed strings, -1 list terminators). ---
+
+fn put_int(buf: &mut Vec<u8>, v: i32) {
+    buf.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    put_int(buf, b.len() as i32);
+    buf.extend_from_slice(b);
+}
+
+fn encode_load(h: &PythonHandler) -> Vec<u8> {
+    let mut buf = vec![b'L'];
+    put_bytes(&mut buf, h.model_name.as_bytes());
+    put_bytes(&mut buf, h.model_dir.to_string_lossy().as_bytes());
+    put_int(&mut buf, h.batch_size.max(1) as i32);
+    put_bytes(&mut buf, h.handler.as_bytes());
+    put_int(&mut buf, -1); // gpu id: CPU
+    put_bytes(&mut buf, h.envelope.as_bytes());
+    buf.push(u8::from(h.limit_max_image_pixels));
+    buf
+}
+
+/// An INFERENCE message for a batch.
+pub fn encode_inference(requests: &[&RequestInput]) -> Vec<u8> {
+    let mut buf = vec![b'I'];
+    for r in requests {
+        put_bytes(&mut buf, r.request_id.as_bytes());
+        for (k, v) in &r.headers {
+            put_bytes(&mut buf, k.as_bytes());
+            put_bytes(&mut buf, v.as_bytes());
+        }
+        put_int(&mut buf, -1);
+        for p in &r.params {
+            put_bytes(&mut buf, p.name.as_bytes());
+            put_bytes(&mut buf, p.content_type.as_deref().unwrap_or("").as_bytes());
+            put_bytes(&mut buf, &p.value);
+        }
+        put_int(&mut buf, -1);
+    }
+    put_int(&mut buf, -1);
+    buf
+}
+
+struct WireEntry {
+    request_id: String,
+    content_type: String,
+    status: i32,
+    reason: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+struct WireReply {
+    code: i32,
+    message: String,
+    entries: Vec<WireEntry>,
+}
+
+struct Decoder<R> {
+    inner: R,
+    limit: usize,
+}
+
+impl<R: Read> Decoder<R> {
+    fn int(&mut self) -> std::io::Result<i32> {
+        let mut b = [0u8; 4];
+        self.inner.read_exact(&mut b)?;
+        Ok(i32::from_be_bytes(b))
+    }
+
+    fn bytes_of(&mut self, len: i32) -> std::io::Result<Vec<u8>> {
+        let len = usize::try_from(len.max(0)).unwrap_or(0);
+        if len > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("reply field of {len} bytes exceeds max_response_size"),
+            ));
+        }
+        let mut v = vec![0u8; len];
+        self.inner.read_exact(&mut v)?;
+        Ok(v)
+    }
+
+    fn bytes(&mut self) -> std::io::Result<Vec<u8>> {
+        let len = self.int()?;
+        self.bytes_of(len)
+    }
+
+    fn string_of(&mut self, len: i32) -> std::io::Result<String> {
+        Ok(String::from_utf8_lossy(&self.bytes_of(len)?).into_owned())
+    }
+
+    fn string(&mut self) -> std::io::Result<String> {
+        let len = self.int()?;
+        self.string_of(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::Param;
+
+    #[test]
+    fn inference_message_matches_the_spec_example() {
+        let r = RequestInput {
+            request_id: "r1".into(),
+            headers: vec![("explain".into(), "False".into())],
+            params: vec![Param {
+                name: "body".into(),
+                content_type: Some("application/json".into()),
+                value: Bytes::from_static(br#"{"a":1}"#),
+            }],
+        };
+        // 49 | 00000002 "r1" | 00000007 "explain" 00000005 "False" | FFFFFFFF |
+        // 00000004 "body" 00000010 "application/json" 00000007 {"a":1} | FFFFFFFF | FFFFFFFF
+        let mut expected = vec![0x49, 0, 0, 0, 2];
+        expected.extend_from_slice(b"r1");
+        expected.extend_from_slice(&[0, 0, 0, 7]);
+        expected.extend_from_slice(b"explain");
+        expected.extend_from_slice(&[0, 0, 0, 5]);
+        expected.extend_from_slice(b"False");
+        expected.extend_from_slice(&[0xff; 4]);
+        expected.extend_from_slice(&[0, 0, 0, 4]);
+        expected.extend_from_slice(b"body");
+        expected.extend_from_slice(&[0, 0, 0, 0x10]);
+        expected.extend_from_slice(b"application/json");
+        expected.extend_from_slice(&[0, 0, 0, 7]);
+        expected.extend_from_slice(br#"{"a":1}"#);
+        expected.extend_from_slice(&[0xff; 8]);
+        assert_eq!(encode_inference(&[&r]), expected);
+    }
+
+    #[test]
+    fn replies_decode_and_oversized_fields_are_refused() {
+        let mut wire = Vec::new();
+        put_int(&mut wire, 200);
+        put_bytes(&mut wire, b"Prediction success");
+        put_bytes(&mut wire, b"r1");
+        put_bytes(&mut wire, b"text/plain");
+        put_int(&mut wire, 201);
+        put_bytes(&mut wire, b"");
+        put_int(&mut wire, 1);
+        put_bytes(&mut wire, b"x-k");
+        put_bytes(&mut wire, b"v");
+        put_bytes(&mut wire, b"hello");
+        put_int(&mut wire, -1);
+        let mut d = Decoder {
+            inner: &wire[..],
+            limit: 100,
+        };
+        assert_eq!(d.int().unwrap(), 200);
+        assert_eq!(d.string().unwrap(), "Prediction success");
+        let len = d.int().unwrap();
+        assert_eq!(d.string_of(len).unwrap(), "r1");
+        let mut small = Decoder {
+            inner: &wire[..],
+            limit: 4,
+        };
+        small.int().unwrap();
+        assert!(small.string().is_err());
+    }
+}

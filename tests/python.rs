@@ -1,0 +1,439 @@
+//! Custom Python handlers run unchanged by TorchServe's own Python worker.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A class handler using the context API: response status, content type and headers,
+/// request headers, batches; "raise" fails the batch, "sleep:N" sleeps N seconds.
+const ECHO: &str = r#"
+import time
+
+class EchoHandler:
+    def initialize(self, context):
+        self.initialized = True
+
+    def handle(self, data, context):
+        out = []
+        for i, row in enumerate(data):
+            body = row.get("body")
+            if body is None:
+                body = row.get("data")
+            if isinstance(body, (bytes, bytearray)):
+                body = body.decode()
+            if body == "raise":
+                raise ValueError("asked to fail")
+            if isinstance(body, str) and body.startswith("sleep:"):
+                time.sleep(float(body[6:]))
+            if isinstance(body, str) and body.startswith("status:"):
+                context.set_response_status(int(body[7:]), "Custom Phrase", i)
+            context.set_response_content_type(i, "application/x-echo")
+            context.set_response_header(i, "X-Handler", "echo")
+            out.append({
+                "body": body,
+                "batch": len(data),
+                "model": context.model_name,
+                "explain": context.get_request_header(i, "explain"),
+                "url_path": context.get_request_header(i, "url_path"),
+                "request_id": context.get_request_id(i),
+            })
+        return out
+"#;
+
+/// A `module:function` entry point (called once with `data=None` at load).
+const FUNCTION: &str = r#"
+def predict(data, context):
+    if data is None:
+        return None
+    return [f"function saw {len(data)} request(s)" for _ in data]
+"#;
+
+fn manifest(name: &str, handler: &str) -> String {
+    format!(
+        r#"{{"runtime": "python", "model": {{"modelName": "{name}", "handler": "{handler}", "modelVersion": "1.0"}}, "archiverVersion": "0.12.0"}}"#
+    )
+}
+
+fn python_config(extra: &str) -> String {
+    format!("python={}\n{extra}", test_python())
+}
+
+#[test]
+fn custom_handlers_run_unchanged() {
+    let config = python_config(
+        "models={\"echo\": {\"1.0\": {\"batchSize\": 4, \"maxBatchDelay\": 300, \"minWorkers\": 1, \"maxWorkers\": 1}}, \"fn\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}",
+    );
+    let server = Arc::new(Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("echo.mar"),
+                &manifest("echo", "echo_handler.py"),
+                &[("echo_handler.py", ECHO.as_bytes())],
+            );
+            write_mar(
+                &store.join("fn.mar"),
+                &manifest("fn", "fn_handler:predict"),
+                &[("fn_handler.py", FUNCTION.as_bytes())],
+            );
+        },
+    ));
+    let base = server.inference.clone();
+
+    let (status, body, headers) = post(
+        &format!("{base}/predictions/echo"),
+        "application/json",
+        "{\"a\": 1}",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "content-type"), Some("application/x-echo"));
+    assert_eq!(header(&headers, "x-handler"), Some("echo"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["body"],
+        serde_json::json!({"a": 1}),
+        "JSON bodies reach the handler decoded"
+    );
+    assert_eq!(v["model"], "echo");
+    assert_eq!(v["explain"], "False");
+    assert_eq!(v["url_path"], "");
+    assert_eq!(v["request_id"].as_str(), header(&headers, "x-request-id"));
+    assert!(
+        body.starts_with("{\n  \"body\": {\n    \"a\": 1\n  },"),
+        "json.dumps(indent=2): {body}"
+    );
+
+    let (_, body, _) = post(
+        &format!("{base}/explanations/echo/1.0/extra/path"),
+        "text/plain",
+        "hi",
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (
+            v["body"].as_str(),
+            v["explain"].as_str(),
+            v["url_path"].as_str()
+        ),
+        (Some("hi"), Some("True"), Some("extra/path"))
+    );
+
+    let (status, _, _) = post(
+        &format!("{base}/predictions/echo"),
+        "text/plain",
+        "status:599",
+    );
+    assert_eq!(status, 599, "the handler's status reaches the client");
+
+    let (status, body, _) = post(&format!("{base}/predictions/echo"), "text/plain", "raise");
+    assert_eq!(status, 503);
+    assert_eq!(
+        assert_error(&body, 503, "InternalServerException"),
+        "Prediction failed"
+    );
+
+    let (status, body, _) = post(&format!("{base}/predictions/fn"), "text/plain", "x");
+    assert_eq!((status, body.as_str()), (200, "function saw 1 request(s)"));
+
+    // Four at once with batch_size 4: the handler receives them as one batch.
+    let s = server.clone();
+    let batches: Vec<u64> = (0..4)
+        .map(|i| {
+            let url = format!("{}/predictions/echo", s.inference);
+            std::thread::spawn(move || {
+                let (status, body, _) = post(&url, "text/plain", &format!("r{i}"));
+                assert_eq!(status, 200, "{body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(
+                    v["body"],
+                    format!("r{i}"),
+                    "each client gets its own answer"
+                );
+                v["batch"].as_u64().unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(batches, vec![4; 4]);
+
+    let (_, body, _) = get(&format!("{}/models/echo", server.management));
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pid = d[0]["workers"][0]["pid"].as_i64().unwrap();
+    assert_ne!(
+        pid, server.pid as i64,
+        "describe shows the Python worker's own pid"
+    );
+}
+
+/// The sign model through TorchServe's worker and its Python handler answers as the native path.
+#[test]
+fn sign_model_python_path_matches_native() {
+    let config =
+        python_config("models={\"sign_py\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}");
+    let server = Server::start_with(
+        Setup {
+            archives: &["sign.mar"],
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            // The same archive with the native selection removed from model-config.yaml.
+            let mut zip = zip::ZipArchive::new(
+                std::fs::File::open(Path::new(REPO).join("model-store/sign.mar")).unwrap(),
+            )
+            .unwrap();
+            let mut files = Vec::new();
+            for i in 0..zip.len() {
+                let mut f = zip.by_index(i).unwrap();
+                let name = f.name().unwrap().to_string();
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+                if name == "model-config.yaml" {
+                    let text = String::from_utf8(data).unwrap();
+                    data = text
+                        .replace(
+                            "ferroserve:\n  native_handler: json_tensor_classifier\n",
+                            "",
+                        )
+                        .into_bytes();
+                }
+                if name != "MAR-INF/MANIFEST.json" {
+                    files.push((name, data));
+                }
+            }
+            let manifest = r#"{"runtime": "python", "model": {"modelName": "sign_py", "serializedFile": "sign.pt", "handler": "sign_handler.py", "modelVersion": "1.0", "configFile": "model-config.yaml"}}"#;
+            let refs: Vec<(&str, &[u8])> = files
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.as_slice()))
+                .collect();
+            write_mar(&store.join("sign_py.mar"), manifest, &refs);
+        },
+    );
+    let reference = Reference::load();
+    for case in reference.cases() {
+        let body = request_body(case, reference.features(), 100);
+        let answer = |model: &str| {
+            let (status, text, _) = post(
+                &format!("{}/predictions/{model}", server.inference),
+                "application/json",
+                &body,
+            );
+            assert_eq!(status, 200, "{model}: {text}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["label"].as_str().unwrap().to_string(),
+                        p["confidence"].as_f64().unwrap(),
+                    )
+                })
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let (native, python) = (answer("sign"), answer("sign_py"));
+        assert_eq!(native.len(), 100);
+        for (label, p) in &native {
+            assert!(
+                (p - python[label]).abs() < 1e-4,
+                "{label}: native {p} python {}",
+                python[label]
+            );
+        }
+    }
+}
+
+/// A worker killed mid-request fails that request with "Worker died." and comes back; a
+/// handler slower than the response timeout does too; other models never notice.
+#[test]
+fn python_worker_failures_recover() {
+    let config = python_config(
+        "models={\"echo\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"slow\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1, \"responseTimeout\": 1}}}",
+    );
+    let server = Arc::new(Server::start_with(
+        Setup {
+            archives: &["sign.mar"],
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("echo.mar"),
+                &manifest("echo", "echo_handler.py"),
+                &[("echo_handler.py", ECHO.as_bytes())],
+            );
+            write_mar(
+                &store.join("slow.mar"),
+                &manifest("slow", "echo_handler.py"),
+                &[("echo_handler.py", ECHO.as_bytes())],
+            );
+        },
+    ));
+    let reference = Reference::load();
+    let sign_body = request_body(&reference.cases()[0], reference.features(), 1);
+    let pid_of = |model: &str| {
+        let (_, body, _) = get(&format!("{}/models/{model}", server.management));
+        let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+        d[0]["workers"][0]["pid"].as_i64().unwrap()
+    };
+    let before = pid_of("echo");
+    let s = server.clone();
+    let in_flight = std::thread::spawn(move || {
+        post(
+            &format!("{}/predictions/echo", s.inference),
+            "text/plain",
+            "sleep:5",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on the worker process this test's server started.
+    unsafe { libc::kill(before as i32, libc::SIGKILL) };
+    let (status, body, _) = in_flight.join().unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(
+        assert_error(&body, 500, "InternalServerException"),
+        "Worker died."
+    );
+    assert_eq!(
+        post(
+            &format!("{}/predictions/sign", server.inference),
+            "application/json",
+            &sign_body
+        )
+        .0,
+        200
+    );
+    // Restarted after the back-off, in a new process.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _, _) = post(
+            &format!("{}/predictions/echo", server.inference),
+            "text/plain",
+            "back",
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ne!(pid_of("echo"), before);
+
+    let (status, body, _) = post(
+        &format!("{}/predictions/slow", server.inference),
+        "text/plain",
+        "sleep:4",
+    );
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(
+        assert_error(&body, 500, "InternalServerException"),
+        "Worker died."
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while post(
+        &format!("{}/predictions/slow", server.inference),
+        "text/plain",
+        "ok",
+    )
+    .0 != 200
+    {
+        assert!(Instant::now() < deadline, "the slow model never recovered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        post(
+            &format!("{}/predictions/sign", server.inference),
+            "application/json",
+            &sign_body
+        )
+        .0,
+        200
+    );
+}
+
+/// A handler that cannot even be imported is reported with the worker's own error text, and
+/// a missing interpreter with a clear line; native models keep serving.
+#[test]
+fn python_load_failures_are_reported() {
+    let config =
+        python_config("models={\"broken\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}");
+    let server = Server::start_with(
+        Setup {
+            archives: &["sign.mar"],
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("broken.mar"),
+                &manifest("broken", "broken_handler.py"),
+                &[("broken_handler.py", b"import module_that_does_not_exist\n")],
+            );
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server.log_text().contains("module_that_does_not_exist") {
+        assert!(
+            Instant::now() < deadline,
+            "no worker error in the log:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        server.log_text().contains("worker failed to start"),
+        "{}",
+        server.log_text()
+    );
+    let reference = Reference::load();
+    let sign_body = request_body(&reference.cases()[0], reference.features(), 1);
+    assert_eq!(
+        post(
+            &format!("{}/predictions/sign", server.inference),
+            "application/json",
+            &sign_body
+        )
+        .0,
+        200
+    );
+
+    let missing = Server::start_with(
+        Setup {
+            archives: &["sign.mar"],
+            config: "python=/nonexistent/python3",
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("echo.mar"),
+                &manifest("echo", "echo_handler.py"),
+                &[("echo_handler.py", ECHO.as_bytes())],
+            );
+        },
+    );
+    let log = missing.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("echo.mar") && l.contains("/nonexistent/python3")),
+        "{log}"
+    );
+    assert_eq!(
+        post(
+            &format!("{}/predictions/sign", missing.inference),
+            "application/json",
+            &sign_body
+        )
+        .0,
+        200
+    );
+}
