@@ -138,14 +138,57 @@ pub enum Outcome {
     Died,
 }
 
+/// Answers of one batch on their way to the waiting requests; a streamed answer switches a
+/// request from its one-shot reply to a chunk channel.
+struct Delivery {
+    replies: Vec<Option<oneshot::Sender<JobResult>>>,
+    streams: Vec<Option<tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>>>,
+}
+
+/// Chunks a streaming handler may run ahead of a slow client.
+const STREAM_BUFFER: usize = 64;
+
+impl Delivery {
+    fn partial(&mut self, i: usize, part: Reply) {
+        if let Some(tx) = &self.streams[i] {
+            let _ = tx.blocking_send(Ok(part.body));
+        } else if let Some(reply) = self.replies[i].take() {
+            let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+            let _ = reply.send(Ok(Reply {
+                stream: Some(rx),
+                ..part
+            }));
+            self.streams[i] = Some(tx);
+        }
+    }
+
+    fn finish(&mut self, i: usize, last: Reply) {
+        if let Some(tx) = self.streams[i].take() {
+            let _ = tx.blocking_send(Ok(last.body));
+        } else if let Some(reply) = self.replies[i].take() {
+            let _ = reply.send(Ok(last));
+        }
+    }
+
+    fn fail(&mut self, error: &ApiError) {
+        for (reply, stream) in self.replies.iter_mut().zip(self.streams.iter_mut()) {
+            if let Some(tx) = stream.take() {
+                let _ = tx.blocking_send(Err(std::io::Error::other(error.message.clone())));
+            } else if let Some(reply) = reply.take() {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
 /// Runs one batch and answers every job in it.
 pub fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, stats: &Stats) -> Outcome {
     let total = batch.len();
     // Requests whose client went away are dropped before they reach the model.
-    let (inputs, replies): (Vec<Prepared>, Vec<oneshot::Sender<JobResult>>) = batch
+    let (inputs, replies): (Vec<Prepared>, Vec<Option<oneshot::Sender<JobResult>>>) = batch
         .into_iter()
         .filter(|j| !j.reply.is_closed())
-        .map(|j| (j.input, j.reply))
+        .map(|j| (j.input, Some(j.reply)))
         .unzip();
     stats
         .dropped
@@ -157,11 +200,17 @@ pub fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, stats: &Stats) -> Out
     stats
         .requests
         .fetch_add(inputs.len() as u64, Ordering::Relaxed);
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| engine.infer(&inputs)));
+    let mut delivery = Delivery {
+        streams: (0..replies.len()).map(|_| None).collect(),
+        replies,
+    };
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        engine.infer(&inputs, &mut |i, part| delivery.partial(i, part))
+    }));
     let (error, result) = match outcome {
-        Ok(Ok(answers)) if answers.len() == replies.len() => {
-            for (tx, answer) in replies.into_iter().zip(answers) {
-                let _ = tx.send(Ok(answer));
+        Ok(Ok(answers)) if answers.len() == inputs.len() => {
+            for (i, answer) in answers.into_iter().enumerate() {
+                delivery.finish(i, answer);
             }
             return Outcome::Done;
         }
@@ -177,8 +226,6 @@ pub fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, stats: &Stats) -> Out
         }
     };
     stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-    for tx in replies {
-        let _ = tx.send(Err(error.clone()));
-    }
+    delivery.fail(&error);
     result
 }

@@ -435,7 +435,11 @@ mod tests {
     struct RecorderEngine(Arc<Recorder>);
 
     impl Engine for RecorderEngine {
-        fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError> {
+        fn infer(
+            &mut self,
+            batch: &[Prepared],
+            _partial: &mut dyn FnMut(usize, Reply),
+        ) -> Result<Vec<Reply>, EngineError> {
             self.0.sizes.lock().unwrap().push(batch.len());
             if value(&batch[0]) < 0.0 {
                 std::thread::sleep(Duration::from_millis(400));
@@ -445,12 +449,7 @@ mod tests {
                 "short" => Ok(Vec::new()),
                 _ => Ok(batch
                     .iter()
-                    .map(|p| Reply {
-                        status: 200,
-                        content_type: None,
-                        headers: Vec::new(),
-                        body: bytes::Bytes::from(value(p).to_string()),
-                    })
+                    .map(|p| Reply::new(200, None, Vec::new(), value(p).to_string().into()))
                     .collect()),
             }
         }

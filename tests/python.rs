@@ -52,6 +52,20 @@ def predict(data, context):
     return [f"function saw {len(data)} request(s)" for _ in data]
 "#;
 
+/// A streaming handler: three intermediate answers, then the last one.
+const STREAM: &str = r#"
+from ts.handler_utils.utils import send_intermediate_predict_response
+
+def handle(data, context):
+    if data is None:
+        return None
+    for i in range(3):
+        send_intermediate_predict_response(
+            [f"chunk{i} " for _ in data], context.request_ids, "Intermediate Prediction success", 200, context
+        )
+    return ["last" for _ in data]
+"#;
+
 fn manifest(name: &str, handler: &str) -> String {
     format!(
         r#"{{"runtime": "python", "model": {{"modelName": "{name}", "handler": "{handler}", "modelVersion": "1.0"}}, "archiverVersion": "0.12.0"}}"#
@@ -65,7 +79,7 @@ fn python_config(extra: &str) -> String {
 #[test]
 fn custom_handlers_run_unchanged() {
     let config = python_config(
-        "models={\"echo\": {\"1.0\": {\"batchSize\": 4, \"maxBatchDelay\": 300, \"minWorkers\": 1, \"maxWorkers\": 1}}, \"fn\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}",
+        "models={\"echo\": {\"1.0\": {\"batchSize\": 4, \"maxBatchDelay\": 300, \"minWorkers\": 1, \"maxWorkers\": 1}}, \"fn\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"stream\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}",
     );
     let server = Arc::new(Server::start_with(
         Setup {
@@ -82,6 +96,11 @@ fn custom_handlers_run_unchanged() {
                 &store.join("fn.mar"),
                 &manifest("fn", "fn_handler:predict"),
                 &[("fn_handler.py", FUNCTION.as_bytes())],
+            );
+            write_mar(
+                &store.join("stream.mar"),
+                &manifest("stream", "stream_handler.py"),
+                &[("stream_handler.py", STREAM.as_bytes())],
             );
         },
     ));
@@ -141,6 +160,12 @@ fn custom_handlers_run_unchanged() {
 
     let (status, body, _) = post(&format!("{base}/predictions/fn"), "text/plain", "x");
     assert_eq!((status, body.as_str()), (200, "function saw 1 request(s)"));
+
+    // Streamed answers arrive as one chunked body, in order.
+    let (status, body, headers) = post(&format!("{base}/predictions/stream"), "text/plain", "go");
+    assert_eq!((status, body.as_str()), (200, "chunk0 chunk1 chunk2 last"));
+    assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+    assert_eq!(header(&headers, "ts_stream_next"), Some("true"));
 
     // Four at once with batch_size 4: the handler receives them as one batch.
     let s = server.clone();

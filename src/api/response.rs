@@ -3,6 +3,7 @@
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -27,7 +28,17 @@ pub fn error(err: &ApiError) -> HttpResponse {
 /// empty reason phrase and there is no content type unless the handler chose one.
 pub fn reply(reply: Reply) -> HttpResponse {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-    let mut res = HttpResponse::with_body(status, reply.body).map_into_boxed_body();
+    let mut res = match reply.stream {
+        // A streamed answer goes out chunked: the first part, then each one as it comes.
+        Some(rest) => {
+            let first = futures_util::stream::once(std::future::ready(Ok(reply.body)));
+            let rest = futures_util::stream::unfold(rest, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            });
+            HttpResponse::build(status).streaming(first.chain(rest))
+        }
+        None => HttpResponse::with_body(status, reply.body).map_into_boxed_body(),
+    };
     res.head_mut().reason = Some("");
     let headers = res.headers_mut();
     if let Some(ct) = reply

@@ -40,12 +40,34 @@ impl RequestInput {
 }
 
 /// A handler's answer to one request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub content_type: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// For a streamed answer: the chunks after `body`, ending when the sender is dropped
+    /// (an `Err` aborts the response).
+    pub stream: Option<ReplyStream>,
+}
+
+pub type ReplyStream = tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>;
+
+impl Reply {
+    pub fn new(
+        status: u16,
+        content_type: Option<String>,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            status,
+            content_type,
+            headers,
+            body,
+            stream: None,
+        }
+    }
 }
 
 /// A request ready to join a batch, prepared on the request thread.
@@ -70,8 +92,13 @@ pub trait Handler: Send + Sync {
 
 /// One worker's means of running batches.
 pub trait Engine: Send {
-    /// Runs one batch; one reply per request, in order.
-    fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError>;
+    /// Runs one batch; one final reply per request, in order. A streaming handler's
+    /// intermediate answers go to `partial(request index, reply)` as they come.
+    fn infer(
+        &mut self,
+        batch: &[Prepared],
+        partial: &mut dyn FnMut(usize, Reply),
+    ) -> Result<Vec<Reply>, EngineError>;
     /// The worker process, when the engine has one.
     fn pid(&self) -> Option<u32> {
         None

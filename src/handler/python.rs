@@ -88,6 +88,9 @@ struct PythonWorker {
     child: Child,
     response_timeout: Duration,
     stream: UnixStream,
+    /// Reads replies; it lives as long as the connection, since the worker may send several
+    /// messages (streaming) that land in one read.
+    reader: BufReader<UnixStream>,
     socket: PathBuf,
     max_response_size: usize,
     tail: Tail,
@@ -163,10 +166,20 @@ impl PythonWorker {
                 }
             }
         };
+        let reader = match stream.try_clone() {
+            Ok(s) => BufReader::new(s),
+            Err(e) => {
+                return Err(fail(
+                    &mut child,
+                    format!("cannot use the worker socket: {e}"),
+                ))
+            }
+        };
         let mut worker = PythonWorker {
             child,
             response_timeout: h.response_timeout,
             stream,
+            reader,
             socket,
             max_response_size: h.max_response_size,
             tail: tail.clone(),
@@ -195,7 +208,7 @@ impl PythonWorker {
     fn read_reply(&mut self, timeout: Duration) -> std::io::Result<WireReply> {
         self.stream.set_read_timeout(Some(timeout))?;
         let mut r = Decoder {
-            inner: BufReader::new(&self.stream),
+            inner: &mut self.reader,
             limit: self.max_response_size,
         };
         let code = r.int()?;
@@ -234,7 +247,11 @@ impl PythonWorker {
 }
 
 impl Engine for PythonWorker {
-    fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError> {
+    fn infer(
+        &mut self,
+        batch: &[Prepared],
+        partial: &mut dyn FnMut(usize, Reply),
+    ) -> Result<Vec<Reply>, EngineError> {
         let requests: Vec<&RequestInput> = batch
             .iter()
             .map(|p| match p {
@@ -250,13 +267,11 @@ impl Engine for PythonWorker {
             tracing::error!("Python worker connection failed: {e}; {}", tail_text(&tail));
             EngineError::Died(ApiError::internal(500, "Worker died."))
         };
-        let message = encode_inference(&requests);
         // Each message of the reply must come within the response timeout, as in TorchServe.
         let timeout = self.response_timeout;
-        let mut reply = self.exchange(&message, timeout).map_err(died)?;
-        // Streamed replies: intermediate messages carry `ts_stream_next: true`; their bodies
-        // are joined in order and the request is answered once its final message arrives.
-        let mut bodies: Vec<Vec<u8>> = vec![Vec::new(); requests.len()];
+        let mut reply = self
+            .exchange(&encode_inference(&requests), timeout)
+            .map_err(&died)?;
         loop {
             if reply.code != 200 {
                 let code = if reply.code == 413 { 507 } else { reply.code };
@@ -265,46 +280,34 @@ impl Engine for PythonWorker {
                     reply.message,
                 )));
             }
-            let streaming = reply.entries.iter().any(|e| {
-                e.headers
+            // Intermediate messages carry `ts_stream_next: true`; they are passed on as
+            // they come, and the worker's messages are read until none says more follows.
+            let mut more = false;
+            let mut finals: Vec<Option<Reply>> = (0..requests.len()).map(|_| None).collect();
+            for e in reply.entries {
+                let Some(i) = requests.iter().position(|r| r.request_id == e.request_id) else {
+                    return Err(died(std::io::Error::other("reply for an unknown request")));
+                };
+                let streaming = e
+                    .headers
                     .iter()
-                    .any(|(k, v)| k == "ts_stream_next" && v.eq_ignore_ascii_case("true"))
-            });
-            if !streaming {
-                break;
-            }
-            for e in &reply.entries {
-                if let Some(i) = requests.iter().position(|r| r.request_id == e.request_id) {
-                    bodies[i].extend_from_slice(&e.body);
+                    .any(|(k, v)| k == "ts_stream_next" && v.eq_ignore_ascii_case("true"));
+                let reply = e.into_reply();
+                if streaming {
+                    more = true;
+                    partial(i, reply);
+                } else {
+                    finals[i] = Some(reply);
                 }
             }
-            reply = self.read_reply(timeout).map_err(|e| {
-                tracing::error!("Python worker stream failed: {e}");
-                EngineError::Died(ApiError::internal(500, "Worker died."))
-            })?;
+            if !more {
+                return finals
+                    .into_iter()
+                    .map(|f| f.ok_or_else(|| died(std::io::Error::other("a request got no reply"))))
+                    .collect();
+            }
+            reply = self.read_reply(timeout).map_err(&died)?;
         }
-        let mut out = Vec::with_capacity(requests.len());
-        for (i, r) in requests.iter().enumerate() {
-            let Some(e) = reply.entries.iter().find(|e| e.request_id == r.request_id) else {
-                return Err(EngineError::Died(ApiError::internal(500, "Worker died.")));
-            };
-            let mut body = std::mem::take(&mut bodies[i]);
-            body.extend_from_slice(&e.body);
-            let headers = e
-                .headers
-                .iter()
-                .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
-                .cloned()
-                .collect();
-            let _ = &e.reason;
-            out.push(Reply {
-                status: u16::try_from(e.status).unwrap_or(500),
-                content_type: (!e.content_type.is_empty()).then(|| e.content_type.clone()),
-                headers,
-                body: Bytes::from(body),
-            });
-        }
-        Ok(out)
     }
 
     fn pid(&self) -> Option<u32> {
@@ -417,9 +420,27 @@ struct WireEntry {
     request_id: String,
     content_type: String,
     status: i32,
+    /// The handler's reason phrase (not relayed: HTTP/1.1 clients ignore it).
+    #[allow(dead_code)]
     reason: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+}
+
+impl WireEntry {
+    fn into_reply(self) -> Reply {
+        let headers = self
+            .headers
+            .into_iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+            .collect();
+        Reply::new(
+            u16::try_from(self.status).unwrap_or(500),
+            (!self.content_type.is_empty()).then_some(self.content_type),
+            headers,
+            Bytes::from(self.body),
+        )
+    }
 }
 
 struct WireReply {

@@ -136,7 +136,11 @@ impl Handler for TensorClassifier {
 struct SharedModel(Arc<TensorClassifier>);
 
 impl Engine for SharedModel {
-    fn infer(&mut self, batch: &[Prepared]) -> Result<Vec<Reply>, EngineError> {
+    fn infer(
+        &mut self,
+        batch: &[Prepared],
+        _partial: &mut dyn FnMut(usize, Reply),
+    ) -> Result<Vec<Reply>, EngineError> {
         self.0.run(batch).map_err(EngineError::Batch)
     }
 }
@@ -192,14 +196,12 @@ impl TensorClassifier {
                         .collect(),
                     device: device.clone(),
                 };
-                Reply {
-                    status: 200,
-                    content_type: None,
-                    headers: Vec::new(),
-                    body: Bytes::from(
-                        serde_json::to_vec_pretty(&answer).expect("answer serializes"),
-                    ),
-                }
+                Reply::new(
+                    200,
+                    None,
+                    Vec::new(),
+                    Bytes::from(serde_json::to_vec_pretty(&answer).expect("answer serializes")),
+                )
             })
             .collect())
     }
