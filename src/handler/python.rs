@@ -323,10 +323,30 @@ impl Drop for PythonWorker {
     }
 }
 
+/// The worker's recent exception lines (`SomeError: ...`), else its last lines.
 fn tail_text(tail: &Tail) -> String {
-    tail.lock()
-        .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
-        .unwrap_or_default()
+    let Ok(t) = tail.lock() else {
+        return String::new();
+    };
+    let errors: Vec<&str> = t
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| is_exception_line(l))
+        .collect();
+    let chosen: Vec<&str> = if errors.is_empty() {
+        t.iter().rev().take(3).rev().map(|l| l.trim()).collect()
+    } else {
+        errors
+    };
+    chosen.join(" | ")
+}
+
+/// `ModuleNotFoundError: No module named 'x'` and the like.
+fn is_exception_line(line: &str) -> bool {
+    line.split_once(": ").is_some_and(|(name, _)| {
+        !name.contains(' ')
+            && (name.ends_with("Error") || name.ends_with("Exception") || name.ends_with("Exit"))
+    })
 }
 
 /// Copies a worker's stdout/stderr into the server log, line by line, and signals when the
@@ -363,9 +383,14 @@ fn forward_output(
                     tracing::info!(worker = %label, "{line}");
                 }
                 if let Ok(mut t) = tail.lock() {
+                    // Exception lines are kept longer than the rest of a traceback.
                     t.push_back(line);
-                    if t.len() > 12 {
-                        t.pop_front();
+                    while t.len() > 40 {
+                        let drop = t
+                            .iter()
+                            .position(|l| !is_exception_line(l.trim()))
+                            .unwrap_or(0);
+                        t.remove(drop);
                     }
                 }
             }
