@@ -9,6 +9,9 @@ Outputs:
   tests/fixtures/sign_reference.json  inputs (by formula) and expected logits
   tests/fixtures/probe.mar    test-only TorchScript model: slow, failing and batch-revealing on
                               request (see Probe)
+  tests/fixtures/image_classifier.mar + tests/fixtures/image.png
+                              a tiny TorchScript image model for TorchServe's built-in
+                              image_classifier handler, and a picture to classify
 """
 import json
 import math
@@ -97,6 +100,41 @@ def probe_archive(tmp):
     )
 
 
+class TinyImageModel(nn.Module):
+    """[B, 3, H, W] -> 10 classes from the mean colour: small, but a real vision model shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 10)
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def image_classifier_archive(tmp):
+    from PIL import Image
+
+    torch.manual_seed(3)
+    path = os.path.join(tmp, "tiny_image.pt")
+    torch.jit.script(TinyImageModel().eval()).save(path)
+    labels = os.path.join(tmp, "index_to_name.json")
+    with open(labels, "w") as f:
+        json.dump({str(i): name for i, name in enumerate(
+            ["cat", "dog", "bird", "fish", "horse", "frog", "deer", "ship", "truck", "plane"])}, f)
+    subprocess.run(
+        [
+            sys.executable, "-m", "model_archiver.model_packaging",
+            "--model-name", "image_classifier", "--version", "1.0", "--serialized-file", path,
+            "--handler", "image_classifier", "--extra-files", labels,
+            "--export-path", os.path.join(ROOT, "tests", "fixtures"), "--force",
+        ],
+        check=True,
+    )
+    img = Image.new("RGB", (64, 48))
+    img.putdata([((x * 4) % 256, (y * 5) % 256, 128) for y in range(48) for x in range(64)])
+    img.save(os.path.join(ROOT, "tests", "fixtures", "image.png"))
+
+
 def formula_frames(seed, n_frames):
     """Deterministic input, reproduced bit-for-bit-enough by the Rust tests (computed in f64)."""
     idx = np.arange(n_frames * FEATURES, dtype=np.float64)
@@ -172,6 +210,7 @@ def main():
         for c, row in zip(cases, logits):
             c["logits"] = [float(v) for v in row]
         probe_archive(tmp)
+        image_classifier_archive(tmp)
         ref = {"frames": FRAMES, "features": FEATURES, "classes": CLASSES, "labels": labels, "cases": cases}
         with open(os.path.join(ROOT, "tests", "fixtures", "sign_reference.json"), "w") as f:
             json.dump(ref, f, indent=1)

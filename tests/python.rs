@@ -461,3 +461,172 @@ fn python_load_failures_are_reported() {
         200
     );
 }
+
+/// TorchServe's built-in image classifier, a KServe envelope, and per-model requirements.
+#[test]
+fn builtin_handler_envelope_and_requirements() {
+    const IDENTITY: &str = "def handle(data, context):\n    return data\n";
+    const SIX: &str = "import six\n\ndef handle(data, context):\n    if data is None:\n        return None\n    return [{\"six\": six.__version__, \"from\": six.__file__} for _ in data]\n";
+    let config = python_config(
+        "install_py_dep_per_model=true\nmodels={\"image_classifier\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"kecho\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"deps\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}",
+    );
+    let server = Server::start_with(
+        Setup {
+            archives: &["image_classifier.mar"],
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            let kserve = r#"{"runtime": "python", "model": {"modelName": "kecho", "handler": "identity:handle", "modelVersion": "1.0", "envelope": "kserve"}}"#;
+            write_mar(
+                &store.join("kecho.mar"),
+                kserve,
+                &[("identity.py", IDENTITY.as_bytes())],
+            );
+            let deps = r#"{"runtime": "python", "model": {"modelName": "deps", "handler": "six_handler:handle", "modelVersion": "1.0", "requirementsFile": "requirements.txt"}}"#;
+            write_mar(
+                &store.join("deps.mar"),
+                deps,
+                &[
+                    ("six_handler.py", SIX.as_bytes()),
+                    ("requirements.txt", b"six==1.16.0\n"),
+                ],
+            );
+        },
+    );
+    let base = &server.inference;
+
+    let image = std::fs::read(Path::new(REPO).join("tests/fixtures/image.png")).unwrap();
+    let res = agent()
+        .post(format!("{base}/predictions/image_classifier"))
+        .header("Content-Type", "image/png")
+        .send(&image[..])
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().read_to_string().unwrap();
+    let top5: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(top5.len(), 5, "{body}");
+    let labels = [
+        "cat", "dog", "bird", "fish", "horse", "frog", "deer", "ship", "truck", "plane",
+    ];
+    assert!(top5.keys().all(|k| labels.contains(&k.as_str())), "{body}");
+    let total: f64 = top5.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!(total > 0.0 && total <= 1.0 + 1e-6, "{body}");
+
+    let instances = r#"{"instances": [{"a": 1}, {"a": 2}]}"#;
+    let (status, body, _) = post(
+        &format!("{base}/v1/models/kecho:predict"),
+        "application/json",
+        instances,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v, serde_json::json!({"predictions": [{"a": 1}, {"a": 2}]}));
+    let (_, body, _) = post(
+        &format!("{base}/v1/models/kecho:explain"),
+        "application/json",
+        instances,
+    );
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["explanations"].is_array(),
+        "{body}"
+    );
+    let (status, _, _) = post(
+        &format!("{base}/v2/models/kecho/infer"),
+        "application/json",
+        instances,
+    );
+    assert_eq!(status, 200);
+
+    let (status, body, _) = post(&format!("{base}/predictions/deps"), "text/plain", "x");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["six"], "1.16.0");
+    assert!(
+        v["from"].as_str().unwrap().contains("pydeps-"),
+        "installed for this model only: {body}"
+    );
+    assert!(
+        server.log_text().contains("pip: "),
+        "pip's output is logged"
+    );
+}
+
+/// A worker killed while it loads its model is started again; other models never notice.
+#[test]
+fn worker_killed_during_load_recovers() {
+    const SLOW_INIT: &str = "import time\n\nclass H:\n    def initialize(self, context):\n        time.sleep(3)\n\n    def handle(self, data, context):\n        return [\"loaded\" for _ in data]\n";
+    let config =
+        python_config("models={\"slowinit\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}");
+    let server = Server::start_with(
+        Setup {
+            archives: &["sign.mar"],
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("slowinit.mar"),
+                &manifest("slowinit", "slow_init.py"),
+                &[("slow_init.py", SLOW_INIT.as_bytes())],
+            );
+        },
+    );
+    // The worker process listening on a socket in this server's temp dir.
+    let socket_dir = server.dir.path().to_string_lossy().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        let found = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).to_string();
+                (cmd.contains("model_service_worker.py") && cmd.contains(&socket_dir))
+                    .then_some(pid)
+            })
+            .next();
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no worker process found");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on the worker process this test's server started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let reference = Reference::load();
+    let sign_body = request_body(&reference.cases()[0], reference.features(), 1);
+    assert_eq!(
+        post(
+            &format!("{}/predictions/sign", server.inference),
+            "application/json",
+            &sign_body
+        )
+        .0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body, _) = post(
+            &format!("{}/predictions/slowinit", server.inference),
+            "text/plain",
+            "x",
+        );
+        if status == 200 {
+            assert_eq!(body, "loaded");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the model never loaded after its worker was killed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        server.log_text().contains("worker failed to start"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -32,15 +32,7 @@ pub async fn route(
             let version = rest.first().copied();
             // TorchServe tells handlers which route was used and what followed the version.
             let extra = vec![
-                (
-                    "explain".to_string(),
-                    if *kind == "explanations" {
-                        "True"
-                    } else {
-                        "False"
-                    }
-                    .to_string(),
-                ),
+                explain_header(*kind == "explanations"),
                 (
                     "url_path".to_string(),
                     rest.get(1..).unwrap_or_default().join("/"),
@@ -48,9 +40,30 @@ pub async fn route(
             ];
             predict(&req, payload, &state, model, version, extra).await
         }
+        // KServe v1 (`/v1/models/{m}:predict|:explain`) and v2 (`/v2/models/{m}/infer|explain`):
+        // the default version, the body as is; the envelope (service_envelope) translates.
+        [_, "v1", "models", target] if target.contains(':') => {
+            let (model, verb) = target.split_once(':').unwrap_or((target, ""));
+            match verb {
+                "predict" | "explain" => {
+                    let explain = explain_header(verb == "explain");
+                    predict(&req, payload, &state, model, None, vec![explain]).await
+                }
+                _ => Err(ApiError::resource_not_found()),
+            }
+        }
+        [_, "v2", "models", model, verb @ ("infer" | "explain")] => {
+            let explain = explain_header(*verb == "explain");
+            predict(&req, payload, &state, model, None, vec![explain]).await
+        }
         _ => Err(ApiError::resource_not_found()),
     };
     result.unwrap_or_else(|e| response::error(&e))
+}
+
+fn explain_header(explain: bool) -> (String, String) {
+    let value = if explain { "True" } else { "False" };
+    ("explain".to_string(), value.to_string())
 }
 
 /// Healthy when every model's default version has at least its minimum of healthy workers.

@@ -42,6 +42,7 @@ const KNOWN_KEYS: &[&str] = &[
     "service_envelope",
     "limit_max_image_pixels",
     "default_service_handler",
+    "install_py_dep_per_model",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -142,6 +143,8 @@ pub struct Settings {
     pub service_envelope: Option<String>,
     pub limit_max_image_pixels: bool,
     pub default_service_handler: Option<String>,
+    /// pip-install an archive's `requirementsFile` (into a private directory of the model).
+    pub install_py_dep_per_model: bool,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Keys this server does not use; kept so nothing is lost.
@@ -260,6 +263,7 @@ impl Settings {
             decode_input_request: parse_bool(&get, "decode_input_request", true)?,
             service_envelope: get("service_envelope").filter(|e| !e.trim().is_empty()),
             limit_max_image_pixels: parse_bool(&get, "limit_max_image_pixels", true)?,
+            install_py_dep_per_model: parse_bool(&get, "install_py_dep_per_model", false)?,
             default_service_handler: get("default_service_handler")
                 .filter(|h| !h.trim().is_empty()),
             config_file,

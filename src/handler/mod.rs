@@ -192,6 +192,18 @@ fn python_handler(
         .or_else(|| settings.default_service_handler.clone())
         .ok_or_else(|| LoadError::Invalid("the manifest names no handler".into()))?;
     let ts_home = python::locate_ts(&settings.python)?;
+    let deps = match (
+        &archive.manifest.model.requirements_file,
+        settings.install_py_dep_per_model,
+    ) {
+        (Some(file), true) => Some(python::install_requirements(
+            &settings.python,
+            archive,
+            file,
+            spec.model_name,
+        )?),
+        _ => None,
+    };
     let model_dir = archive
         .dir
         .canonicalize()
@@ -200,7 +212,12 @@ fn python_handler(
         model_name: spec.model_name.to_string(),
         model_dir,
         handler,
-        envelope: settings.service_envelope.clone().unwrap_or_default(),
+        // The server-wide envelope wins over the archive's, as in TorchServe.
+        envelope: settings
+            .service_envelope
+            .clone()
+            .or_else(|| archive.manifest.model.envelope.clone())
+            .unwrap_or_default(),
         batch_size: spec.batch_size,
         response_timeout: spec.response_timeout,
         startup_timeout: spec.startup_timeout,
@@ -211,5 +228,6 @@ fn python_handler(
         ts_home,
         socket_dir: std::env::temp_dir(),
         device: crate::device::Device::Cpu,
+        deps,
     }))
 }

@@ -36,6 +36,63 @@ pub struct PythonHandler {
     /// Where worker sockets go (TorchServe: `<tmpdir>/.ts.sock.<id>`).
     pub socket_dir: PathBuf,
     pub device: Device,
+    /// Packages from the archive's requirements file, installed for this model only.
+    pub deps: Option<tempfile::TempDir>,
+}
+
+/// `pip install -r <requirementsFile>` into a private directory of the model (never the
+/// server's environment), its output in the log; the directory joins the worker's PYTHONPATH.
+pub fn install_requirements(
+    python: &Path,
+    archive: &crate::archive::ModelArchive,
+    file: &str,
+    model: &str,
+) -> Result<tempfile::TempDir, LoadError> {
+    let failed = |why: String| {
+        LoadError::Invalid(format!(
+            "Custom pip package installation failed for model {model}: {why}"
+        ))
+    };
+    let requirements = crate::archive::safe_join(&archive.dir, file)
+        .filter(|p| p.is_file())
+        .ok_or_else(|| failed(format!("{file} is missing from the archive")))?;
+    let target = tempfile::Builder::new()
+        .prefix("pydeps-")
+        .tempdir()
+        .map_err(|e| failed(e.to_string()))?;
+    tracing::info!(model, "installing {file} for this model");
+    let out = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-U",
+            "-t",
+        ])
+        .arg(target.path())
+        .arg("-r")
+        .arg(&requirements)
+        .current_dir(&archive.dir)
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        tracing::info!(model, "pip: {line}");
+    }
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(failed(
+            err.trim()
+                .lines()
+                .last()
+                .unwrap_or("pip failed")
+                .to_string(),
+        ));
+    }
+    Ok(target)
 }
 
 /// Finds TorchServe's Python package for an interpreter; the error says how to get it.
@@ -100,11 +157,17 @@ impl PythonWorker {
     fn start(h: &PythonHandler, id: u32) -> Result<Self, String> {
         let socket = h.socket_dir.join(format!(".ts.sock.{id}"));
         let _ = std::fs::remove_file(&socket);
-        let mut pythonpath = std::env::var("PYTHONPATH").unwrap_or_default();
-        if !pythonpath.is_empty() {
-            pythonpath.push(':');
+        // TorchServe's order: inherited PYTHONPATH, then the model directory.
+        let mut parts: Vec<String> = std::env::var("PYTHONPATH")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .into_iter()
+            .collect();
+        parts.push(h.model_dir.to_string_lossy().into_owned());
+        if let Some(deps) = &h.deps {
+            parts.push(deps.path().to_string_lossy().into_owned());
         }
-        pythonpath.push_str(&h.model_dir.to_string_lossy());
+        let pythonpath = parts.join(":");
         let mut cmd = Command::new(&h.python);
         cmd.arg(h.ts_home.join("ts/model_service_worker.py"))
             .args(["--sock-type", "unix", "--sock-name"])
