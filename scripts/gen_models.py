@@ -6,6 +6,7 @@ venv with them). Neither the server nor the tests need any of that: they use the
 Outputs:
   model-store/sign.mar        TorchScript sign model (64 frames x 469 features -> 100 classes)
   model-store/sign_onnx.mar   the same weights exported to ONNX
+  examples/sign_py.mar        the TorchScript sign model for the Python-handler path
   tests/fixtures/sign_reference.json  inputs (by formula) and expected logits
   tests/fixtures/probe.mar    test-only TorchScript model: slow, failing and batch-revealing on
                               request (see Probe)
@@ -149,7 +150,7 @@ def pad(frames):
     return out
 
 
-def archive(name, serialized, tmp, extra):
+def archive(name, serialized, tmp, extra, config="model-config.yaml", export="model-store"):
     subprocess.run(
         [
             sys.executable, "-m", "model_archiver.model_packaging",
@@ -157,8 +158,8 @@ def archive(name, serialized, tmp, extra):
             "--serialized-file", serialized,
             "--handler", os.path.join(ROOT, "handlers", "sign_handler.py"),
             "--extra-files", ",".join(extra),
-            "--config-file", os.path.join(tmp, "model-config.yaml"),
-            "--export-path", os.path.join(ROOT, "model-store"), "--force",
+            "--config-file", os.path.join(tmp, config),
+            "--export-path", os.path.join(ROOT, export), "--force",
         ],
         check=True,
     )
@@ -192,6 +193,12 @@ def main():
             )
         archive("sign", ts_path, tmp, [labels_path])
         archive("sign_onnx", onnx_path, tmp, [labels_path])
+        # The same model without the native selection: served through TorchServe's Python
+        # worker and handlers/sign_handler.py, by ferroserve or by TorchServe.
+        with open(os.path.join(tmp, "model-config-python.yaml"), "w") as f:
+            f.write(f"handler:\n  frames: {FRAMES}\n  features: {FEATURES}\nminWorkers: 1\nmaxWorkers: 1\n")
+        os.makedirs(os.path.join(ROOT, "examples"), exist_ok=True)
+        archive("sign_py", ts_path, tmp, [labels_path], config="model-config-python.yaml", export="examples")
 
         cases = [
             {"seed": 0, "frames": 64, "format": "flat"},

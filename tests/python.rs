@@ -199,50 +199,16 @@ fn custom_handlers_run_unchanged() {
     );
 }
 
-/// The sign model through TorchServe's worker and its Python handler answers as the native path.
+/// The sign model through TorchServe's worker and its Python handler (examples/sign_py.mar)
+/// answers as the native path does.
 #[test]
 fn sign_model_python_path_matches_native() {
-    let config =
-        python_config("models={\"sign_py\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}");
-    let server = Server::start_with(
-        Setup {
-            archives: &["sign.mar"],
-            config: &config,
-            ..Setup::default()
-        },
-        |store| {
-            // The same archive with the native selection removed from model-config.yaml.
-            let mut zip = zip::ZipArchive::new(
-                std::fs::File::open(Path::new(REPO).join("model-store/sign.mar")).unwrap(),
-            )
-            .unwrap();
-            let mut files = Vec::new();
-            for i in 0..zip.len() {
-                let mut f = zip.by_index(i).unwrap();
-                let name = f.name().unwrap().to_string();
-                let mut data = Vec::new();
-                std::io::Read::read_to_end(&mut f, &mut data).unwrap();
-                if name == "model-config.yaml" {
-                    let text = String::from_utf8(data).unwrap();
-                    data = text
-                        .replace(
-                            "ferroserve:\n  native_handler: json_tensor_classifier\n",
-                            "",
-                        )
-                        .into_bytes();
-                }
-                if name != "MAR-INF/MANIFEST.json" {
-                    files.push((name, data));
-                }
-            }
-            let manifest = r#"{"runtime": "python", "model": {"modelName": "sign_py", "serializedFile": "sign.pt", "handler": "sign_handler.py", "modelVersion": "1.0", "configFile": "model-config.yaml"}}"#;
-            let refs: Vec<(&str, &[u8])> = files
-                .iter()
-                .map(|(n, d)| (n.as_str(), d.as_slice()))
-                .collect();
-            write_mar(&store.join("sign_py.mar"), manifest, &refs);
-        },
-    );
+    let config = python_config("");
+    let server = Server::start(Setup {
+        archives: &["sign.mar", "sign_py.mar"],
+        config: &config,
+        ..Setup::default()
+    });
     let reference = Reference::load();
     for case in reference.cases() {
         let body = request_body(case, reference.features(), 100);

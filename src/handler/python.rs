@@ -436,8 +436,20 @@ fn forward_output(
                         let _ = tx.send(());
                     }
                 }
-                if line.starts_with("[METRICS]") {
-                    tracing::debug!(worker = %label, "{line}");
+                if let Some(metric) = line
+                    .find("[METRICS]")
+                    .and_then(|i| BackendMetric::parse(&line[i..]))
+                {
+                    // Structured, for the metrics endpoint; kept out of the model log.
+                    tracing::debug!(
+                        target: "ferroserve::backend_metrics",
+                        worker = %label,
+                        name = %metric.name,
+                        unit = %metric.unit,
+                        value = metric.value,
+                        dimensions = ?metric.dimensions,
+                        request_id = metric.request_id.as_deref().unwrap_or(""),
+                    );
                     continue;
                 }
                 if is_stderr {
@@ -458,6 +470,40 @@ fn forward_output(
                 }
             }
         });
+}
+
+/// A `[METRICS]` line a worker prints:
+/// `[METRICS]Name.Unit:value|#Dim:v,Dim2:v|#hostname:h,timestamp[,request_id]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendMetric {
+    pub name: String,
+    pub unit: String,
+    pub value: f64,
+    pub dimensions: Vec<(String, String)>,
+    pub request_id: Option<String>,
+}
+
+impl BackendMetric {
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("[METRICS]")?;
+        let mut parts = rest.splitn(3, "|#");
+        let (head, dims, host) = (parts.next()?, parts.next()?, parts.next()?);
+        let (name_unit, value) = head.rsplit_once(':')?;
+        let (name, unit) = name_unit.split_once('.')?;
+        let dimensions = dims
+            .split(',')
+            .filter_map(|d| d.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let request_id = host.split(',').nth(2).map(str::to_string);
+        Some(Self {
+            name: name.to_string(),
+            unit: unit.to_string(),
+            value: value.trim().parse().ok()?,
+            dimensions,
+            request_id,
+        })
+    }
 }
 
 // --- The wire format (big-endian ints, length-prefixed strings, -1 list terminators). ---
@@ -610,6 +656,33 @@ mod tests {
         expected.extend_from_slice(br#"{"a":1}"#);
         expected.extend_from_slice(&[0xff; 8]);
         assert_eq!(encode_inference(&[&r]), expected);
+    }
+
+    #[test]
+    fn metrics_lines_parse() {
+        let m = BackendMetric::parse(
+            "[METRICS]HandlerTime.Milliseconds:12.5|#ModelName:echo,Level:Model|#hostname:h,1700000000,req-1",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.unit.as_str(), m.value),
+            ("HandlerTime", "Milliseconds", 12.5)
+        );
+        assert_eq!(
+            m.dimensions,
+            vec![
+                ("ModelName".into(), "echo".into()),
+                ("Level".into(), "Model".into())
+            ]
+        );
+        assert_eq!(m.request_id.as_deref(), Some("req-1"));
+        let m = BackendMetric::parse(
+            "[METRICS]PredictionTime.ms:3|#ModelName:m|#hostname:h,1700000000",
+        )
+        .unwrap();
+        assert_eq!(m.request_id, None);
+        assert!(BackendMetric::parse("[METRICS]garbage").is_none());
+        assert!(BackendMetric::parse("not a metric").is_none());
     }
 
     #[test]

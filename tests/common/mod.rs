@@ -55,13 +55,13 @@ impl Server {
         let store = Self::model_store(dir.path());
         std::fs::create_dir_all(&store).unwrap();
         for a in setup.archives {
-            // Bundled models live in model-store/, test-only ones in tests/fixtures/.
-            let bundled = Path::new(REPO).join("model-store").join(a);
-            let source = if bundled.exists() {
-                bundled
-            } else {
-                Path::new(REPO).join("tests/fixtures").join(a)
-            };
+            // Bundled models live in model-store/, examples in examples/, test-only ones in
+            // tests/fixtures/.
+            let source = ["model-store", "examples", "tests/fixtures"]
+                .iter()
+                .map(|d| Path::new(REPO).join(d).join(a))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("no archive {a}"));
             std::fs::copy(source, store.join(a)).unwrap();
         }
         prepare(&store);
