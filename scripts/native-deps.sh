@@ -65,17 +65,20 @@ install_libtorch() {
   log "libtorch ready in $LIBTORCH_DIR"
 }
 
+# ONNX Runtime's shared library from a wheel: install_onnxruntime PACKAGE DIR
+# (onnxruntime for the CPU, onnxruntime-gpu for CUDA hosts).
 install_onnxruntime() {
-  [ -f "$ORT_DIR/.complete" ] && return
-  log "fetching ONNX Runtime $ORT_VERSION from the onnxruntime wheel"
+  local package=$1 dir=$2
+  [ -f "$dir/.complete" ] && return
+  log "fetching $package $ORT_VERSION"
   local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
-  rm -rf "$ORT_DIR"; mkdir -p "$ORT_DIR/lib"
-  local whl; whl=$(wheel "$tmp/ort" "onnxruntime==$ORT_VERSION")
+  rm -rf "$dir"; mkdir -p "$dir/lib"
+  local whl; whl=$(wheel "$tmp/ort" "$package==$ORT_VERSION")
   unzip -q "$whl" 'onnxruntime/capi/libonnxruntime*' -d "$tmp/x"
-  mv "$tmp/x/onnxruntime/capi/"libonnxruntime* "$ORT_DIR/lib/"
-  ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/lib/libonnxruntime.so"
-  touch "$ORT_DIR/.complete"
-  log "ONNX Runtime ready in $ORT_DIR"
+  mv "$tmp/x/onnxruntime/capi/"libonnxruntime* "$dir/lib/"
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$dir/lib/libonnxruntime.so"
+  touch "$dir/.complete"
+  log "$package ready in $dir"
 }
 
 # libtorch_cuda.so and everything it needs, flattened into one directory: its run path
@@ -101,18 +104,6 @@ install_libtorch_cuda() {
   log "libtorch CUDA libraries ready in $CUDA_DIR"
 }
 
-install_onnxruntime_gpu() {
-  [ -f "$ORT_GPU_DIR/.complete" ] && return
-  log "fetching onnxruntime-gpu $ORT_VERSION"
-  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
-  rm -rf "$ORT_GPU_DIR"; mkdir -p "$ORT_GPU_DIR/lib"
-  local whl; whl=$(wheel "$tmp/ort" "onnxruntime-gpu==$ORT_VERSION")
-  unzip -q "$whl" 'onnxruntime/capi/libonnxruntime*' -d "$tmp/x"
-  mv "$tmp/x/onnxruntime/capi/"libonnxruntime* "$ORT_GPU_DIR/lib/"
-  ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_GPU_DIR/lib/libonnxruntime.so"
-  touch "$ORT_GPU_DIR/.complete"
-}
-
 cuda=false env=false
 for arg in "$@"; do
   case "$arg" in
@@ -124,10 +115,10 @@ done
 
 need_tools
 install_libtorch
-install_onnxruntime
+install_onnxruntime onnxruntime "$ORT_DIR"
 if $cuda; then
   install_libtorch_cuda
-  install_onnxruntime_gpu
+  install_onnxruntime onnxruntime-gpu "$ORT_GPU_DIR"
 fi
 
 if $env; then

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 
 const BOTH: &[&str] = &["sign.mar", "sign_onnx.mar"];
@@ -37,17 +35,7 @@ fn predictions_match_reference_for_torchscript_and_onnx() {
                 .map(|v| v.as_f64().unwrap())
                 .collect();
             let expected = softmax(&logits);
-            let got: HashMap<String, f64> = answer["predictions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p["label"].as_str().unwrap().to_string(),
-                        p["confidence"].as_f64().unwrap(),
-                    )
-                })
-                .collect();
+            let got = confidences(&answer);
             assert_eq!(got.len(), classes);
             for (class, p) in expected.iter().enumerate() {
                 let g = got[&reference.label(class)];

@@ -219,18 +219,7 @@ fn sign_model_python_path_matches_native() {
                 &body,
             );
             assert_eq!(status, 200, "{model}: {text}");
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            v["predictions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p["label"].as_str().unwrap().to_string(),
-                        p["confidence"].as_f64().unwrap(),
-                    )
-                })
-                .collect::<std::collections::HashMap<_, _>>()
+            confidences(&serde_json::from_str(&text).unwrap())
         };
         let (native, python) = (answer("sign"), answer("sign_py"));
         assert_eq!(native.len(), 100);

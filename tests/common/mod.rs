@@ -330,3 +330,18 @@ pub fn test_python() -> String {
     );
     p
 }
+
+/// A sign-handler answer as label → confidence.
+pub fn confidences(answer: &serde_json::Value) -> std::collections::HashMap<String, f64> {
+    answer["predictions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no predictions: {answer}"))
+        .iter()
+        .map(|p| {
+            (
+                p["label"].as_str().unwrap().to_string(),
+                p["confidence"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
