@@ -57,7 +57,7 @@ struct Shared {
     epoch: Instant,
     failing_since: Mutex<Option<Instant>>,
     restarts: AtomicU64,
-    /// The engine's process id, 0 when it has none (native workers are threads).
+    /// The process serving this worker (this one for native workers); 0 before it started.
     pid: std::sync::atomic::AtomicU32,
 }
 
@@ -156,7 +156,7 @@ impl Worker {
         }
     }
 
-    /// The worker's process id (its Python process), if it has its own.
+    /// The process serving the worker, once it started (TorchServe shows -1 before).
     pub fn pid(&self) -> Option<u32> {
         match self.shared.pid.load(Ordering::SeqCst) {
             0 => None,
@@ -207,7 +207,9 @@ fn serve(
                 // A successful start resets TorchServe's back-off and failure window.
                 backoff = 0;
                 *s.failing_since.lock().expect("worker lock") = None;
-                s.pid.store(engine.pid().unwrap_or(0), Ordering::SeqCst);
+                // A native worker is a thread of this process.
+                let pid = engine.pid().unwrap_or_else(std::process::id);
+                s.pid.store(pid, Ordering::SeqCst);
                 s.set(WorkerState::Ready);
                 if !serve_batches(s, cfg, intake, engine.as_mut(), stats) {
                     return;

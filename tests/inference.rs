@@ -307,6 +307,10 @@ fn management_list_and_describe() {
     assert_eq!(d["workers"][0]["status"], "READY");
     assert_eq!(d["workers"][0]["id"], "9001");
     assert_eq!(
+        d["workers"][0]["pid"], server.pid,
+        "native workers are threads of the server"
+    );
+    assert_eq!(
         d["jobQueueStatus"],
         serde_json::json!({"remainingCapacity": 100, "pendingRequests": 0})
     );

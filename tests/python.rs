@@ -193,6 +193,7 @@ fn custom_handlers_run_unchanged() {
     let (_, body, _) = get(&format!("{}/models/echo", server.management));
     let d: serde_json::Value = serde_json::from_str(&body).unwrap();
     let pid = d[0]["workers"][0]["pid"].as_i64().unwrap();
+    assert!(pid > 0);
     assert_ne!(
         pid, server.pid as i64,
         "describe shows the Python worker's own pid"
@@ -261,10 +262,24 @@ fn python_worker_failures_recover() {
     ));
     let reference = Reference::load();
     let sign_body = request_body(&reference.cases()[0], reference.features(), 1);
+    // The worker's process, once it is up (describe shows -1 before).
     let pid_of = |model: &str| {
-        let (_, body, _) = get(&format!("{}/models/{model}", server.management));
-        let d: serde_json::Value = serde_json::from_str(&body).unwrap();
-        d[0]["workers"][0]["pid"].as_i64().unwrap()
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, body, _) = get(&format!("{}/models/{model}", server.management));
+            let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let w = &d[0]["workers"][0];
+            let pid = w["pid"].as_i64().unwrap();
+            if w["status"] == "READY" && pid > 0 {
+                assert_ne!(
+                    pid, server.pid as i64,
+                    "a Python worker has its own process"
+                );
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "{model} never became READY");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     };
     let before = pid_of("echo");
     let s = server.clone();

@@ -255,7 +255,6 @@ struct StatsView {
 }
 
 fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
-    let pid = std::process::id() as i64;
     let device = m.device();
     let pending = m.queue.pending();
     let (min_workers, max_workers) = m.pool.limits();
@@ -294,7 +293,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
                     start_time: w.started.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
                     status: w.status(),
                     memory_usage: 0,
-                    pid: w.pid().map_or(pid, i64::from),
+                    pid: w.pid().map_or(-1, i64::from),
                     gpu: device.is_gpu(),
                     gpu_usage: "N/A",
                 })

@@ -226,8 +226,10 @@ fn python_handler(
         limit_max_image_pixels: settings.limit_max_image_pixels,
         python: settings.python.clone(),
         ts_home,
-        socket_dir: std::env::temp_dir(),
-        device: crate::device::Device::Cpu,
+        socket_dir: python::socket_dir().map_err(|e| {
+            LoadError::Invalid(format!("cannot create the worker socket directory: {e}"))
+        })?,
+        device: spec.runtime.device,
         deps,
     }))
 }

@@ -95,6 +95,14 @@ pub fn install_requirements(
     Ok(target)
 }
 
+/// Worker sockets live in a directory of this server process, so that two servers (or a
+/// TorchServe next to us) never share `.ts.sock.9000`.
+pub fn socket_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ferroserve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// Finds TorchServe's Python package for an interpreter; the error says how to get it.
 pub fn locate_ts(python: &Path) -> Result<PathBuf, LoadError> {
     let out = Command::new(python)
@@ -523,7 +531,12 @@ fn encode_load(h: &PythonHandler) -> Vec<u8> {
     put_bytes(&mut buf, h.model_dir.to_string_lossy().as_bytes());
     put_int(&mut buf, h.batch_size.max(1) as i32);
     put_bytes(&mut buf, h.handler.as_bytes());
-    put_int(&mut buf, -1); // gpu id: CPU
+    // The GPU the worker should use; -1 on the CPU.
+    let gpu = match h.device {
+        Device::Cuda(i) => i as i32,
+        _ => -1,
+    };
+    put_int(&mut buf, gpu);
     put_bytes(&mut buf, h.envelope.as_bytes());
     buf.push(u8::from(h.limit_max_image_pixels));
     buf
