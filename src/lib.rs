@@ -7,6 +7,7 @@ pub mod batching;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fetch;
 pub mod handler;
 pub mod registry;
 pub mod worker;

@@ -152,7 +152,16 @@ fn run(cli: &Cli) -> Result<(), String> {
     let registry = Registry::new(settings.initial_worker_port);
     for (name, url) in registry::startup_entries(&settings) {
         let loaded = registry
-            .load(&settings, &runtime, name.as_deref(), &url, true)
+            .load(
+                &settings,
+                &runtime,
+                &url,
+                &registry::Registration {
+                    model_name: name.clone(),
+                    ..Default::default()
+                },
+                true,
+            )
             .map_err(|e| e.to_string())
             .and_then(|m| {
                 let (n, v, d, w) = (
@@ -180,6 +189,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let state = AppState {
         settings: Arc::new(settings),
         registry,
+        runtime,
     };
     let result = actix_web::rt::System::new()
         .block_on(api::serve(state))

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -18,6 +18,20 @@ use crate::worker::{WorkerConfig, WorkerPool};
 
 /// How long loading waits for workers to come up before carrying on in the background.
 const STARTUP_WAIT: Duration = Duration::from_secs(2);
+
+/// What a registration call (`POST /models`) sets explicitly; start-up loading sets nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub model_name: Option<String>,
+    pub handler: Option<String>,
+    pub runtime: Option<String>,
+    pub batch_size: Option<usize>,
+    pub max_batch_delay_ms: Option<u64>,
+    /// Workers to start; `None` at start-up (then `default_workers_per_model` applies).
+    pub initial_workers: Option<usize>,
+    pub response_timeout_s: Option<u64>,
+    pub startup_timeout_s: Option<u64>,
+}
 
 /// A model version's serving parameters, resolved once at load time.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,14 +48,17 @@ pub struct ModelParams {
 }
 
 impl ModelParams {
-    /// TorchServe's start-up precedence: model-config.yaml > `models=` entry > server default.
-    /// `gpus` is how many GPUs the server uses (0 on the CPU): the default worker count.
+    /// TorchServe's precedence: a registration call's explicit values, then model-config.yaml,
+    /// then the `models=` entry, then server defaults; except timeouts, where model-config.yaml
+    /// and `models=` come before the call. `gpus` is how many GPUs the server uses (0 on the
+    /// CPU): the default worker count.
     pub fn resolve(
         settings: &Settings,
         archive: &ModelArchive,
         name: &str,
         version: &str,
         gpus: usize,
+        reg: &Registration,
     ) -> Self {
         let entry = settings
             .models
@@ -53,13 +70,18 @@ impl ModelParams {
         let yaml = &archive.config;
         let positive = |key: &str| yaml.int(key).filter(|&v| v > 0);
 
-        let default_workers = settings.workers_default(gpus) as i64;
+        let default_workers = match reg.initial_workers {
+            Some(n) => n as i64,
+            None => settings.workers_default(gpus) as i64,
+        };
         let (mut min, mut max) = (default_workers, default_workers);
-        if let Some(v) = from_models("minWorkers") {
-            min = v;
-        }
-        if let Some(v) = from_models("maxWorkers") {
-            max = v;
+        if reg.initial_workers.is_none() {
+            if let Some(v) = from_models("minWorkers") {
+                min = v;
+            }
+            if let Some(v) = from_models("maxWorkers") {
+                max = v;
+            }
         }
         if let (Some(ymin), Some(ymax)) = (positive("minWorkers"), yaml.int("maxWorkers")) {
             if ymax >= ymin {
@@ -71,15 +93,33 @@ impl ModelParams {
                 .or_else(|| from_models(key))
                 .unwrap_or(default)
         };
+        let explicit =
+            |v: Option<i64>, key: &str, default: i64| v.unwrap_or_else(|| pick(key, default));
+        let timeout = |v: Option<u64>, key: &str, default: u64| {
+            positive(key)
+                .or_else(|| from_models(key))
+                .or(v.map(|v| v as i64))
+                .unwrap_or(default as i64)
+        };
         ModelParams {
             min_workers: min.max(0) as usize,
             max_workers: max.max(min).max(0) as usize,
-            batch_size: pick("batchSize", 1) as usize,
-            max_batch_delay_ms: pick("maxBatchDelay", 100) as u64,
-            response_timeout_s: pick("responseTimeout", settings.default_response_timeout as i64)
-                as u64,
-            startup_timeout_s: pick("startupTimeout", settings.default_startup_timeout as i64)
-                as u64,
+            batch_size: explicit(reg.batch_size.map(|v| v as i64), "batchSize", 1) as usize,
+            max_batch_delay_ms: explicit(
+                reg.max_batch_delay_ms.map(|v| v as i64),
+                "maxBatchDelay",
+                100,
+            ) as u64,
+            response_timeout_s: timeout(
+                reg.response_timeout_s,
+                "responseTimeout",
+                settings.default_response_timeout,
+            ) as u64,
+            startup_timeout_s: timeout(
+                reg.startup_timeout_s,
+                "startupTimeout",
+                settings.default_startup_timeout,
+            ) as u64,
             max_retry_timeout_s: positive("maxRetryTimeoutInSec").unwrap_or(300) as u64,
             client_timeout_ms: positive("clientTimeoutInMills").unwrap_or(0) as u64,
             job_queue_size: positive("jobQueueSize").unwrap_or(settings.job_queue_size as i64)
@@ -100,6 +140,8 @@ pub struct ModelVersion {
     pub queue: JobQueue,
     pub pool: WorkerPool,
     pub archive: ModelArchive,
+    /// A file fetched into the store by registration; deleted when the model goes.
+    pub downloaded: Option<std::path::PathBuf>,
 }
 
 impl ModelVersion {
@@ -225,24 +267,95 @@ impl Registry {
         Ok(())
     }
 
+    /// Removes a version (the default one when none is named). The default version cannot go
+    /// while others remain (403, as TorchServe). Its workers are retired: they finish the
+    /// batch they are running.
+    pub fn remove(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, ApiError> {
+        let mut models = self.models.write().expect("registry lock");
+        let entry = models
+            .get_mut(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        let v = version.unwrap_or(&entry.default).to_string();
+        if !entry.versions.contains_key(&v) {
+            return Err(ApiError::version_not_found(name, &v));
+        }
+        if v == entry.default && entry.versions.len() > 1 {
+            return Err(ApiError::new(
+                403,
+                "InvalidModelVersionException",
+                format!("Cannot remove default version for model {name}"),
+            ));
+        }
+        let removed = entry.versions.remove(&v).expect("checked above");
+        if entry.versions.is_empty() {
+            models.remove(name);
+        }
+        drop(models);
+        // No new request can reach it now; let the queue drain (bounded by the response
+        // timeout), then retire the workers, which finish their batch first.
+        let draining = removed.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("drain-{name}"))
+            .spawn(move || {
+                let deadline = Instant::now() + draining.response_timeout();
+                while draining.queue.pending() > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = draining.pool.scale(0, 0, &|| 0);
+            });
+        if let Some(file) = &removed.downloaded {
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(removed)
+    }
+
+    pub fn set_default(&self, name: &str, version: &str) -> Result<(), ApiError> {
+        let mut models = self.models.write().expect("registry lock");
+        let entry = models
+            .get_mut(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        if !entry.versions.contains_key(version) {
+            // TorchServe words this one differently from describe's.
+            return Err(ApiError::new(
+                404,
+                "ModelVersionNotFoundException",
+                format!("Model version {version} does not exist for model {name}"),
+            ));
+        }
+        entry.default = version.to_string();
+        Ok(())
+    }
+
     /// Opens an archive, builds its handler and starts its workers.
     pub fn load(
         &self,
         settings: &Settings,
         runtime: &RuntimeOptions,
-        name_override: Option<&str>,
         url: &str,
+        reg: &Registration,
         at_startup: bool,
     ) -> Result<ModelVersion, LoadError> {
         let store = settings
             .model_store
             .as_deref()
             .ok_or_else(|| LoadError::Invalid("Model store has not been configured.".into()))?;
-        let archive = ModelArchive::open(store, url, settings.max_archive_size)?;
-        let name = name_override
-            .map(str::to_string)
+        let mut archive = ModelArchive::open(store, url, settings.max_archive_size)?;
+        if let Some(handler) = &reg.handler {
+            archive.manifest.model.handler = Some(handler.clone());
+        }
+        if let Some(runtime) = &reg.runtime {
+            archive.manifest.runtime = Some(runtime.clone());
+        }
+        let name = match reg
+            .model_name
+            .clone()
             .or_else(|| archive.manifest.model.model_name.clone())
-            .unwrap_or_else(|| archive::default_model_name(url));
+        {
+            Some(name) => name,
+            // Start-up entries get a default name; the register API insists on one.
+            None if at_startup => archive::default_model_name(url),
+            None => return Err(LoadError::Invalid("Model name is not defined.".into())),
+        };
         let version = archive
             .manifest
             .model
@@ -264,7 +377,7 @@ impl Registry {
         } else {
             0
         };
-        let params = ModelParams::resolve(settings, &archive, &name, &version, gpus);
+        let params = ModelParams::resolve(settings, &archive, &name, &version, gpus, reg);
         let handler = handler::load(
             &archive,
             &handler::HandlerSpec {
@@ -307,6 +420,7 @@ impl Registry {
             queue,
             pool,
             archive,
+            downloaded: None,
         })
     }
 }
@@ -385,7 +499,7 @@ mod tests {
             "default_workers_per_model=3\ndefault_response_timeout=50\njob_queue_size=7\n",
         );
         let (_d, a) = folder(None);
-        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0);
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
         assert_eq!(
             (
                 p.min_workers,
@@ -400,7 +514,7 @@ mod tests {
         let s = settings(
             "default_workers_per_model=3\nmodels={\"m\": {\"2.0\": {\"minWorkers\": 2, \"maxWorkers\": 4, \"batchSize\": 8, \"maxBatchDelay\": 5, \"responseTimeout\": 9}}}\n",
         );
-        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0);
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
         assert_eq!(
             (
                 p.min_workers,
@@ -415,7 +529,7 @@ mod tests {
         let (_d, a) = folder(Some(
             "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\njobQueueSize: 3\n",
         ));
-        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0);
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
         assert_eq!(
             (
                 p.min_workers,
@@ -429,14 +543,14 @@ mod tests {
 
         // An invalid YAML worker pair (max < min) is ignored.
         let (_d, a) = folder(Some("minWorkers: 5\nmaxWorkers: 2\n"));
-        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0);
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
         assert_eq!((p.min_workers, p.max_workers), (2, 4));
     }
 
     #[test]
     fn gpus_set_the_default_worker_count() {
         let (_d, a) = folder(None);
-        let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 4);
+        let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 4, &Registration::default());
         assert_eq!(p.min_workers, 4);
     }
 

@@ -1,6 +1,5 @@
-//! The management API: list (`GET /models`) and describe (`GET /models/{m}[/{v}|/all]`).
-//! Registration, scaling, unregistering and set-default answer as TorchServe does when they are
-//! refused, and say plainly that they are not available yet otherwise.
+//! The management API: register, scale, describe, list, unregister and set-default, with
+//! TorchServe's parameters, status codes and bodies.
 
 use std::time::Duration;
 
@@ -10,9 +9,15 @@ use serde::Serialize;
 
 use super::{input, response, AppState};
 use crate::error::ApiError;
-use crate::registry::ModelVersion;
+use crate::error::{ArchiveError, LoadError};
+use crate::fetch;
+use crate::registry::{ModelVersion, Registration};
 
-pub async fn route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn route(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let segs = input::segments(req.path());
     let method = req.method().clone();
     let result = match segs
@@ -23,28 +28,30 @@ pub async fn route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     {
         [_, "models"] => match method {
             Method::GET => list(&req, &state),
-            Method::POST if state.settings.enable_model_api => Err(not_yet("model registration")),
+            Method::POST if state.settings.enable_model_api => {
+                register(&req, payload, &state).await
+            }
             _ => Err(ApiError::method_not_allowed()),
         },
         [_, "models", model] => match method {
             Method::GET => describe(&state, model, None),
             Method::PUT => scale(&req, &state, model, None).await,
-            Method::DELETE if state.settings.enable_model_api => {
-                Err(not_yet("unregistering models"))
-            }
+            Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
             _ => Err(ApiError::method_not_allowed()),
         },
         [_, "models", model, version] => match method {
             Method::GET => describe(&state, model, Some(version)),
             Method::PUT => scale(&req, &state, model, Some(version)).await,
             Method::DELETE if state.settings.enable_model_api => {
-                Err(not_yet("unregistering models"))
+                unregister(&state, model, Some(version))
             }
             _ => Err(ApiError::method_not_allowed()),
         },
-        [_, "models", model, _, "set-default"] => match method {
+        // TorchServe's quirks: GET describes and DELETE unregisters the *default* version.
+        [_, "models", model, version, "set-default"] => match method {
             Method::GET => describe(&state, model, None),
-            Method::PUT => Err(not_yet("set-default")),
+            Method::PUT => set_default(&state, model, version),
+            Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
             _ => Err(ApiError::method_not_allowed()),
         },
         _ => Err(ApiError::resource_not_found()),
@@ -138,12 +145,210 @@ async fn scale(
     ))
 }
 
-fn not_yet(what: &str) -> ApiError {
-    ApiError::new(
-        501,
-        "NotImplementedException",
-        format!("{what} is not available yet"),
-    )
+/// Registration parameters, from the query string or a JSON object body (same keys).
+struct Params(serde_json::Map<String, serde_json::Value>);
+
+impl Params {
+    async fn read(
+        req: &HttpRequest,
+        payload: web::Payload,
+        limit: usize,
+    ) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim() == "application/json");
+        if json {
+            let body = input::read_body(req, payload, limit).await?;
+            if !body.is_empty() {
+                return match serde_json::from_slice(&body) {
+                    Ok(serde_json::Value::Object(map)) => Ok(Params(map)),
+                    _ => Err(ApiError::bad_request(
+                        "the request body is not a JSON object",
+                    )),
+                };
+            }
+        }
+        Ok(Params(
+            query(req)
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+        ))
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        match self.0.get(key)? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::String(_) | serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// Numbers given as numbers or strings; anything unparseable counts as absent.
+    fn int(&self, key: &str) -> Option<i64> {
+        match self.0.get(key)? {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn positive(&self, key: &str) -> Option<u64> {
+        self.int(key).filter(|&v| v >= 0).map(|v| v as u64)
+    }
+
+    fn boolean(&self, key: &str) -> Option<bool> {
+        match self.0.get(key)? {
+            serde_json::Value::Bool(b) => Some(*b),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+fn load_error(e: LoadError) -> ApiError {
+    match e {
+        LoadError::Archive(ArchiveError::NotFound(message)) => {
+            ApiError::new(404, "ModelNotFoundException", message)
+        }
+        LoadError::Backend(e) => ApiError::internal(500, e.to_string()),
+        other => ApiError::new(400, "InvalidModelException", other.to_string()),
+    }
+}
+
+/// `POST /models`: TorchServe's parameters, from the query string or a JSON body.
+async fn register(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let settings = state.settings.clone();
+    let p = Params::read(req, payload, settings.max_request_size).await?;
+    let url = p
+        .string("url")
+        .ok_or_else(|| ApiError::bad_request("Parameter url is required."))?;
+    let runtime_name = p.string("runtime");
+    if let Some(rt) = &runtime_name {
+        if !matches!(rt.as_str(), "python" | "python3" | "LSP") {
+            return Err(ApiError::bad_request(format!(
+                "Invalid RuntimeType value: {rt}"
+            )));
+        }
+    }
+    let store = settings.model_store.clone().ok_or_else(|| {
+        ApiError::new(
+            404,
+            "ModelNotFoundException",
+            "Model store has not been configured.",
+        )
+    })?;
+    let registration = Registration {
+        model_name: p.string("model_name"),
+        handler: p.string("handler"),
+        runtime: runtime_name,
+        batch_size: p.positive("batch_size").map(|v| v as usize),
+        max_batch_delay_ms: p.positive("max_batch_delay"),
+        // Unset means `default_workers_per_model` as configured (0 when it is not).
+        initial_workers: Some(
+            p.positive("initial_workers")
+                .map_or(settings.default_workers_per_model, |v| v as usize),
+        ),
+        response_timeout_s: p
+            .int("response_timeout")
+            .filter(|&v| v > 0)
+            .map(|v| v as u64),
+        startup_timeout_s: p
+            .int("startup_timeout")
+            .filter(|&v| v > 0)
+            .map(|v| v as u64),
+    };
+    let synchronous = p.boolean("synchronous").unwrap_or(true);
+    let (registry, runtime) = (state.registry.clone(), state.runtime.clone());
+    let registered_url = url.clone();
+    let model = web::block(move || -> Result<ModelVersion, ApiError> {
+        let resolved = fetch::resolve(
+            &url,
+            &store,
+            &settings.allowed_urls,
+            settings.max_archive_size,
+        )?;
+        let loaded = registry.load(&settings, &runtime, &resolved.entry, &registration, false);
+        match loaded {
+            Ok(mut m) => {
+                m.archive.url = registered_url;
+                m.downloaded = resolved.downloaded;
+                Ok(m)
+            }
+            Err(e) => {
+                if let Some(file) = &resolved.downloaded {
+                    let _ = std::fs::remove_file(file);
+                }
+                Err(load_error(e))
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(500, e.to_string()))??;
+
+    let (name, version) = (model.name.clone(), model.version.clone());
+    let workers = model.pool.limits().0;
+    let startup = Duration::from_secs(model.params.startup_timeout_s.max(1));
+    let downloaded = model.downloaded.clone();
+    if let Err(e) = state.registry.insert(model) {
+        if let Some(file) = downloaded {
+            let _ = std::fs::remove_file(file);
+        }
+        return Err(e);
+    }
+    if workers == 0 {
+        let status = format!(
+            "Model \"{name}\" Version: {version} registered with 0 initial workers. Use scale workers API to add workers for the model."
+        );
+        return Ok(response::json(200, &response::Status { status: &status }));
+    }
+    if !synchronous {
+        return Ok(response::json(
+            202,
+            &response::Status {
+                status: "Processing worker updates...",
+            },
+        ));
+    }
+    let m = state.registry.get(&name, Some(&version))?;
+    let waiting = m.clone();
+    let started = web::block(move || waiting.pool.wait_started(startup) && waiting.is_ready())
+        .await
+        .unwrap_or(false);
+    if !started {
+        // As TorchServe: a model whose workers cannot start is unregistered again.
+        let _ = state.registry.remove(&name, Some(&version));
+        return Err(ApiError::internal(
+            500,
+            format!("Failed to start workers for model {name} version: {version}"),
+        ));
+    }
+    let status =
+        format!("Model \"{name}\" Version: {version} registered with {workers} initial workers");
+    Ok(response::json(200, &response::Status { status: &status }))
+}
+
+fn unregister(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    state.registry.remove(model, version)?;
+    let status = format!("Model \"{model}\" unregistered");
+    Ok(response::json(200, &response::Status { status: &status }))
+}
+
+fn set_default(state: &AppState, model: &str, version: &str) -> Result<HttpResponse, ApiError> {
+    state.registry.set_default(model, version)?;
+    let status =
+        format!("Default version successfully updated for model \"{model}\" to \"{version}\"");
+    Ok(response::json(200, &response::Status { status: &status }))
 }
 
 #[derive(Serialize)]

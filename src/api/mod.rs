@@ -22,6 +22,8 @@ use crate::registry::Registry;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
+    /// How models registered at run time reach their runtimes.
+    pub runtime: crate::backend::RuntimeOptions,
 }
 
 /// The socket of an HTTP connection, to notice a client that left while its request waits.

@@ -43,6 +43,8 @@ const KNOWN_KEYS: &[&str] = &[
     "limit_max_image_pixels",
     "default_service_handler",
     "install_py_dep_per_model",
+    "allowed_urls",
+    "use_env_allowed_urls",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -143,6 +145,8 @@ pub struct Settings {
     pub service_envelope: Option<String>,
     pub limit_max_image_pixels: bool,
     pub default_service_handler: Option<String>,
+    /// Regexes a registration URL must match (whole string, case-insensitive).
+    pub allowed_urls: Vec<String>,
     /// pip-install an archive's `requirementsFile` (into a private directory of the model).
     pub install_py_dep_per_model: bool,
     /// The configuration file that was read, if any.
@@ -187,8 +191,9 @@ impl Settings {
         let mut builder =
             config::Config::builder().add_source(properties::PropertiesSource(file.clone()));
         if file.get("enable_envvars_config").map(|v| v.trim()) == Some("true") {
+            let env_urls = file.get("use_env_allowed_urls").map(|v| v.trim()) == Some("true");
             builder = builder.add_source(
-                config::Environment::with_prefix("TS").source(Some(env_overrides(env))),
+                config::Environment::with_prefix("TS").source(Some(env_overrides(env, env_urls))),
             );
         }
         builder = apply_cli(builder, cli).map_err(|e| ConfigError::Other(e.to_string()))?;
@@ -264,6 +269,19 @@ impl Settings {
             service_envelope: get("service_envelope").filter(|e| !e.trim().is_empty()),
             limit_max_image_pixels: parse_bool(&get, "limit_max_image_pixels", true)?,
             install_py_dep_per_model: parse_bool(&get, "install_py_dep_per_model", false)?,
+            allowed_urls: {
+                let raw = get("allowed_urls").unwrap_or_else(|| "file://.*|http(s)?://.*".into());
+                let list: Vec<String> = raw
+                    .split(',')
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                for r in &list {
+                    regex::Regex::new(r)
+                        .map_err(|e| ConfigError::invalid("allowed_urls", &raw, e.to_string()))?;
+                }
+                list
+            },
             default_service_handler: get("default_service_handler")
                 .filter(|h| !h.trim().is_empty()),
             config_file,
@@ -282,12 +300,14 @@ impl Settings {
 }
 
 /// `TS_<KEY>` variables, named as TorchServe names them, minus the keys it never takes from env.
-fn env_overrides(env: &HashMap<String, String>) -> config::Map<String, String> {
+/// `allowed_urls` comes from the environment only with `use_env_allowed_urls=true`.
+fn env_overrides(env: &HashMap<String, String>, allowed_urls: bool) -> config::Map<String, String> {
     env.iter()
         .filter_map(|(k, v)| {
             let key = match k.as_str() {
                 "TS_TOKEN_EXPIRATION_TIME_MIN" => "TS_TOKEN_EXPIRATION_MIN".to_string(),
                 "TS_CONFIG_FILE" => return None,
+                "TS_ALLOWED_URLS" if !allowed_urls => return None,
                 _ => k.clone(),
             };
             let stripped = key.strip_prefix("TS_")?.to_ascii_lowercase();

@@ -1,0 +1,200 @@
+//! Where a registration `url` points: a file or folder of the model store, or a `file://` /
+//! `http(s)://` URL that `allowed_urls` permits, fetched into the store first (streamed, with a
+//! size cap, never over an existing file). TorchServe's checks and messages.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::ApiError;
+
+/// The store entry to open, and the file fetched for it (deleted on unregister).
+pub struct Resolved {
+    pub entry: String,
+    pub downloaded: Option<PathBuf>,
+}
+
+fn not_found(message: String) -> ApiError {
+    ApiError::new(404, "ModelNotFoundException", message)
+}
+
+fn download_failed(url: &str) -> ApiError {
+    ApiError::new(
+        400,
+        "DownloadArchiveException",
+        format!("Failed to download archive from: {url}"),
+    )
+}
+
+pub fn is_url(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    ["file://", "http://", "https://"]
+        .iter()
+        .any(|s| lower.starts_with(s))
+}
+
+/// Whole-string, case-insensitive match against any of the patterns.
+pub fn allowed(url: &str, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| {
+        regex::RegexBuilder::new(&format!("^(?:{p})$"))
+            .case_insensitive(true)
+            .build()
+            .is_ok_and(|r| r.is_match(url))
+    })
+}
+
+pub fn resolve(
+    url: &str,
+    store: &Path,
+    allowed_urls: &[String],
+    max_size: u64,
+) -> Result<Resolved, ApiError> {
+    if url.is_empty() {
+        return Err(not_found("empty url".into()));
+    }
+    // Checked before anything is fetched or opened (TorchServe's fix for path traversal).
+    if url.contains("..") {
+        return Err(not_found(format!(
+            "Relative path is not allowed in url: {url}"
+        )));
+    }
+    if !is_url(url) {
+        return Ok(Resolved {
+            entry: url.to_string(),
+            downloaded: None,
+        });
+    }
+    if !allowed(url, allowed_urls) {
+        return Err(not_found(format!(
+            "Given URL {url} does not match any allowed URL(s)"
+        )));
+    }
+    let path = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['?', '#']).next().unwrap_or(""))
+        .unwrap_or("");
+    let name = path.rsplit('/').next().unwrap_or("");
+    if name.is_empty() || name.contains('\\') || name.starts_with('.') {
+        return Err(download_failed(url));
+    }
+    let target = store.join(name);
+    if target.exists() {
+        return Err(ApiError::internal(
+            500,
+            format!("Model file already exists {name}"),
+        ));
+    }
+    fetch(url, path, &target, max_size).map_err(|e| {
+        tracing::warn!(url, "download failed: {e}");
+        download_failed(url)
+    })?;
+    Ok(Resolved {
+        entry: name.to_string(),
+        downloaded: Some(target),
+    })
+}
+
+/// Streams the URL into a temporary file next to `target`, then renames it into place.
+fn fetch(url: &str, path: &str, target: &Path, max_size: u64) -> std::io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut source: Box<dyn Read> = if url.to_ascii_lowercase().starts_with("file://") {
+        Box::new(std::fs::File::open(format!(
+            "/{}",
+            path.trim_start_matches('/')
+        ))?)
+    } else {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(600)))
+            .build()
+            .into();
+        let res = agent.get(url).call().map_err(std::io::Error::other)?;
+        Box::new(res.into_body().into_reader())
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = source.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > max_size {
+            return Err(std::io::Error::other(format!(
+                "larger than max_archive_size ({max_size} bytes)"
+            )));
+        }
+        tmp.write_all(&buf[..n])?;
+    }
+    tmp.persist_noclobber(target).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_patterns_match_whole_urls_case_insensitively() {
+        let default = vec!["file://.*".to_string(), "http(s)?://.*".to_string()];
+        assert!(allowed("HTTPS://example.com/m.mar", &default));
+        assert!(!allowed("ftp://example.com/m.mar", &default));
+        let narrow = vec!["http://127\\.0\\.0\\.1:\\d+/.*".to_string()];
+        assert!(allowed("http://127.0.0.1:80/a.mar", &narrow));
+        assert!(!allowed("http://127.0.0.1:80.evil.com/a.mar", &narrow));
+        assert!(!allowed("xhttp://127.0.0.1:80/a.mar", &narrow));
+    }
+
+    #[test]
+    fn traversal_and_disallowed_urls_are_refused_before_any_io() {
+        let store = tempfile::tempdir().unwrap();
+        let e = resolve("../x.mar", store.path(), &[], 1 << 20)
+            .err()
+            .unwrap();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "Relative path is not allowed in url: ../x.mar")
+        );
+        let e = resolve(
+            "http://h/a.mar",
+            store.path(),
+            &["file://.*".into()],
+            1 << 20,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.message,
+            "Given URL http://h/a.mar does not match any allowed URL(s)"
+        );
+        let plain = resolve("sign.mar", store.path(), &[], 1 << 20).unwrap();
+        assert_eq!(
+            (plain.entry.as_str(), plain.downloaded.is_none()),
+            ("sign.mar", true)
+        );
+    }
+
+    #[test]
+    fn file_urls_are_copied_once_and_never_overwrite() {
+        let store = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("m.mar"), b"zip").unwrap();
+        let url = format!("file://{}/m.mar", src.path().display());
+        let all = vec![".*".to_string()];
+        let r = resolve(&url, store.path(), &all, 1 << 20).unwrap();
+        assert_eq!(r.entry, "m.mar");
+        assert_eq!(std::fs::read(store.path().join("m.mar")).unwrap(), b"zip");
+        let e = resolve(&url, store.path(), &all, 1 << 20).err().unwrap();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (500, "Model file already exists m.mar")
+        );
+        let e = resolve("file:///no/such/x.mar", store.path(), &all, 1 << 20)
+            .err()
+            .unwrap();
+        assert_eq!((e.code, e.kind), (400, "DownloadArchiveException"));
+        std::fs::write(src.path().join("big.mar"), vec![0u8; 2048]).unwrap();
+        let big = format!("file://{}/big.mar", src.path().display());
+        assert!(resolve(&big, store.path(), &all, 1024).is_err());
+        assert!(!store.path().join("big.mar").exists());
+    }
+}
