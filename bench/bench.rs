@@ -152,7 +152,7 @@ impl Running {
             format!(
                 "inference_address=http://127.0.0.1:{ip}\nmanagement_address=http://127.0.0.1:{mp}\n\
                  metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\n\
-                 intra_op_threads=1\n{extra}\n",
+                 intra_op_threads=1\ndisable_token_authorization=true\n{extra}\n",
                 store.display()
             ),
         )

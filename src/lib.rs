@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod auth;
 pub mod backend;
 pub mod batching;
 pub mod config;

@@ -14,6 +14,9 @@ use ferroserve::config::{Cli, Settings};
 use ferroserve::device::{self, DeviceRequest, LibtorchProbe};
 use ferroserve::registry::{self, Registry};
 
+/// The token key file, in the working directory as TorchServe writes it.
+const KEY_FILE: &str = "key_file.json";
+
 /// Where `--start` records the server's PID for `--stop` (TorchServe's location).
 fn pid_file() -> PathBuf {
     std::env::temp_dir().join(".model_server.pid")
@@ -91,6 +94,8 @@ fn stop() -> ExitCode {
             // SAFETY: plain kill(2) on the recorded server PID.
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let _ = std::fs::remove_file(pid_file());
+            // As `torchserve --stop`: the key file in the current directory goes too.
+            let _ = std::fs::remove_file(KEY_FILE);
             println!("ferroserve has stopped.");
             ExitCode::SUCCESS
         }
@@ -186,10 +191,25 @@ fn run(cli: &Cli) -> Result<(), String> {
     std::fs::write(pid_file(), std::process::id().to_string()).ok();
     let registry = Arc::new(registry);
     spawn_supervisor(Arc::downgrade(&registry));
+    let tokens = if settings.disable_token_authorization {
+        None
+    } else {
+        let file = std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(KEY_FILE);
+        let tokens = ferroserve::auth::Tokens::create(file, settings.token_expiration_min)
+            .map_err(|e| format!("cannot write {KEY_FILE}: {e}"))?;
+        tracing::info!(
+            "Token authorization is on: keys are in {} (disable with --disable-token-auth)",
+            tokens.file().display()
+        );
+        Some(tokens)
+    };
     let state = AppState {
         settings: Arc::new(settings),
         registry,
         runtime,
+        tokens,
     };
     let result = actix_web::rt::System::new()
         .block_on(api::serve(state))

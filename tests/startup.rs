@@ -10,7 +10,7 @@ fn config_dir(text: &str) -> tempfile::TempDir {
     std::fs::write(
         dir.path().join("config.properties"),
         format!(
-            "model_store={}\n{text}\n",
+            "model_store={}\ndisable_token_authorization=true\n{text}\n",
             dir.path().join("store").display()
         ),
     )

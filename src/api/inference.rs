@@ -6,6 +6,7 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use tokio::sync::oneshot;
 
 use super::{input, response, AppState, RequestId};
+use crate::auth::{self, KeyKind};
 use crate::batching::{Job, SubmitError};
 use crate::error::ApiError;
 
@@ -15,6 +16,20 @@ pub async fn route(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let segs = input::segments(req.path());
+    // The API description and the Kubernetes probes need no key; everything else here does.
+    let open = match segs
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => req.method() == Method::OPTIONS,
+        [_, "api-description"] | [_, "v2", "health", _] | [_, "v2", "models", _, "ready"] => true,
+        _ => false,
+    };
+    if !open && !state.authorized(&req, KeyKind::Inference) {
+        return response::error(&auth::denied());
+    }
     let result = match segs
         .iter()
         .map(String::as_str)

@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::{input, response, AppState};
+use crate::auth::{self, KeyKind};
 use crate::error::ApiError;
 use crate::error::{ArchiveError, LoadError};
 use crate::fetch;
@@ -20,6 +21,12 @@ pub async fn route(
 ) -> HttpResponse {
     let segs = input::segments(req.path());
     let method = req.method().clone();
+    if segs.get(1).map(String::as_str) == Some("token") {
+        return rotate_token(&req, &state).unwrap_or_else(|e| response::error(&e));
+    }
+    if !state.authorized(&req, KeyKind::Management) {
+        return response::error(&auth::denied());
+    }
     let result = match segs
         .iter()
         .map(String::as_str)
@@ -332,6 +339,29 @@ async fn register(
     let status =
         format!("Model \"{name}\" Version: {version} registered with {workers} initial workers");
     Ok(response::json(200, &response::Status { status: &status }))
+}
+
+/// `/token?type=inference|management` with the API key: a new key, written to the key file.
+/// (TorchServe treats any request mentioning `/token` anywhere, headers included, as a
+/// rotation; here only the `/token` path is.)
+fn rotate_token(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+    let Some(tokens) = &state.tokens else {
+        return Err(ApiError::resource_not_found());
+    };
+    if !state.authorized(req, KeyKind::Api) {
+        return Err(auth::rotation_denied());
+    }
+    let kind = match param::<String>(&query(req), "type").as_deref() {
+        Some("inference") => KeyKind::Inference,
+        Some("management") => KeyKind::Management,
+        _ => return Err(auth::rotation_denied()),
+    };
+    tokens
+        .rotate(kind)
+        .map_err(|e| ApiError::internal(500, format!("cannot write the key file: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body("\n"))
 }
 
 fn unregister(

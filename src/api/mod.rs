@@ -24,6 +24,21 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// How models registered at run time reach their runtimes.
     pub runtime: crate::backend::RuntimeOptions,
+    /// Token authorization; `None` when disabled.
+    pub tokens: Option<crate::auth::Tokens>,
+}
+
+impl AppState {
+    /// True when the request may pass: authorization off, or the right key presented.
+    pub fn authorized(&self, req: &actix_web::HttpRequest, kind: crate::auth::KeyKind) -> bool {
+        self.tokens.as_ref().is_none_or(|t| {
+            let header = req
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            t.check(kind, header)
+        })
+    }
 }
 
 /// The socket of an HTTP connection, to notice a client that left while its request waits.

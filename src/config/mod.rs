@@ -45,6 +45,7 @@ const KNOWN_KEYS: &[&str] = &[
     "install_py_dep_per_model",
     "allowed_urls",
     "use_env_allowed_urls",
+    "token_expiration_min",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -145,6 +146,8 @@ pub struct Settings {
     pub service_envelope: Option<String>,
     pub limit_max_image_pixels: bool,
     pub default_service_handler: Option<String>,
+    /// Minutes an inference or management key stays valid (fractions allowed).
+    pub token_expiration_min: f64,
     /// Regexes a registration URL must match (whole string, case-insensitive).
     pub allowed_urls: Vec<String>,
     /// pip-install an archive's `requirementsFile` (into a private directory of the model).
@@ -269,6 +272,17 @@ impl Settings {
             service_envelope: get("service_envelope").filter(|e| !e.trim().is_empty()),
             limit_max_image_pixels: parse_bool(&get, "limit_max_image_pixels", true)?,
             install_py_dep_per_model: parse_bool(&get, "install_py_dep_per_model", false)?,
+            token_expiration_min: match get("token_expiration_min") {
+                None => 60.0,
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|m| m.is_finite() && *m >= 0.0)
+                    .ok_or_else(|| {
+                        ConfigError::invalid("token_expiration_min", &v, "not a number of minutes")
+                    })?,
+            },
             allowed_urls: {
                 let raw = get("allowed_urls").unwrap_or_else(|| "file://.*|http(s)?://.*".into());
                 let list: Vec<String> = raw

@@ -68,7 +68,8 @@ impl Server {
         let (ip, mp, xp) = (free_port(), free_port(), free_port());
         let config = format!(
             "inference_address=http://127.0.0.1:{ip}\nmanagement_address=http://127.0.0.1:{mp}\n\
-             metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\n{}\n",
+             metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\n\
+             disable_token_authorization=true\n{}\n",
             store.display(),
             setup.config
         );
