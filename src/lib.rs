@@ -11,4 +11,5 @@ pub mod error;
 pub mod fetch;
 pub mod handler;
 pub mod registry;
+pub mod snapshot;
 pub mod worker;

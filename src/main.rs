@@ -106,6 +106,37 @@ fn stop() -> ExitCode {
     }
 }
 
+/// Loads one start-up model; a failure is logged and the server starts without it.
+fn load_at_startup(
+    registry: &Registry,
+    settings: &Settings,
+    runtime: &RuntimeOptions,
+    url: &str,
+    reg: &registry::Registration,
+) {
+    let loaded = registry
+        .load(settings, runtime, url, reg, true)
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            let (n, v, d, w) = (
+                m.name.clone(),
+                m.version.clone(),
+                m.device(),
+                m.pool.limits().0,
+            );
+            registry
+                .insert(m)
+                .map(|_| (n, v, d, w))
+                .map_err(|e| e.message)
+        });
+    match loaded {
+        Ok((n, v, d, w)) => {
+            tracing::info!(model = %n, version = %v, device = %d, workers = w, "model loaded")
+        }
+        Err(e) => tracing::error!(url = %url, "failed to load model: {e}"),
+    }
+}
+
 /// Watches for workers stuck past their response timeout, for as long as the registry lives.
 fn spawn_supervisor(registry: Weak<Registry>) {
     let spawned = std::thread::Builder::new()
@@ -155,36 +186,42 @@ fn run(cli: &Cli) -> Result<(), String> {
         onnxruntime_library: settings.onnxruntime_library.clone(),
     };
     let registry = Registry::new(settings.initial_worker_port);
-    for (name, url) in registry::startup_entries(&settings) {
-        let loaded = registry
-            .load(
-                &settings,
-                &runtime,
-                &url,
-                &registry::Registration {
-                    model_name: name.clone(),
-                    ..Default::default()
-                },
-                true,
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|m| {
-                let (n, v, d, w) = (
-                    m.name.clone(),
-                    m.version.clone(),
-                    m.device(),
-                    m.pool.limits().0,
-                );
-                registry
-                    .insert(m)
-                    .map(|_| (n, v, d, w))
-                    .map_err(|e| e.message)
-            });
-        match loaded {
-            Ok((n, v, d, w)) => {
-                tracing::info!(model = %n, version = %v, device = %d, workers = w, "model loaded")
+    match &settings.model_snapshot {
+        // A snapshot replaces load_models; every archive it names must be in the store.
+        Some(snapshot) => {
+            for (name, versions) in &snapshot.models {
+                for (version, v) in versions {
+                    if !store.join(&v.mar_name).exists() {
+                        return Err(format!(
+                            "invalid model_snapshot: {} (model {name} version {version}) is not in the model store",
+                            v.mar_name
+                        ));
+                    }
+                    let reg = registry::Registration {
+                        model_name: Some(name.clone()),
+                        runtime: v.runtime_type.clone(),
+                        batch_size: Some(v.batch_size),
+                        max_batch_delay_ms: Some(v.max_batch_delay),
+                        initial_workers: Some(v.min_workers),
+                        response_timeout_s: Some(v.response_timeout),
+                        startup_timeout_s: Some(v.startup_timeout),
+                        ..Default::default()
+                    };
+                    load_at_startup(&registry, &settings, &runtime, &v.mar_name, &reg);
+                    if v.default_version {
+                        let _ = registry.set_default(name, version);
+                    }
+                }
             }
-            Err(e) => tracing::error!(url = %url, "failed to load model: {e}"),
+        }
+        None => {
+            for (name, url) in registry::startup_entries(&settings) {
+                let reg = registry::Registration {
+                    model_name: name,
+                    ..Default::default()
+                };
+                load_at_startup(&registry, &settings, &runtime, &url, &reg);
+            }
         }
     }
 
@@ -205,11 +242,19 @@ fn run(cli: &Cli) -> Result<(), String> {
         );
         Some(tokens)
     };
+    let snapshots = settings
+        .snapshot_dir
+        .clone()
+        .map(|dir| ferroserve::snapshot::Snapshots {
+            dir,
+            properties: settings.properties.clone(),
+        });
     let state = AppState {
         settings: Arc::new(settings),
         registry,
         runtime,
         tokens,
+        snapshots,
     };
     let result = actix_web::rt::System::new()
         .block_on(api::serve(state))

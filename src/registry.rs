@@ -215,6 +215,21 @@ impl Registry {
             .collect()
     }
 
+    /// Every model with its default version and all its versions, for snapshots.
+    pub fn snapshot_view(&self) -> Vec<(String, String, Vec<Arc<ModelVersion>>)> {
+        let models = self.models.read().expect("registry lock");
+        models
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name.clone(),
+                    e.default.clone(),
+                    e.versions.values().cloned().collect(),
+                )
+            })
+            .collect()
+    }
+
     /// Replaces workers stuck past their model's response timeout.
     pub fn supervise(&self) {
         for m in self.all() {

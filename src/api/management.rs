@@ -118,6 +118,7 @@ async fn scale(
         )
     })?;
     tracing::info!(model, version = %m.version, min, max, "workers scaled");
+    state.snapshot("snapshot");
     if synchronous {
         let timeout = Duration::from_secs(m.params.startup_timeout_s.max(1));
         let waiting = m.clone();
@@ -309,6 +310,7 @@ async fn register(
         }
         return Err(e);
     }
+    state.snapshot("snapshot");
     if workers == 0 {
         let status = format!(
             "Model \"{name}\" Version: {version} registered with 0 initial workers. Use scale workers API to add workers for the model."
@@ -370,12 +372,14 @@ fn unregister(
     version: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
     state.registry.remove(model, version)?;
+    state.snapshot("snapshot");
     let status = format!("Model \"{model}\" unregistered");
     Ok(response::json(200, &response::Status { status: &status }))
 }
 
 fn set_default(state: &AppState, model: &str, version: &str) -> Result<HttpResponse, ApiError> {
     state.registry.set_default(model, version)?;
+    state.snapshot("snapshot");
     let status =
         format!("Default version successfully updated for model \"{model}\" to \"{version}\"");
     Ok(response::json(200, &response::Status { status: &status }))

@@ -26,9 +26,18 @@ pub struct AppState {
     pub runtime: crate::backend::RuntimeOptions,
     /// Token authorization; `None` when disabled.
     pub tokens: Option<crate::auth::Tokens>,
+    /// Configuration snapshots; `None` with `--ncs`.
+    pub snapshots: Option<crate::snapshot::Snapshots>,
 }
 
 impl AppState {
+    /// Writes a snapshot of the current models (`startup`, `snapshot` or `shutdown`).
+    pub fn snapshot(&self, kind: &str) {
+        if let Some(s) = &self.snapshots {
+            s.write(kind, &self.registry);
+        }
+    }
+
     /// True when the request may pass: authorization off, or the right key presented.
     pub fn authorized(&self, req: &actix_web::HttpRequest, kind: crate::auth::KeyKind) -> bool {
         self.tokens.as_ref().is_none_or(|t| {
@@ -167,6 +176,7 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         tracing::info!("Metrics address: {}", settings_addr(&xhost, xport));
     }
     println!("Model server started.");
+    state.snapshot("startup");
     // One signal handler for all listeners: each stops gracefully and the process exits only
     // when every in-flight request has its answer (or the drain time ran out).
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
@@ -176,6 +186,7 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         futures_util::future::join_all(handles.iter().map(|h| h.stop(true))).await;
     });
     futures_util::future::try_join_all(servers).await?;
+    state.snapshot("shutdown");
     tracing::info!("stopped");
     Ok(())
 }

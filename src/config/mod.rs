@@ -46,6 +46,7 @@ const KNOWN_KEYS: &[&str] = &[
     "allowed_urls",
     "use_env_allowed_urls",
     "token_expiration_min",
+    "model_snapshot",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -152,6 +153,12 @@ pub struct Settings {
     pub allowed_urls: Vec<String>,
     /// pip-install an archive's `requirementsFile` (into a private directory of the model).
     pub install_py_dep_per_model: bool,
+    /// `model_snapshot`: models to restore instead of `load_models`.
+    pub model_snapshot: Option<crate::snapshot::ModelSnapshot>,
+    /// Where snapshots go; `None` with `--ncs`.
+    pub snapshot_dir: Option<PathBuf>,
+    /// The configuration file's properties as read (written back into snapshots).
+    pub properties: BTreeMap<String, String>,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Keys this server does not use; kept so nothing is lost.
@@ -184,7 +191,18 @@ impl Settings {
                 })
             }
             Some(p) => Some(p),
-            None => local_default.is_file().then(|| local_default.to_path_buf()),
+            // Unless snapshots are off (--ncs), the newest snapshot is the configuration and
+            // ./config.properties is not read, as in TorchServe.
+            None => {
+                let newest = (!cli.no_config_snapshots)
+                    .then(|| {
+                        crate::snapshot::newest(&crate::snapshot::directory(
+                            env.get("LOG_LOCATION").map(String::as_str),
+                        ))
+                    })
+                    .flatten();
+                newest.or_else(|| local_default.is_file().then(|| local_default.to_path_buf()))
+            }
         };
         let file = match &config_file {
             Some(p) => properties::read_file(p)?,
@@ -298,6 +316,16 @@ impl Settings {
             },
             default_service_handler: get("default_service_handler")
                 .filter(|h| !h.trim().is_empty()),
+            model_snapshot: match file.get("model_snapshot").filter(|v| !v.trim().is_empty()) {
+                None => None,
+                Some(raw) => Some(
+                    serde_json::from_str(raw)
+                        .map_err(|e| ConfigError::invalid("model_snapshot", raw, e.to_string()))?,
+                ),
+            },
+            snapshot_dir: (!cli.no_config_snapshots)
+                .then(|| crate::snapshot::directory(env.get("LOG_LOCATION").map(String::as_str))),
+            properties: file.clone().into_iter().collect(),
             config_file,
             extra,
         })
