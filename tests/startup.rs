@@ -179,3 +179,92 @@ fn start_detaches_and_stop_stops() {
     });
     assert!(down, "server still answering after --stop");
 }
+
+/// Equal inference and management addresses: one listener serves both (and the metrics);
+/// a `unix:` address listens on a Unix socket.
+#[test]
+fn single_port_and_unix_socket_listeners() {
+    let port = free_port();
+    let dir = config_dir(&format!(
+        "inference_address=http://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{port}\n\
+         metrics_address=http://127.0.0.1:{port}\nload_models=sign.mar"
+    ));
+    std::fs::copy(
+        std::path::Path::new(REPO).join("model-store/sign.mar"),
+        dir.path().join("store/sign.mar"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .arg("--foreground")
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent().get(format!("{base}/ping")).call().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no single-port listener"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let checks = (
+        get(&format!("{base}/models")).0,
+        get(&format!("{base}/models/sign/1.0")).0,
+        get(&format!("{base}/metrics")).0,
+    );
+    let reference = Reference::load();
+    let body = request_body(&reference.cases()[0], reference.features(), 1);
+    let predicted = post(
+        &format!("{base}/predictions/sign"),
+        "application/json",
+        &body,
+    )
+    .0;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(checks, (200, 200, 200));
+    assert_eq!(predicted, 200);
+
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("inference.sock");
+    let dir = config_dir(&format!(
+        "inference_address=unix:{}\nmanagement_address=http://127.0.0.1:{}\nmetrics_address=http://127.0.0.1:{}",
+        socket.display(),
+        free_port(),
+        free_port()
+    ));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .arg("--foreground")
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let reply = loop {
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            break out;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no unix socket listener");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("Healthy"),
+        "{reply}"
+    );
+}

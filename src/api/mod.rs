@@ -15,7 +15,7 @@ use actix_web::http::header::{HeaderName, HeaderValue, CACHE_CONTROL, EXPIRES, P
 use actix_web::http::ConnectionType;
 use actix_web::{web, App, HttpMessage, HttpServer};
 
-use crate::config::Settings;
+use crate::config::{Address, Settings};
 use crate::registry::Registry;
 
 /// What every request handler can reach.
@@ -131,49 +131,100 @@ macro_rules! app {
     };
 }
 
+/// Binds a listener to an address (`http://`, `unix:`); `https://` is refused for now.
+macro_rules! listen {
+    ($server:expr, $key:expr, $addr:expr) => {
+        match $addr {
+            Address::Http { host, port } => {
+                tracing::info!("{}: http://{host}:{port}", $key);
+                $server.bind((host.as_str(), *port))?
+            }
+            Address::Unix(path) => {
+                // A socket file left by an earlier run would make the bind fail.
+                let _ = std::fs::remove_file(path);
+                tracing::info!("{}: unix:{}", $key, path.display());
+                $server.bind_uds(path)?
+            }
+            Address::Https { .. } => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    format!("{}: https:// listeners are not supported yet", $key),
+                ))
+            }
+        }
+    };
+}
+
+/// One listener serving inference, management and metrics, for equal inference and management
+/// addresses (TorchServe's single-port mode, used by KServe).
+async fn all_route(
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> actix_web::HttpResponse {
+    let segs = input::segments(req.path());
+    match segs.get(1).map(String::as_str) {
+        Some("models" | "token") => management::route(req, payload, state).await,
+        Some("metrics") if state.settings.enable_metrics_api => metrics_route(req).await,
+        _ => inference::route(req, payload, state).await,
+    }
+}
+
 /// Binds every listener and serves until all of them stop (SIGINT/SIGTERM).
 pub async fn serve(state: AppState) -> std::io::Result<()> {
     let settings = state.settings.clone();
     let state = web::Data::new(state);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-
-    let bind = |key: &str, addr: &crate::config::Address| {
-        addr.http_bind(key)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
-    };
-    let (ihost, iport) = bind("inference_address", &settings.inference_address)?;
-    let (mhost, mport) = bind("management_address", &settings.management_address)?;
-
-    let s = state.clone();
     // On SIGTERM/SIGINT the listeners stop accepting and in-flight requests get this long.
     let drain = settings.default_response_timeout.clamp(1, 120);
-    let inference = HttpServer::new(move || app!(s, inference::route))
-        .on_connect(ConnFd::from_connection)
-        .workers(cores)
-        .disable_signals()
-        .shutdown_timeout(drain)
-        .bind((ihost.as_str(), iport))?;
-    let s = state.clone();
-    let management = HttpServer::new(move || app!(s, management::route))
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(drain)
-        .bind((mhost.as_str(), mport))?;
-    tracing::info!("Inference address: {}", settings_addr(&ihost, iport));
-    tracing::info!("Management address: {}", settings_addr(&mhost, mport));
+    let single_port = settings.inference_address == settings.management_address;
 
-    let mut servers = vec![inference.run(), management.run()];
-    if settings.enable_metrics_api {
-        let (xhost, xport) = bind("metrics_address", &settings.metrics_address)?;
+    let mut servers = Vec::new();
+    if single_port {
         let s = state.clone();
+        let server = HttpServer::new(move || app!(s, all_route))
+            .on_connect(ConnFd::from_connection)
+            .workers(cores)
+            .disable_signals()
+            .shutdown_timeout(drain);
         servers.push(
-            HttpServer::new(move || app!(s, metrics_route))
-                .workers(1)
-                .disable_signals()
-                .bind((xhost.as_str(), xport))?
-                .run(),
+            listen!(
+                server,
+                "Inference and management address",
+                &settings.inference_address
+            )
+            .run(),
         );
-        tracing::info!("Metrics address: {}", settings_addr(&xhost, xport));
+    } else {
+        let s = state.clone();
+        let inference = HttpServer::new(move || app!(s, inference::route))
+            .on_connect(ConnFd::from_connection)
+            .workers(cores)
+            .disable_signals()
+            .shutdown_timeout(drain);
+        servers.push(listen!(inference, "Inference address", &settings.inference_address).run());
+        let s = state.clone();
+        let management = HttpServer::new(move || app!(s, management::route))
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(drain);
+        servers.push(
+            listen!(
+                management,
+                "Management address",
+                &settings.management_address
+            )
+            .run(),
+        );
+    }
+    if settings.enable_metrics_api
+        && !(single_port && settings.metrics_address == settings.inference_address)
+    {
+        let s = state.clone();
+        let metrics = HttpServer::new(move || app!(s, metrics_route))
+            .workers(1)
+            .disable_signals();
+        servers.push(listen!(metrics, "Metrics address", &settings.metrics_address).run());
     }
     println!("Model server started.");
     state.snapshot("startup");
@@ -209,10 +260,6 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn settings_addr(host: &str, port: u16) -> String {
-    format!("http://{host}:{port}")
 }
 
 /// `/metrics` answers an empty exposition for now; everything else is TorchServe's 404.

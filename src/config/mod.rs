@@ -100,16 +100,6 @@ impl Address {
             Address::Http { host, port }
         })
     }
-
-    /// `host:port` for binding plain HTTP; other schemes are not served yet.
-    pub fn http_bind(&self, key: &str) -> Result<(String, u16), ConfigError> {
-        match self {
-            Address::Http { host, port } => Ok((host.clone(), *port)),
-            other => Err(ConfigError::Other(format!(
-                "{key}: {other:?} is not supported yet (only http:// addresses)"
-            ))),
-        }
-    }
 }
 
 /// The effective configuration.
