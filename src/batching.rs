@@ -24,6 +24,8 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 pub struct Job {
     pub input: Prepared,
     pub reply: oneshot::Sender<JobResult>,
+    /// Runs in a batch of its own (TorchServe's DESCRIBE requests are never merged).
+    pub solo: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +54,8 @@ pub struct Stats {
 pub struct Intake {
     rx: Mutex<Receiver<Job>>,
     pending: AtomicUsize,
+    /// A solo job met while a batch was being gathered: it starts the next batch.
+    held: Mutex<Option<Job>>,
 }
 
 pub struct JobQueue {
@@ -68,6 +72,7 @@ impl JobQueue {
             intake: Arc::new(Intake {
                 rx: Mutex::new(rx),
                 pending: AtomicUsize::new(0),
+                held: Mutex::new(None),
             }),
             capacity,
         }
@@ -102,24 +107,34 @@ impl Intake {
     /// closed or `stop` was raised while waiting.
     pub fn next_batch(&self, settings: BatchSettings, stop: &AtomicBool) -> Option<Vec<Job>> {
         let rx = self.rx.lock().ok()?;
-        let first = loop {
-            if stop.load(Ordering::SeqCst) {
-                return None;
-            }
-            match rx.recv_timeout(STOP_POLL) {
-                Ok(job) => break job,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return None,
-            }
+        let held = self.held.lock().ok()?.take();
+        let first = match held {
+            Some(job) => job,
+            None => loop {
+                if stop.load(Ordering::SeqCst) {
+                    return None;
+                }
+                match rx.recv_timeout(STOP_POLL) {
+                    Ok(job) => break job,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                }
+            },
         };
+        let solo = first.solo;
         let mut batch = vec![first];
         let deadline = Instant::now() + settings.max_batch_delay;
-        while batch.len() < settings.batch_size {
+        while !solo && batch.len() < settings.batch_size {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             match rx.recv_timeout(deadline - now) {
+                Ok(job) if job.solo => {
+                    // Kept for the next batch, which it will have to itself.
+                    *self.held.lock().ok()? = Some(job);
+                    break;
+                }
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }

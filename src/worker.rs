@@ -516,7 +516,14 @@ mod tests {
                         tensor: vec![v],
                         topk: 1,
                     };
-                    assert!(self.queue.submit(Job { input, reply: tx }).is_ok());
+                    assert!(self
+                        .queue
+                        .submit(Job {
+                            input,
+                            reply: tx,
+                            solo: v == 99.0,
+                        })
+                        .is_ok());
                     rx
                 })
                 .collect()
@@ -541,6 +548,15 @@ mod tests {
         assert_eq!(*h.handler.sizes.lock().unwrap(), vec![4, 4, 2]);
         assert_eq!(h.queue.pending(), 0);
         assert_eq!(h.pool.stats().batches.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_solo_job_is_never_merged() {
+        let h = Harness::new("ok", 4);
+        let rxs = h.submit([1.0, 99.0, 2.0, 3.0]);
+        h.scale(1);
+        assert!(wait_all(rxs).iter().all(|r| r.is_ok()));
+        assert_eq!(*h.handler.sizes.lock().unwrap(), vec![1, 1, 2]);
     }
 
     #[test]
@@ -642,6 +658,7 @@ mod tests {
     fn a_full_queue_refuses_at_once() {
         let queue = JobQueue::new(1);
         let job = || Job {
+            solo: false,
             input: Prepared::Tensor {
                 tensor: vec![0.0],
                 topk: 1,

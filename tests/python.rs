@@ -600,3 +600,57 @@ fn worker_killed_during_load_recovers() {
         server.log_text()
     );
 }
+
+/// `GET /models/{m}?customized=true` runs the handler's `describe_handle` alone and nests its
+/// answer under `customizedMetadata`.
+#[test]
+fn customized_describe_metadata() {
+    const DESCRIBED: &str = r#"
+from ts.torch_handler.base_handler import BaseHandler
+
+class Described(BaseHandler):
+    def initialize(self, context):
+        self.context = context
+        self.initialized = True
+
+    def handle(self, data, context):
+        self.context = context
+        if self._is_describe():
+            return [self.describe_handle()]
+        return ["predicted" for _ in data]
+
+    def describe_handle(self):
+        return {"purpose": "demo", "classes": 3}
+"#;
+    let config =
+        python_config("models={\"described\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}");
+    let server = Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("described.mar"),
+                &manifest("described", "described.py"),
+                &[("described.py", DESCRIBED.as_bytes())],
+            );
+        },
+    );
+    let m = &server.management;
+    let (_, plain, _) = get(&format!("{m}/models/described"));
+    assert!(!plain.contains("customizedMetadata"), "{plain}");
+    let (status, body, _) = get(&format!("{m}/models/described?customized=true"));
+    assert_eq!(status, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        d[0]["customizedMetadata"],
+        serde_json::json!({"purpose": "demo", "classes": 3})
+    );
+    let (status, body, _) = post(
+        &format!("{}/predictions/described", server.inference),
+        "text/plain",
+        "x",
+    );
+    assert_eq!((status, body.as_str()), (200, "predicted"));
+}

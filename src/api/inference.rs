@@ -144,6 +144,7 @@ async fn predict(
     let job = Job {
         input: prepared,
         reply: tx,
+        solo: false,
     };
     if let Err(e) = mv.queue.submit(job) {
         let mut res = response::error(&ApiError::no_worker(model, version));

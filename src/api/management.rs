@@ -41,13 +41,13 @@ pub async fn route(
             _ => Err(ApiError::method_not_allowed()),
         },
         [_, "models", model] => match method {
-            Method::GET => describe(&state, model, None),
+            Method::GET => describe(&req, &state, model, None).await,
             Method::PUT => scale(&req, &state, model, None).await,
             Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
             _ => Err(ApiError::method_not_allowed()),
         },
         [_, "models", model, version] => match method {
-            Method::GET => describe(&state, model, Some(version)),
+            Method::GET => describe(&req, &state, model, Some(version)).await,
             Method::PUT => scale(&req, &state, model, Some(version)).await,
             Method::DELETE if state.settings.enable_model_api => {
                 unregister(&state, model, Some(version))
@@ -56,7 +56,7 @@ pub async fn route(
         },
         // TorchServe's quirks: GET describes and DELETE unregisters the *default* version.
         [_, "models", model, version, "set-default"] => match method {
-            Method::GET => describe(&state, model, None),
+            Method::GET => describe(&req, &state, model, None).await,
             Method::PUT => set_default(&state, model, version),
             Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
             _ => Err(ApiError::method_not_allowed()),
@@ -478,6 +478,8 @@ struct DescribeView<'a> {
     loaded_at_startup: bool,
     workers: Vec<WorkerView>,
     job_queue_status: QueueView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customized_metadata: Option<serde_json::Value>,
     device: String,
     stats: StatsView,
 }
@@ -538,6 +540,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
                 })
                 .collect()
         }),
+        customized_metadata: None,
         job_queue_status: QueueView {
             remaining_capacity: m.queue.capacity().saturating_sub(pending),
             pending_requests: pending,
@@ -555,7 +558,8 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
     }
 }
 
-fn describe(
+async fn describe(
+    req: &HttpRequest,
     state: &AppState,
     model: &str,
     version: Option<&str>,
@@ -564,6 +568,65 @@ fn describe(
         Some("all") => state.registry.all_versions(model)?,
         other => vec![state.registry.get(model, other)?],
     };
-    let views: Vec<_> = versions.iter().map(|m| describe_one(m)).collect();
+    let mut views: Vec<_> = versions.iter().map(|m| describe_one(m)).collect();
+    let customized = param::<bool>(&query(req), "customized").unwrap_or(false);
+    if customized && version != Some("all") {
+        views[0].customized_metadata = Some(customized_metadata(req, &versions[0]).await?);
+    }
     Ok(response::json(200, &views))
+}
+
+/// TorchServe's DESCRIBE: a request with no parameters and header `describe: True`, run on
+/// its own; the handler's `describe_handle` answer (a JSON object) is the metadata.
+async fn customized_metadata(
+    req: &HttpRequest,
+    m: &ModelVersion,
+) -> Result<serde_json::Value, ApiError> {
+    if !m.handler.describes() {
+        return Ok(serde_json::json!({}));
+    }
+    if !m.pool.has_workers() {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailableException",
+            format!(
+                "Model \"{}\" has no worker to serve describe request. Please use scale workers API to add workers.",
+                m.name
+            ),
+        ));
+    }
+    let mut headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    headers.push(("describe".into(), "True".into()));
+    let input = crate::handler::RequestInput {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        headers,
+        params: Vec::new(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = crate::batching::Job {
+        input: crate::handler::Prepared::Request(input),
+        reply: tx,
+        solo: true,
+    };
+    if m.queue.submit(job).is_err() {
+        return Err(ApiError::no_worker(&m.name, None));
+    }
+    let failed = || ApiError::internal(500, "Failed to get customized model matadata.");
+    let reply = match tokio::time::timeout(m.response_timeout(), rx).await {
+        Ok(Ok(Ok(reply))) => reply,
+        _ => return Err(failed()),
+    };
+    Ok(match serde_json::from_slice(&reply.body) {
+        Ok(serde_json::Value::Object(map)) => serde_json::Value::Object(map),
+        _ => serde_json::json!({}),
+    })
 }

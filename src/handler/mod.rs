@@ -88,6 +88,10 @@ pub trait Handler: Send + Sync {
     fn start_worker(self: Arc<Self>, id: u32) -> Result<Box<dyn Engine>, String>;
     /// The device the model runs on.
     fn device(&self) -> crate::device::Device;
+    /// Whether the handler answers TorchServe's DESCRIBE request (customized metadata).
+    fn describes(&self) -> bool {
+        false
+    }
 }
 
 /// One worker's means of running batches.

@@ -144,6 +144,10 @@ impl Handler for PythonHandler {
     fn device(&self) -> Device {
         self.device
     }
+
+    fn describes(&self) -> bool {
+        true
+    }
 }
 
 /// The last lines a worker wrote to stderr, for error messages.
