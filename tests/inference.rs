@@ -336,4 +336,32 @@ fn management_list_and_describe() {
 
     let (status, _, _) = get(&format!("{}/metrics", server.metrics));
     assert_eq!(status, 200);
+
+    // OpenAPI descriptions: of each listener, and of one model.
+    let options = |url: String| {
+        let mut res = agent().options(url).call().unwrap();
+        let status = res.status().as_u16();
+        let body = res.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+        )
+    };
+    let (status, doc) = options(format!("{}/", server.inference));
+    assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.0.1")));
+    assert!(doc["paths"]["/predictions/{model_name}"]["post"].is_object());
+    let (_, doc) = options(format!("{m}/"));
+    assert!(doc["paths"]["/models/{model_name}/{model_version}/set-default"]["put"].is_object());
+    let (status, doc) = options(format!("{}/predictions/sign", server.inference));
+    assert_eq!(
+        (status, doc["info"]["title"].as_str()),
+        (200, Some("RESTful API for: sign"))
+    );
+    let (status, _) = options(format!("{}/predictions/nope", server.inference));
+    assert_eq!(status, 404);
+    let (status, doc) = options(format!("{m}/models/sign"));
+    assert_eq!(
+        (status, doc["info"]["title"].as_str()),
+        (200, Some("RESTful Management API for: sign"))
+    );
 }

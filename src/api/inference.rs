@@ -36,13 +36,20 @@ pub async fn route(
         .collect::<Vec<_>>()
         .as_slice()
     {
-        [] if req.method() == Method::OPTIONS => Ok(api_description()),
+        [] if req.method() == Method::OPTIONS => {
+            Ok(response::json(200, &listener_description(&state)))
+        }
         [] => Err(ApiError::method_not_allowed()),
-        [_, "api-description"] => Ok(api_description()),
+        [_, "api-description"] => Ok(response::json(200, &listener_description(&state))),
         [_, "ping"] => Ok(ping(&state)),
         [_, "v2", "health", "live"] => Ok(response::json(200, &serde_json::json!({"live": true}))),
         [_, "v2", "health", "ready"] => Ok(server_ready(&state)),
         [_, "v2", "models", model, "ready"] => model_ready(&state, model),
+        // OPTIONS on a prediction route describes that model (it must exist); no inference.
+        [_, "predictions" | "explanations", model, ..] if req.method() == Method::OPTIONS => state
+            .registry
+            .get(model, None)
+            .map(|_| response::json(200, &super::openapi::model_inference(model))),
         [_, kind @ ("predictions" | "explanations"), model, rest @ ..] => {
             let version = rest.first().copied();
             // TorchServe tells handlers which route was used and what followed the version.
@@ -74,6 +81,15 @@ pub async fn route(
         _ => Err(ApiError::resource_not_found()),
     };
     result.unwrap_or_else(|e| response::error(&e))
+}
+
+/// This listener's description: inference, or every API in single-port mode.
+fn listener_description(state: &AppState) -> serde_json::Value {
+    if state.settings.inference_address == state.settings.management_address {
+        super::openapi::all()
+    } else {
+        super::openapi::inference()
+    }
 }
 
 fn explain_header(explain: bool) -> (String, String) {
@@ -186,20 +202,4 @@ async fn client_gone(conn: Option<super::ConnFd>) {
             return;
         }
     }
-}
-
-/// A short OpenAPI 3.0.1 description of this listener.
-fn api_description() -> HttpResponse {
-    response::json(
-        200,
-        &serde_json::json!({
-            "openapi": "3.0.1",
-            "info": {"title": "TorchServe APIs", "version": env!("CARGO_PKG_VERSION")},
-            "paths": {
-                "/ping": {"get": {"operationId": "ping"}},
-                "/predictions/{model_name}": {"post": {"operationId": "predictions"}},
-                "/predictions/{model_name}/{model_version}": {"post": {"operationId": "version_predictions"}}
-            }
-        }),
-    )
 }

@@ -24,6 +24,11 @@ pub async fn route(
     if segs.get(1).map(String::as_str) == Some("token") {
         return rotate_token(&req, &state).unwrap_or_else(|e| response::error(&e));
     }
+    let description = matches!(segs.len(), 0) && method == Method::OPTIONS
+        || segs.get(1).map(String::as_str) == Some("api-description");
+    if description {
+        return response::json(200, &super::openapi::management());
+    }
     if !state.authorized(&req, KeyKind::Management) {
         return response::error(&auth::denied());
     }
@@ -40,6 +45,10 @@ pub async fn route(
             }
             _ => Err(ApiError::method_not_allowed()),
         },
+        [_, "models", model, ..] if method == Method::OPTIONS => state
+            .registry
+            .get(model, None)
+            .map(|_| response::json(200, &super::openapi::model_management(model))),
         [_, "models", model] => match method {
             Method::GET => describe(&req, &state, model, None).await,
             Method::PUT => scale(&req, &state, model, None).await,

@@ -6,6 +6,7 @@
 pub mod inference;
 pub mod input;
 pub mod management;
+pub mod openapi;
 pub mod response;
 
 use std::sync::Arc;
@@ -265,6 +266,10 @@ async fn shutdown_signal() {
 /// `/metrics` answers an empty exposition for now; everything else is TorchServe's 404.
 async fn metrics_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
     match input::segments(req.path()).as_slice() {
+        [] if req.method() == actix_web::http::Method::OPTIONS => {
+            response::json(200, &openapi::metrics())
+        }
+        [_, d] if d == "api-description" => response::json(200, &openapi::metrics()),
         [_, m] if m == "metrics" => actix_web::HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
             .finish(),
