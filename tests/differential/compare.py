@@ -1,0 +1,89 @@
+"""Sends the same management and inference requests to TorchServe 0.12 and to ferroserve and
+compares status codes and bodies (ids, timestamps, pids and ferroserve's extra describe fields
+left out). Usage: compare.py TS_INFERENCE TS_MANAGEMENT FS_INFERENCE FS_MANAGEMENT"""
+import json
+import sys
+import urllib.error
+import urllib.request
+
+REQUESTS = [
+    ("GET", "i", "/ping", None),
+    ("GET", "m", "/models", None),
+    ("GET", "m", "/models?limit=1", None),
+    ("GET", "m", "/models?limit=1&next_page_token=1", None),
+    ("GET", "m", "/models/sign", None),
+    ("GET", "m", "/models/sign/all", None),
+    ("GET", "m", "/models/nope", None),
+    ("GET", "m", "/models/sign/9.9", None),
+    ("GET", "m", "/models/sign/1.0/set-default", None),
+    ("POST", "m", "/models", None),
+    ("POST", "m", "/models?url=../sign.mar", None),
+    ("POST", "m", "/models?url=nope.mar", None),
+    ("POST", "m", "/models?url=sign.mar&runtime=PYTHON", None),
+    ("POST", "m", "/models?url=sign.mar", None),
+    ("POST", "m", "/models?url=sign.mar&model_name=s2&initial_workers=0", None),
+    ("GET", "m", "/models/s2", None),
+    ("PUT", "m", "/models/s2/9.9/set-default", None),
+    ("PUT", "m", "/models/s2/1.0/set-default", None),
+    ("DELETE", "m", "/models/s2/9.9", None),
+    ("DELETE", "m", "/models/s2", None),
+    ("GET", "m", "/models/s2", None),
+    ("PUT", "m", "/models/sign?min_worker=2&max_worker=1", None),
+    ("PUT", "m", "/models/nope?min_worker=1", None),
+    ("PUT", "m", "/models/sign?min_worker=1&synchronous=true", None),
+    ("PUT", "m", "/models/sign/1.0?min_worker=1&synchronous=true", None),
+    ("OPTIONS", "m", "/models", None),
+    ("PATCH", "m", "/models/sign", None),
+    ("GET", "m", "/models/a/b/c", None),
+    ("GET", "i", "/no/such/path", None),
+    ("POST", "i", "/predictions/nope", b"{}"),
+    ("POST", "i", "/predictions/sign/9.9", b"{}"),
+    ("GET", "i", "/predictions", None),
+]
+
+DYNAMIC = {"startTime", "pid", "id", "memoryUsage", "device", "stats"}
+
+
+def strip(value):
+    if isinstance(value, dict):
+        return {k: strip(v) for k, v in value.items() if k not in DYNAMIC}
+    if isinstance(value, list):
+        return [strip(v) for v in value]
+    return value
+
+
+def call(base, method, path, body):
+    req = urllib.request.Request(base + path, data=body, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as res:
+            return res.status, res.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def normal(raw):
+    try:
+        return strip(json.loads(raw))
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+def main():
+    ts = {"i": sys.argv[1], "m": sys.argv[2]}
+    fs = {"i": sys.argv[3], "m": sys.argv[4]}
+    equal = 0
+    for method, side, path, body in REQUESTS:
+        a = call(ts[side], method, path, body)
+        b = call(fs[side], method, path, body)
+        same = a[0] == b[0] and normal(a[1]) == normal(b[1])
+        equal += same
+        mark = "equal" if same else "DIFFERENT"
+        print(f"| {method} {path} | {a[0]} | {b[0]} | {mark} |")
+        if not same:
+            print(f"|  | `{normal(a[1])}` | `{normal(b[1])}` | |".replace("\n", " "))
+    print(f"\ncompared {len(REQUESTS)}: {equal} equal, {len(REQUESTS) - equal} different")
+
+
+main()

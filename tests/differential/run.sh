@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Opt-in differential test: the same request sequence against TorchServe 0.12 and ferroserve
+# (same model store, model API on, token authorization off), statuses and bodies compared.
+# Needs Java 17 (installed from Debian if missing) and the Python environment of
+# scripts/python-env.sh (torchserve 0.12.0). Not part of scripts/test.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+. "$ROOT/scripts/env.sh"
+cd "$ROOT"
+command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null; }
+PY=$("$ROOT/scripts/python-env.sh")
+cargo build --release --quiet --bin ferroserve
+work=$(mktemp -d)
+cleanup() {
+  (cd "$work/ts" && PATH="$(dirname "$PY"):$PATH" torchserve --stop >/dev/null 2>&1) || true
+  [ -n "${fpid:-}" ] && kill "$fpid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for side in ts fs; do
+  mkdir -p "$work/$side/store"
+  cp model-store/sign.mar "$work/$side/store/"
+done
+config() {
+  printf '%s\n' "inference_address=http://127.0.0.1:$1" "management_address=http://127.0.0.1:$2" \
+    "metrics_address=http://127.0.0.1:$3" "model_store=$4" "load_models=sign.mar" \
+    'models={"sign": {"1.0": {"minWorkers": 1, "maxWorkers": 1}}}'
+}
+config 18180 18181 18182 "$work/ts/store" > "$work/ts/config.properties"
+config 28180 28181 28182 "$work/fs/store" > "$work/fs/config.properties"
+(cd "$work/ts" && PATH="$(dirname "$PY"):$PATH" TORCH_DEVICE=cpu torchserve --start --ncs --disable-token-auth \
+   --enable-model-api --model-store "$work/ts/store" --ts-config "$work/ts/config.properties" >/dev/null 2>&1)
+(cd "$work/fs" && RUST_LOG=warn TMPDIR="$work/fs" exec "$CARGO_TARGET_DIR/release/ferroserve" --foreground --ncs \
+   --disable-token-auth --enable-model-api --python "$PY" --ts-config "$work/fs/config.properties" >/dev/null 2>&1) &
+fpid=$!
+for port in 18181 28181; do
+  for _ in $(seq 600); do
+    curl -s "http://127.0.0.1:$port/models/sign" | grep -q '"READY"' && break
+    sleep 0.2
+  done
+done
+echo "| request | TorchServe | ferroserve | |"
+echo "|---|---|---|---|"
+"$PY" tests/differential/compare.py http://127.0.0.1:18180 http://127.0.0.1:18181 \
+  http://127.0.0.1:28180 http://127.0.0.1:28181
