@@ -8,6 +8,7 @@ missing=()
 command -v unzip >/dev/null || missing+=(unzip)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then

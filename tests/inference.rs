@@ -248,6 +248,28 @@ fn management_list_and_describe() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["nextPageToken"], "1");
     assert_eq!(v["models"].as_array().unwrap().len(), 1);
+    // Paging boundaries, as TorchServe: the token appears whenever offset + limit <= count.
+    let page = |q: &str| -> serde_json::Value {
+        serde_json::from_str(&get(&format!("{m}/models?{q}")).1).unwrap()
+    };
+    assert_eq!(page("limit=2")["nextPageToken"], "2");
+    assert_eq!(page("limit=0")["nextPageToken"], "0");
+    assert_eq!(page("limit=0")["models"].as_array().unwrap().len(), 0);
+    assert!(
+        page("limit=500")["nextPageToken"].is_null(),
+        "over 100 means 100"
+    );
+    assert_eq!(
+        page("limit=-3&next_page_token=-5")["models"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(page("limit=1&next_page_token=2")["models"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     let (_, body, _) = get(&format!("{m}/models?limit=1&next_page_token=1"));
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["models"][0]["modelName"], "sign_onnx");

@@ -268,3 +268,86 @@ fn single_port_and_unix_socket_listeners() {
         "{reply}"
     );
 }
+
+/// `https://` listeners with a PEM certificate and key; a clear refusal without them.
+#[test]
+fn https_listeners_with_pem_files() {
+    use std::process::Command;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (scripts/env.sh installs it)");
+    assert!(made.success());
+    let port = free_port();
+    let dir = config_dir(&format!(
+        "inference_address=https://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{}\n\
+         metrics_address=http://127.0.0.1:{}\ncertificate_file={}\nprivate_key_file={}",
+        free_port(),
+        free_port(),
+        cert.display(),
+        key.display()
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .arg("--foreground")
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answer = loop {
+        let out = Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(&cert)
+            .arg(format!("https://127.0.0.1:{port}/ping"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).to_string();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no https listener");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.contains("Healthy"), "{answer}");
+
+    let dir = config_dir(&format!(
+        "inference_address=https://127.0.0.1:{}",
+        free_port()
+    ));
+    let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("private_key_file and certificate_file"),
+        "{out}"
+    );
+    let dir = config_dir(&format!(
+        "inference_address=https://127.0.0.1:{}\nkeystore=ks.p12",
+        free_port()
+    ));
+    let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[]);
+    assert_ne!(code, 0);
+    assert!(out.contains("Java keystores are not supported"), "{out}");
+}

@@ -132,13 +132,17 @@ macro_rules! app {
     };
 }
 
-/// Binds a listener to an address (`http://`, `unix:`); `https://` is refused for now.
+/// Binds a listener to an address (`http://`, `https://`, `unix:`).
 macro_rules! listen {
-    ($server:expr, $key:expr, $addr:expr) => {
+    ($server:expr, $key:expr, $addr:expr, $tls:expr) => {
         match $addr {
             Address::Http { host, port } => {
                 tracing::info!("{}: http://{host}:{port}", $key);
                 $server.bind((host.as_str(), *port))?
+            }
+            Address::Https { host, port } => {
+                tracing::info!("{}: https://{host}:{port}", $key);
+                $server.bind_rustls_0_23((host.as_str(), *port), tls_config($tls)?)?
             }
             Address::Unix(path) => {
                 // A socket file left by an earlier run would make the bind fail.
@@ -146,14 +150,39 @@ macro_rules! listen {
                 tracing::info!("{}: unix:{}", $key, path.display());
                 $server.bind_uds(path)?
             }
-            Address::Https { .. } => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    format!("{}: https:// listeners are not supported yet", $key),
-                ))
-            }
         }
     };
+}
+
+/// TLS for `https://` listeners from PEM files (`certificate_file`, `private_key_file`), with
+/// rustls' safe defaults (TLS 1.2 and 1.3).
+fn tls_config(settings: &Settings) -> std::io::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    if settings.keystore.is_some() && settings.certificate_file.is_none() {
+        return Err(invalid(
+            "keystore: Java keystores are not supported; give private_key_file and certificate_file (PEM)".into(),
+        ));
+    }
+    let (Some(cert), Some(key)) = (&settings.certificate_file, &settings.private_key_file) else {
+        return Err(invalid(
+            "https:// listeners need private_key_file and certificate_file (PEM) in config.properties".into(),
+        ));
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(format!("certificate_file {}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| invalid(format!("private_key_file {}: {e}", key.display())))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| invalid(format!("certificate_file/private_key_file: {e}")))
 }
 
 /// One listener serving inference, management and metrics, for equal inference and management
@@ -192,7 +221,8 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             listen!(
                 server,
                 "Inference and management address",
-                &settings.inference_address
+                &settings.inference_address,
+                &settings
             )
             .run(),
         );
@@ -203,7 +233,15 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             .workers(cores)
             .disable_signals()
             .shutdown_timeout(drain);
-        servers.push(listen!(inference, "Inference address", &settings.inference_address).run());
+        servers.push(
+            listen!(
+                inference,
+                "Inference address",
+                &settings.inference_address,
+                &settings
+            )
+            .run(),
+        );
         let s = state.clone();
         let management = HttpServer::new(move || app!(s, management::route))
             .workers(1)
@@ -213,7 +251,8 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             listen!(
                 management,
                 "Management address",
-                &settings.management_address
+                &settings.management_address,
+                &settings
             )
             .run(),
         );
@@ -225,7 +264,15 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         let metrics = HttpServer::new(move || app!(s, metrics_route))
             .workers(1)
             .disable_signals();
-        servers.push(listen!(metrics, "Metrics address", &settings.metrics_address).run());
+        servers.push(
+            listen!(
+                metrics,
+                "Metrics address",
+                &settings.metrics_address,
+                &settings
+            )
+            .run(),
+        );
     }
     println!("Model server started.");
     state.snapshot("startup");

@@ -47,6 +47,9 @@ const KNOWN_KEYS: &[&str] = &[
     "use_env_allowed_urls",
     "token_expiration_min",
     "model_snapshot",
+    "certificate_file",
+    "private_key_file",
+    "keystore",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -143,6 +146,11 @@ pub struct Settings {
     pub allowed_urls: Vec<String>,
     /// pip-install an archive's `requirementsFile` (into a private directory of the model).
     pub install_py_dep_per_model: bool,
+    /// PEM certificate chain and private key for `https://` listeners.
+    pub certificate_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    /// A Java keystore (`keystore`): not supported; named so start-up can say so.
+    pub keystore: Option<String>,
     /// `model_snapshot`: models to restore instead of `load_models`.
     pub model_snapshot: Option<crate::snapshot::ModelSnapshot>,
     /// Where snapshots go; `None` with `--ncs`.
@@ -306,6 +314,13 @@ impl Settings {
             },
             default_service_handler: get("default_service_handler")
                 .filter(|h| !h.trim().is_empty()),
+            certificate_file: get("certificate_file")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
+            private_key_file: get("private_key_file")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
+            keystore: get("keystore").filter(|v| !v.trim().is_empty()),
             model_snapshot: match file.get("model_snapshot").filter(|v| !v.trim().is_empty()) {
                 None => None,
                 Some(raw) => Some(
