@@ -4,6 +4,18 @@ mod common;
 
 use common::*;
 
+/// Starts the server in `dir` (its config.properties), output discarded; the caller kills it.
+fn serve_in(dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .arg("--foreground")
+        .current_dir(dir)
+        .env("TMPDIR", dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn config_dir(text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("store")).unwrap();
@@ -194,14 +206,7 @@ fn single_port_and_unix_socket_listeners() {
         dir.path().join("store/sign.mar"),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
-        .arg("--foreground")
-        .current_dir(dir.path())
-        .env("TMPDIR", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve_in(dir.path());
     let base = format!("http://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while agent().get(format!("{base}/ping")).call().is_err() {
@@ -237,14 +242,7 @@ fn single_port_and_unix_socket_listeners() {
         free_port(),
         free_port()
     ));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
-        .arg("--foreground")
-        .current_dir(dir.path())
-        .env("TMPDIR", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve_in(dir.path());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let reply = loop {
         if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) {
@@ -304,14 +302,7 @@ fn https_listeners_with_pem_files() {
         cert.display(),
         key.display()
     ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
-        .arg("--foreground")
-        .current_dir(dir.path())
-        .env("TMPDIR", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve_in(dir.path());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let answer = loop {
         let out = Command::new("curl")
