@@ -16,13 +16,9 @@ pub async fn route(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let segs = input::segments(req.path());
+    let parts: Vec<&str> = segs.iter().map(String::as_str).collect();
     // The API description and the Kubernetes probes need no key; everything else here does.
-    let open = match segs
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    let open = match parts.as_slice() {
         [] => req.method() == Method::OPTIONS,
         [_, "api-description"] | [_, "v2", "health", _] | [_, "v2", "models", _, "ready"] => true,
         _ => false,
@@ -30,12 +26,7 @@ pub async fn route(
     if !open && !state.authorized(&req, KeyKind::Inference) {
         return response::error(&auth::denied());
     }
-    let result = match segs
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    let result = match parts.as_slice() {
         [] if req.method() == Method::OPTIONS => {
             Ok(response::json(200, &listener_description(&state)))
         }
