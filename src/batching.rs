@@ -26,6 +26,8 @@ pub struct Job {
     pub reply: oneshot::Sender<JobResult>,
     /// Runs in a batch of its own (TorchServe's DESCRIBE requests are never merged).
     pub solo: bool,
+    /// When it was queued.
+    pub enqueued: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +158,8 @@ pub enum Outcome {
 /// Answers of one batch on their way to the waiting requests; a streamed answer switches a
 /// request from its one-shot reply to a chunk channel.
 struct Delivery {
+    /// Each request's wait in the queue, reported with its reply.
+    queued: Vec<Duration>,
     replies: Vec<Option<oneshot::Sender<JobResult>>>,
     streams: Vec<Option<tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>>>,
 }
@@ -164,7 +168,8 @@ struct Delivery {
 const STREAM_BUFFER: usize = 64;
 
 impl Delivery {
-    fn partial(&mut self, i: usize, part: Reply) {
+    fn partial(&mut self, i: usize, mut part: Reply) {
+        part.queue_time = self.queued[i];
         if let Some(tx) = &self.streams[i] {
             let _ = tx.blocking_send(Ok(part.body));
         } else if let Some(reply) = self.replies[i].take() {
@@ -177,7 +182,8 @@ impl Delivery {
         }
     }
 
-    fn finish(&mut self, i: usize, last: Reply) {
+    fn finish(&mut self, i: usize, mut last: Reply) {
+        last.queue_time = self.queued[i];
         if let Some(tx) = self.streams[i].take() {
             let _ = tx.blocking_send(Ok(last.body));
         } else if let Some(reply) = self.replies[i].take() {
@@ -199,12 +205,12 @@ impl Delivery {
 /// Runs one batch and answers every job in it.
 pub fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, stats: &Stats) -> Outcome {
     let total = batch.len();
+    let dispatched = Instant::now();
     // Requests whose client went away are dropped before they reach the model.
-    let (inputs, replies): (Vec<Prepared>, Vec<Option<oneshot::Sender<JobResult>>>) = batch
-        .into_iter()
-        .filter(|j| !j.reply.is_closed())
-        .map(|j| (j.input, Some(j.reply)))
-        .unzip();
+    let live: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    let queued = live.iter().map(|j| dispatched - j.enqueued).collect();
+    let (inputs, replies): (Vec<Prepared>, Vec<Option<oneshot::Sender<JobResult>>>) =
+        live.into_iter().map(|j| (j.input, Some(j.reply))).unzip();
     stats
         .dropped
         .fetch_add((total - inputs.len()) as u64, Ordering::Relaxed);
@@ -216,6 +222,7 @@ pub fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, stats: &Stats) -> Out
         .requests
         .fetch_add(inputs.len() as u64, Ordering::Relaxed);
     let mut delivery = Delivery {
+        queued,
         streams: (0..replies.len()).map(|_| None).collect(),
         replies,
     };

@@ -249,7 +249,9 @@ fn run(cli: &Cli) -> Result<(), String> {
             dir,
             properties: settings.properties.clone(),
         });
+    let metrics = ferroserve::metrics::Metrics::new(settings.metrics_mode);
     let state = AppState {
+        metrics,
         settings: Arc::new(settings),
         registry,
         runtime,

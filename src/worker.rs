@@ -522,6 +522,7 @@ mod tests {
                             input,
                             reply: tx,
                             solo: v == 99.0,
+                            enqueued: Instant::now(),
                         })
                         .is_ok());
                     rx
@@ -659,6 +660,7 @@ mod tests {
         let queue = JobQueue::new(1);
         let job = || Job {
             solo: false,
+            enqueued: Instant::now(),
             input: Prepared::Tensor {
                 tensor: vec![0.0],
                 topk: 1,

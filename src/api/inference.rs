@@ -132,8 +132,11 @@ async fn predict(
     version: Option<&str>,
     extra_headers: Vec<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    let arrived = std::time::Instant::now();
     let version = version.filter(|v| !v.is_empty());
     let mv = state.registry.get(model, version)?;
+    let version_label = version.unwrap_or("default");
+    state.metrics.inference_request(model, version_label);
     let body = input::read_body(req, payload, state.settings.max_request_size).await?;
     let request_id = req
         .extensions()
@@ -152,6 +155,7 @@ async fn predict(
         input: prepared,
         reply: tx,
         solo: false,
+        enqueued: std::time::Instant::now(),
     };
     if let Err(e) = mv.queue.submit(job) {
         let mut res = response::error(&ApiError::no_worker(model, version));
@@ -172,7 +176,13 @@ async fn predict(
     })
     .await;
     match waited {
-        Ok(Some(Ok(Ok(reply)))) => Ok(response::reply(reply)),
+        Ok(Some(Ok(Ok(reply)))) => {
+            let queued = reply.queue_time;
+            state
+                .metrics
+                .inference_done(model, version_label, arrived.elapsed(), queued);
+            Ok(response::reply(reply))
+        }
         Ok(Some(Ok(Err(e)))) => Err(e),
         // Nobody is listening any more; the connection is closed with whatever we write.
         Ok(None) => Err(ApiError::bad_request("client disconnected")),

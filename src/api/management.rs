@@ -625,6 +625,7 @@ async fn customized_metadata(
         input: crate::handler::Prepared::Request(input),
         reply: tx,
         solo: true,
+        enqueued: std::time::Instant::now(),
     };
     if m.queue.submit(job).is_err() {
         return Err(ApiError::no_worker(&m.name, None));

@@ -29,6 +29,7 @@ pub struct AppState {
     pub tokens: Option<crate::auth::Tokens>,
     /// Configuration snapshots; `None` with `--ncs`.
     pub snapshots: Option<crate::snapshot::Snapshots>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {
@@ -121,10 +122,14 @@ macro_rules! app {
             .wrap_fn(|req, srv| {
                 let id = uuid::Uuid::new_v4().to_string();
                 req.extensions_mut().insert(RequestId(id.clone()));
+                let state = req.app_data::<web::Data<AppState>>().cloned();
                 let fut = srv.call(req);
                 async move {
                     let mut res = fut.await?;
                     standard_headers(&mut res, &id);
+                    if let Some(state) = state {
+                        state.metrics.response(res.status().as_u16());
+                    }
                     Ok(res)
                 }
             })
@@ -195,7 +200,7 @@ async fn all_route(
     let segs = input::segments(req.path());
     match segs.get(1).map(String::as_str) {
         Some("models" | "token") => management::route(req, payload, state).await,
-        Some("metrics") if state.settings.enable_metrics_api => metrics_route(req).await,
+        Some("metrics") if state.settings.enable_metrics_api => metrics_route(req, state).await,
         _ => inference::route(req, payload, state).await,
     }
 }
@@ -311,15 +316,28 @@ async fn shutdown_signal() {
 }
 
 /// `/metrics` answers an empty exposition for now; everything else is TorchServe's 404.
-async fn metrics_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+async fn metrics_route(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> actix_web::HttpResponse {
     match input::segments(req.path()).as_slice() {
         [] if req.method() == actix_web::http::Method::OPTIONS => {
             response::json(200, &openapi::metrics())
         }
         [_, d] if d == "api-description" => response::json(200, &openapi::metrics()),
-        [_, m] if m == "metrics" => actix_web::HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .finish(),
+        // Any path under /metrics, any method; `name[]` (repeatable) selects families.
+        [_, m, ..] if m == "metrics" => {
+            let query: Vec<(String, String)> =
+                serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+            let names: Vec<String> = query
+                .into_iter()
+                .filter(|(k, _)| k == "name[]")
+                .map(|(_, v)| v)
+                .collect();
+            actix_web::HttpResponse::Ok()
+                .content_type("text/plain; version=0.0.4; charset=utf-8")
+                .body(state.metrics.render(&names))
+        }
         _ => response::error(&crate::error::ApiError::resource_not_found()),
     }
 }

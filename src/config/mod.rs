@@ -50,6 +50,7 @@ const KNOWN_KEYS: &[&str] = &[
     "certificate_file",
     "private_key_file",
     "keystore",
+    "metrics_mode",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -146,6 +147,8 @@ pub struct Settings {
     pub allowed_urls: Vec<String>,
     /// pip-install an archive's `requirementsFile` (into a private directory of the model).
     pub install_py_dep_per_model: bool,
+    /// What the metrics listener exposes (`metrics_mode`: log, prometheus, legacy).
+    pub metrics_mode: crate::metrics::Mode,
     /// PEM certificate chain and private key for `https://` listeners.
     pub certificate_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
@@ -314,6 +317,7 @@ impl Settings {
             },
             default_service_handler: get("default_service_handler")
                 .filter(|h| !h.trim().is_empty()),
+            metrics_mode: crate::metrics::Mode::parse(get("metrics_mode").as_deref()),
             certificate_file: get("certificate_file")
                 .filter(|v| !v.trim().is_empty())
                 .map(PathBuf::from),

@@ -49,6 +49,8 @@ pub struct Reply {
     /// For a streamed answer: the chunks after `body`, ending when the sender is dropped
     /// (an `Err` aborts the response).
     pub stream: Option<ReplyStream>,
+    /// How long the request waited in the queue before its batch started (set by the worker).
+    pub queue_time: std::time::Duration,
 }
 
 pub type ReplyStream = tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>;
@@ -66,6 +68,7 @@ impl Reply {
             headers,
             body,
             stream: None,
+            queue_time: std::time::Duration::ZERO,
         }
     }
 }
