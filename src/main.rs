@@ -185,7 +185,8 @@ fn run(cli: &Cli) -> Result<(), String> {
         intra_op_threads: settings.intra_op_threads,
         onnxruntime_library: settings.onnxruntime_library.clone(),
     };
-    let registry = Registry::new(settings.initial_worker_port);
+    let metrics = Arc::new(ferroserve::metrics::Metrics::new(settings.metrics_mode));
+    let registry = Registry::new(settings.initial_worker_port, metrics.clone());
     match &settings.model_snapshot {
         // A snapshot replaces load_models; every archive it names must be in the store.
         Some(snapshot) => {
@@ -249,7 +250,6 @@ fn run(cli: &Cli) -> Result<(), String> {
             dir,
             properties: settings.properties.clone(),
         });
-    let metrics = ferroserve::metrics::Metrics::new(settings.metrics_mode);
     let state = AppState {
         metrics,
         settings: Arc::new(settings),

@@ -40,6 +40,10 @@ pub struct Metrics {
     /// Requests2XX, Requests4XX, Requests5XX.
     responses: [CounterVec; 3],
     queue_time_ms: GaugeVec,
+    /// Gauges from Python handlers' `[METRICS]` lines (HandlerTime, PredictionTime...), by
+    /// name: TorchServe's `model_metrics` with their dimensions plus `Hostname`.
+    backend: std::sync::Mutex<std::collections::HashMap<String, GaugeVec>>,
+    mode: Mode,
 }
 
 fn help(kind: &str, unit: &str) -> String {
@@ -78,6 +82,8 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            backend: Default::default(),
+            mode,
         };
         let legacy: [&CounterVec; 3] = [
             &metrics.requests_total,
@@ -138,6 +144,40 @@ impl Metrics {
         self.responses[class]
             .with_label_values(&["Host", &self.hostname])
             .inc();
+    }
+
+    /// A Python worker's `[METRICS]` line, as a gauge (prometheus mode only, as TorchServe's
+    /// backend metrics). The first line of a name fixes its dimensions; lines that do not fit
+    /// them are ignored.
+    pub fn backend(&self, m: &crate::handler::python::BackendMetric) {
+        if self.mode != Mode::Prometheus {
+            return;
+        }
+        let Ok(mut backend) = self.backend.lock() else {
+            return;
+        };
+        let mut labels: Vec<&str> = m.dimensions.iter().map(|(k, _)| k.as_str()).collect();
+        labels.push("Hostname");
+        let gauge = match backend.get(&m.name) {
+            Some(g) => g.clone(),
+            None => {
+                let Ok(g) =
+                    GaugeVec::new(Opts::new(m.name.as_str(), help("gauge", &m.unit)), &labels)
+                else {
+                    return;
+                };
+                if self.registry.register(Box::new(g.clone())).is_err() {
+                    return;
+                }
+                backend.insert(m.name.clone(), g.clone());
+                g
+            }
+        };
+        let mut values: Vec<&str> = m.dimensions.iter().map(|(_, v)| v.as_str()).collect();
+        values.push(&self.hostname);
+        if let Ok(g) = gauge.get_metric_with_label_values(&values) {
+            g.set(m.value);
+        }
     }
 
     /// The exposition, restricted to the families named in `names` when there are any.

@@ -177,13 +177,16 @@ struct Versions {
 pub struct Registry {
     models: RwLock<BTreeMap<String, Versions>>,
     next_worker_id: AtomicU32,
+    /// Handed to handlers whose workers report metrics.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Registry {
-    pub fn new(first_worker_id: u32) -> Self {
+    pub fn new(first_worker_id: u32, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self {
             models: RwLock::new(BTreeMap::new()),
             next_worker_id: AtomicU32::new(first_worker_id),
+            metrics,
         }
     }
 
@@ -402,6 +405,7 @@ impl Registry {
                 response_timeout: Duration::from_secs(params.response_timeout_s.max(1)),
                 startup_timeout: Duration::from_secs(params.startup_timeout_s.max(1)),
                 settings,
+                metrics: &self.metrics,
             },
         )?;
         let queue = JobQueue::new(params.job_queue_size.max(1));

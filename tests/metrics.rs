@@ -147,3 +147,46 @@ fn log_and_legacy_modes() {
         "legacy exposes only the ts_* counters: {text}"
     );
 }
+
+/// Metrics a Python worker prints (`[METRICS]` lines) appear as gauges in prometheus mode.
+#[test]
+fn python_worker_metrics_are_exposed() {
+    const ECHO: &str =
+        "def handle(data, context):\n    return None if data is None else [\"ok\" for _ in data]\n";
+    let config = format!(
+        "metrics_mode=prometheus\npython={}\nmodels={{\"echo\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}",
+        test_python()
+    );
+    let server = Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            let manifest = r#"{"runtime": "python", "model": {"modelName": "echo", "handler": "echo:handle", "modelVersion": "1.0"}}"#;
+            write_mar(
+                &store.join("echo.mar"),
+                manifest,
+                &[("echo.py", ECHO.as_bytes())],
+            );
+        },
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, _, _) = post(
+            &format!("{}/predictions/echo", server.inference),
+            "text/plain",
+            "x",
+        );
+        let (_, text, _) = get(&format!("{}/metrics?name[]=PredictionTime", server.metrics));
+        if status == 200 && sample(&text, "PredictionTime", "ModelName=\"echo\"").is_some() {
+            assert!(text.contains("# TYPE PredictionTime gauge"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no PredictionTime from the worker: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

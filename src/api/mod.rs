@@ -29,7 +29,7 @@ pub struct AppState {
     pub tokens: Option<crate::auth::Tokens>,
     /// Configuration snapshots; `None` with `--ncs`.
     pub snapshots: Option<crate::snapshot::Snapshots>,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {

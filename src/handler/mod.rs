@@ -147,6 +147,7 @@ pub struct HandlerSpec<'a> {
     pub response_timeout: std::time::Duration,
     pub startup_timeout: std::time::Duration,
     pub settings: &'a crate::config::Settings,
+    pub metrics: &'a Arc<crate::metrics::Metrics>,
 }
 
 /// Builds the handler for an archive: native when one is selected, else TorchServe's Python
@@ -238,5 +239,6 @@ fn python_handler(
         })?,
         device: spec.runtime.device,
         deps,
+        metrics: spec.metrics.clone(),
     }))
 }

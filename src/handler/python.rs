@@ -38,6 +38,8 @@ pub struct PythonHandler {
     pub device: Device,
     /// Packages from the archive's requirements file, installed for this model only.
     pub deps: Option<tempfile::TempDir>,
+    /// Where the workers' `[METRICS]` lines go.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// `pip install -r <requirementsFile>` into a private directory of the model (never the
@@ -210,8 +212,16 @@ impl PythonWorker {
             false,
             Some(started_tx),
             tail.clone(),
+            h.metrics.clone(),
         );
-        forward_output(child.stderr.take(), &label, true, None, tail.clone());
+        forward_output(
+            child.stderr.take(),
+            &label,
+            true,
+            None,
+            tail.clone(),
+            h.metrics.clone(),
+        );
 
         let fail = |child: &mut Child, why: String| {
             let _ = child.kill();
@@ -432,6 +442,7 @@ fn forward_output(
     is_stderr: bool,
     started: Option<mpsc::Sender<()>>,
     tail: Tail,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let Some(stream) = stream else { return };
     let label = label.to_string();
@@ -452,7 +463,8 @@ fn forward_output(
                     .find("[METRICS]")
                     .and_then(|i| BackendMetric::parse(&line[i..]))
                 {
-                    // Structured, for the metrics endpoint; kept out of the model log.
+                    // To the metrics endpoint; kept out of the model log.
+                    metrics.backend(&metric);
                     tracing::debug!(
                         target: "ferroserve::backend_metrics",
                         worker = %label,
