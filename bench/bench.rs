@@ -126,6 +126,7 @@ struct Running {
     child: std::process::Child,
     base: String,
     management: String,
+    metrics: String,
     started: Instant,
     _dir: tempfile::TempDir,
 }
@@ -171,6 +172,7 @@ impl Running {
             child,
             base: format!("http://127.0.0.1:{ip}"),
             management: format!("http://127.0.0.1:{mp}"),
+            metrics: format!("http://127.0.0.1:{xp}"),
             started,
             _dir: dir,
         }
@@ -197,6 +199,11 @@ impl Running {
     fn rss_mib(&self) -> f64 {
         rss_mib(self.child.id())
     }
+
+    /// The metrics listener, the inference port's neighbour in the config above.
+    fn metrics(&self) -> String {
+        self.metrics.clone()
+    }
 }
 
 impl Drop for Running {
@@ -209,7 +216,7 @@ impl Drop for Running {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage =
-        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | overload | memory";
+        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | overload | memory | scrape";
     let bin = PathBuf::from(args.get(1).expect(usage));
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(
@@ -223,6 +230,7 @@ fn main() {
         }
         Some("overload") => overload(&bin),
         Some("memory") => memory(&bin),
+        Some("scrape") => scrape(&bin),
         _ => panic!("{usage}"),
     }
 }
@@ -362,5 +370,55 @@ fn memory(bin: &Path) {
     println!(
         "- RSS of the sign model: 1 worker {one:.0} MiB, 4 workers {four:.0} MiB (+{:.0} MiB for 3 more workers)",
         four - one
+    );
+}
+
+/// The cost of one `/metrics` scrape in prometheus mode with 20 models loaded, each having
+/// served requests (so every family has series for every model).
+fn scrape(bin: &Path) {
+    let server = Running::start(bin, &["sign.mar"], "metrics_mode=prometheus");
+    let client = agent();
+    server.wait_ready(&client);
+    let body = request_body();
+    for i in 1..20 {
+        let res = client
+            .post(format!(
+                "{}/models?url=sign.mar&model_name=sign{i:02}&initial_workers=1&synchronous=true",
+                server.management
+            ))
+            .send_empty()
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    for i in 0..20 {
+        let model = if i == 0 {
+            "sign".to_string()
+        } else {
+            format!("sign{i:02}")
+        };
+        for _ in 0..5 {
+            let url = format!("{}/predictions/{model}", server.base);
+            assert_eq!(post(&client, &url, &body), 200);
+        }
+    }
+    let url = format!("{}/metrics", server.metrics());
+    let fetch = || {
+        client
+            .get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let size = fetch().len();
+    let t = time_us(200, || {
+        fetch();
+    });
+    println!(
+        "- /metrics with 20 models (prometheus mode, {size} bytes, {} lines): p50 {:.0} µs, p99 {:.0} µs per scrape, client-side on a kept-alive connection",
+        fetch().lines().count(),
+        median(t.clone()),
+        percentile(t, 0.99)
     );
 }

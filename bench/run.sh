@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$ROOT"
 cargo build --release --quiet --bin ferroserve --example bench
 echo "machine: $(nproc) cores, $(uname -m), $(date -u +%Y-%m-%d)"
-"$CARGO_TARGET_DIR/release/examples/bench" "$CARGO_TARGET_DIR/release/ferroserve" "${1:-1000}"
+"$CARGO_TARGET_DIR/release/examples/bench" "$CARGO_TARGET_DIR/release/ferroserve" latency "${1:-1000}"
+"$CARGO_TARGET_DIR/release/examples/bench" "$CARGO_TARGET_DIR/release/ferroserve" scrape

@@ -4,6 +4,11 @@
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
+# A real Prometheus server and promtool, for the metrics tests.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "installing prometheus with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 # TorchServe's Python worker, for the custom-handler tests.
 FERROSERVE_TEST_PYTHON=$("$ROOT/scripts/python-env.sh")
 export FERROSERVE_TEST_PYTHON

@@ -203,7 +203,12 @@ impl Delivery {
 }
 
 /// Runs one batch and answers every job in it.
-pub fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, stats: &Stats) -> Outcome {
+pub fn run_batch(
+    engine: &mut dyn Engine,
+    batch: Vec<Job>,
+    stats: &Stats,
+    metrics: &crate::metrics::VersionMetrics,
+) -> Outcome {
     let total = batch.len();
     let dispatched = Instant::now();
     // Requests whose client went away are dropped before they reach the model.
@@ -226,9 +231,16 @@ pub fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, stats: &Stats) -> Out
         streams: (0..replies.len()).map(|_| None).collect(),
         replies,
     };
+    let engine_start = Instant::now();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         engine.infer(&inputs, &mut |i, part| delivery.partial(i, part))
     }));
+    let engine_time = engine_start.elapsed();
+    metrics.batch(
+        inputs.len(),
+        engine_time,
+        dispatched.elapsed().saturating_sub(engine_time),
+    );
     let (error, result) = match outcome {
         Ok(Ok(answers)) if answers.len() == inputs.len() => {
             for (i, answer) in answers.into_iter().enumerate() {

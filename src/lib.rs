@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod fetch;
 pub mod handler;
+pub mod logging;
 pub mod metrics;
 pub mod registry;
 pub mod snapshot;

@@ -24,19 +24,12 @@ fn pid_file() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
-    if cli.stop {
-        return stop();
+    if cli.stop || !cli.foreground {
+        ferroserve::logging::init_console();
+        return if cli.stop { stop() } else { detach() };
     }
-    if !cli.foreground {
-        return detach();
-    }
+    // Flushes the log files when the server returns.
+    let _logs = ferroserve::logging::init();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -185,7 +178,18 @@ fn run(cli: &Cli) -> Result<(), String> {
         intra_op_threads: settings.intra_op_threads,
         onnxruntime_library: settings.onnxruntime_library.clone(),
     };
-    let metrics = Arc::new(ferroserve::metrics::Metrics::new(settings.metrics_mode));
+    let metrics = Arc::new(ferroserve::metrics::Metrics::new(
+        settings.metrics_mode,
+        ferroserve::metrics::MetricsConfig::load(settings.metrics_config.as_deref()),
+        settings.model_metrics_auto_detect,
+    ));
+    if !settings.disable_system_metrics {
+        ferroserve::metrics::system::spawn(
+            metrics.clone(),
+            Duration::from_secs(settings.metric_time_interval.max(1)),
+            matches!(device, device::Device::Cuda(_)),
+        );
+    }
     let registry = Registry::new(settings.initial_worker_port, metrics.clone());
     match &settings.model_snapshot {
         // A snapshot replaces load_models; every archive it names must be in the store.

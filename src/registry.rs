@@ -140,6 +140,7 @@ pub struct ModelVersion {
     pub queue: JobQueue,
     pub pool: WorkerPool,
     pub archive: ModelArchive,
+    pub metrics: Arc<crate::metrics::VersionMetrics>,
     /// A file fetched into the store by registration; deleted when the model goes.
     pub downloaded: Option<std::path::PathBuf>,
 }
@@ -210,6 +211,13 @@ impl Registry {
     }
 
     /// Every loaded version of every model.
+    /// Sets the gauges read at scrape time (queue depths).
+    pub fn refresh_gauges(&self) {
+        for mv in self.all() {
+            mv.metrics.set_queue_depth(mv.queue.pending());
+        }
+    }
+
     pub fn all(&self) -> Vec<Arc<ModelVersion>> {
         let models = self.models.read().expect("registry lock");
         models
@@ -309,6 +317,8 @@ impl Registry {
             models.remove(name);
         }
         drop(models);
+        // Its series go now, so a re-registered version starts afresh.
+        self.metrics.forget_version(name, &v);
         // No new request can reach it now; let the queue drain (bounded by the response
         // timeout), then retire the workers, which finish their batch first.
         let draining = removed.clone();
@@ -401,6 +411,7 @@ impl Registry {
             &handler::HandlerSpec {
                 runtime,
                 model_name: &name,
+                model_version: &version,
                 batch_size: params.batch_size,
                 response_timeout: Duration::from_secs(params.response_timeout_s.max(1)),
                 startup_timeout: Duration::from_secs(params.startup_timeout_s.max(1)),
@@ -409,7 +420,9 @@ impl Registry {
             },
         )?;
         let queue = JobQueue::new(params.job_queue_size.max(1));
+        let metrics = self.metrics.version(&name, &version);
         let config = WorkerConfig {
+            metrics: metrics.clone(),
             label: format!("{name}_{version}"),
             batch: BatchSettings {
                 batch_size: params.batch_size.max(1),
@@ -439,6 +452,7 @@ impl Registry {
             queue,
             pool,
             archive,
+            metrics,
             downloaded: None,
         })
     }

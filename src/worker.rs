@@ -94,6 +94,8 @@ pub struct WorkerConfig {
     pub label: String,
     pub batch: BatchSettings,
     pub max_retry: Duration,
+    /// The model version's metric handles (batch sizes, load times, restarts).
+    pub metrics: Arc<crate::metrics::VersionMetrics>,
 }
 
 impl Worker {
@@ -195,6 +197,7 @@ fn serve(
     let mut backoff = 0usize;
     loop {
         s.set(WorkerState::Starting);
+        let attempt = Instant::now();
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handler.clone().start_worker(id)
         }))
@@ -211,6 +214,8 @@ fn serve(
                 let pid = engine.pid().unwrap_or_else(std::process::id);
                 s.pid.store(pid, Ordering::SeqCst);
                 s.set(WorkerState::Ready);
+                cfg.metrics
+                    .worker_loaded(&format!("W-{id}-{}", cfg.label), attempt.elapsed());
                 if !serve_batches(s, cfg, intake, engine.as_mut(), stats) {
                     return;
                 }
@@ -222,6 +227,7 @@ fn serve(
         }
         // The engine died or could not start: back off, or give up past maxRetryTimeoutInSec.
         s.restarts.fetch_add(1, Ordering::SeqCst);
+        cfg.metrics.worker_restarted();
         let since = *s
             .failing_since
             .lock()
@@ -257,7 +263,7 @@ fn serve_batches(
     while let Some(batch) = intake.next_batch(cfg.batch, &s.stop) {
         let started = s.epoch.elapsed().as_millis().max(1) as u64;
         s.busy_since_ms.store(started, Ordering::SeqCst);
-        let outcome = run_batch(engine, batch, stats);
+        let outcome = run_batch(engine, batch, stats, &cfg.metrics);
         s.busy_since_ms.store(0, Ordering::SeqCst);
         if s.stop.load(Ordering::SeqCst) {
             return false;
@@ -482,6 +488,10 @@ mod tests {
                     max_batch_delay: Duration::from_millis(50),
                 },
                 max_retry,
+                metrics: Arc::new(crate::metrics::Metrics::with_defaults(
+                    crate::metrics::Mode::Prometheus,
+                ))
+                .version("t", "1.0"),
             };
             let pool = WorkerPool::new(
                 config,

@@ -1,120 +1,264 @@
-//! The metrics listener: TorchServe's frontend metrics per `metrics_mode`, after real traffic.
+//! The metrics listener and the log files, after real traffic: TorchServe's metrics per
+//! `metrics_mode` and `metrics_config`, ferroserve's own families, Python workers' metrics,
+//! the access/model/metric logs, and a real Prometheus server scraping it all.
 
 mod common;
 
-use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-fn sample(text: &str, family: &str, label: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+use common::*;
+use prometheus_parse::{Scrape, Value};
+
+fn scrape(server: &Server, query: &str) -> (Scrape, String) {
+    let (status, text, _) = get(&format!("{}/metrics{query}", server.metrics));
+    assert_eq!(status, 200, "{text}");
+    let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("exposition does not parse: {e}\n{text}"));
+    (parsed, text)
+}
+
+/// The value of the one sample of `family` whose labels include every pair in `labels`.
+fn value(s: &Scrape, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == family && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            // A histogram's value here is its count: the +Inf bucket.
+            Value::Histogram(b) => b.iter().map(|h| h.count).fold(0.0, f64::max),
+            Value::Summary(_) => f64::NAN,
+        })
+}
+
+fn kind(s: &Scrape, family: &str) -> &'static str {
+    match s
+        .samples
+        .iter()
+        .find(|x| x.metric == family)
+        .map(|x| &x.value)
+    {
+        Some(Value::Counter(_)) => "counter",
+        Some(Value::Gauge(_)) => "gauge",
+        Some(Value::Histogram(_)) => "histogram",
+        Some(_) => "other",
+        None => "absent",
+    }
 }
 
 fn traffic(server: &Server, n: usize) {
     let reference = Reference::load();
     let body = request_body(&reference.cases()[0], reference.features(), 1);
     for _ in 0..n {
-        assert_eq!(
-            post(
-                &format!("{}/predictions/sign", server.inference),
-                "application/json",
-                &body
-            )
-            .0,
-            200
-        );
+        let url = format!("{}/predictions/sign", server.inference);
+        assert_eq!(post(&url, "application/json", &body).0, 200);
     }
-    assert_eq!(
-        post(
-            &format!("{}/predictions/sign/1.0", server.inference),
-            "application/json",
-            &body
-        )
-        .0,
-        200
-    );
-    assert_eq!(
-        get(&format!("{}/predictions/nope", server.inference)).0,
-        404
-    );
+    let url = format!("{}/predictions/sign/1.0", server.inference);
+    assert_eq!(post(&url, "application/json", &body).0, 200);
+    let url = format!("{}/predictions/sign", server.inference);
+    assert_eq!(post(&url, "application/json", "{not json").0, 400);
+    let url = format!("{}/predictions/nope", server.inference);
+    assert_eq!(get(&url).0, 404);
+}
+
+/// Polls until `f` holds (background samples and worker lines arrive on their own time).
+fn eventually(what: &str, mut f: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let Some(why) = f() else { return };
+        assert!(Instant::now() < deadline, "{what}: {why}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
-fn prometheus_mode_counts_requests_and_latencies() {
+fn prometheus_mode_exposes_torchserves_families_and_ferroserves_own() {
     let server = Server::start(Setup {
         archives: &["sign.mar"],
         config: "metrics_mode=prometheus",
         ..Setup::default()
     });
     traffic(&server, 3);
-    let (status, text, headers) = get(&format!("{}/metrics", server.metrics));
+    let (status, _, headers) = get(&format!("{}/metrics", server.metrics));
     assert_eq!(status, 200);
     assert_eq!(
         header(&headers, "content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
-    assert!(text.contains("# HELP ts_inference_requests_total Torchserve prometheus counter metric with unit: Count"), "{text}");
-    assert!(
-        text.contains("# TYPE ts_inference_requests_total counter"),
-        "{text}"
-    );
+    // System metrics are sampled at start-up, in the background.
+    eventually("system metrics", || {
+        let (s, text) = scrape(&server, "");
+        (kind(&s, "DiskAvailable") != "gauge").then_some(text)
+    });
+    let (s, text) = scrape(&server, "");
+    let host = ("Level", "Host");
+
+    // TorchServe's frontend families: names, types, help, labels and counts.
     assert_eq!(
-        sample(
-            &text,
-            "ts_inference_requests_total",
-            "model_version=\"default\""
-        ),
-        Some(3.0),
-        "{text}"
+        s.docs
+            .get("ts_inference_requests_total")
+            .map(String::as_str),
+        Some("Torchserve prometheus counter metric with unit: Count")
     );
-    assert_eq!(
-        sample(
-            &text,
-            "ts_inference_requests_total",
-            "model_version=\"1.0\""
-        ),
-        Some(1.0),
-        "{text}"
-    );
-    let latency = sample(
-        &text,
+    for family in [
+        "ts_inference_requests_total",
         "ts_inference_latency_microseconds",
-        "model_version=\"default\"",
-    )
-    .unwrap();
-    let queued = sample(
-        &text,
         "ts_queue_latency_microseconds",
-        "model_version=\"default\"",
-    )
-    .unwrap();
+        "Requests2XX",
+        "Requests4XX",
+    ] {
+        assert_eq!(kind(&s, family), "counter", "{family}: {text}");
+    }
+    let requests = |v| {
+        value(
+            &s,
+            "ts_inference_requests_total",
+            &[("model_name", "sign"), ("model_version", v)],
+        )
+    };
+    // The unparsable body was counted too: TorchServe counts before decoding.
+    assert_eq!(requests("default"), Some(4.0), "{text}");
+    assert_eq!(requests("1.0"), Some(1.0), "{text}");
+    let sign = [("model_name", "sign"), ("model_version", "default")];
+    let latency = value(&s, "ts_inference_latency_microseconds", &sign).unwrap();
+    let queued = value(&s, "ts_queue_latency_microseconds", &sign).unwrap();
     assert!(latency > queued && queued >= 0.0, "{latency} {queued}");
+    assert!(value(&s, "Requests2XX", &[host]).unwrap() >= 4.0, "{text}");
+    assert_eq!(value(&s, "Requests4XX", &[host]), Some(2.0), "{text}");
+    for gauge in [
+        "QueueTime",
+        "WorkerThreadTime",
+        "WorkerLoadTime",
+        "CPUUtilization",
+        "MemoryUsed",
+        "MemoryAvailable",
+        "MemoryUtilization",
+        "DiskUsage",
+        "DiskAvailable",
+        "DiskUtilization",
+    ] {
+        assert_eq!(kind(&s, gauge), "gauge", "{gauge}: {text}");
+        let v = value(&s, gauge, &[host]).unwrap();
+        assert!(v >= 0.0, "{gauge} = {v}");
+    }
+    let worker = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "WorkerLoadTime")
+        .and_then(|x| x.labels.get("WorkerName"))
+        .unwrap();
     assert!(
-        sample(&text, "Requests2XX", "Level=\"Host\"").unwrap() >= 4.0,
-        "{text}"
+        worker.starts_with("W-") && worker.ends_with("-sign_1.0"),
+        "{worker}"
     );
-    assert!(
-        sample(&text, "Requests4XX", "Level=\"Host\"").unwrap() >= 1.0,
-        "{text}"
+    let pct = value(&s, "MemoryUtilization", &[host]).unwrap();
+    assert!(pct > 0.0 && pct <= 100.0, "{pct}");
+
+    // ferroserve's own, per model and served version.
+    let v = [("model_name", "sign"), ("model_version", "1.0")];
+    assert_eq!(kind(&s, "ferroserve_request_duration_seconds"), "histogram");
+    assert_eq!(
+        value(&s, "ferroserve_request_duration_seconds", &v),
+        Some(5.0),
+        "every request that reached the model version: {text}"
+    );
+    assert_eq!(
+        value(&s, "ferroserve_queue_duration_seconds", &v),
+        Some(4.0)
+    );
+    assert_eq!(value(&s, "ferroserve_batch_size", &v), Some(4.0));
+    assert_eq!(
+        value(&s, "ferroserve_inference_duration_seconds", &v),
+        Some(4.0)
+    );
+    let code = |c| {
+        value(
+            &s,
+            "ferroserve_inference_responses_total",
+            &[v[0], v[1], ("code", c)],
+        )
+    };
+    assert_eq!((code("2xx"), code("4xx")), (Some(4.0), Some(1.0)), "{text}");
+    assert_eq!(value(&s, "ferroserve_queue_depth", &v), Some(0.0));
+    assert_eq!(value(&s, "ferroserve_requests_in_flight", &v), Some(0.0));
+    assert_eq!(value(&s, "ferroserve_worker_restarts_total", &v), Some(0.0));
+    assert_eq!(
+        value(
+            &s,
+            "ferroserve_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
     );
 
-    let (_, only, _) = get(&format!(
-        "{}/metrics?name[]=ts_queue_latency_microseconds",
-        server.metrics
-    ));
+    // name[] keeps families by name or by sample name; unknown names give an empty body.
+    let (only, text) = scrape(
+        &server,
+        "?name[]=ts_queue_latency_microseconds&name[]=ferroserve_batch_size_bucket",
+    );
+    let mut names: Vec<&str> = only.samples.iter().map(|x| x.metric.as_str()).collect();
+    names.dedup();
     assert!(
-        only.contains("ts_queue_latency_microseconds{") && !only.contains("Requests2XX"),
-        "{only}"
+        names.contains(&"ts_queue_latency_microseconds")
+            && names.contains(&"ferroserve_batch_size")
+            && !text.contains("Requests2XX"),
+        "{text}"
     );
     let (_, none, _) = get(&format!("{}/metrics?name[]=no_such_metric", server.metrics));
     assert_eq!(none, "");
+
+    // Prometheus' own linter parses it; lint remarks are allowed only on TorchServe's names.
+    let out = promtool_check(&text_of(&server));
+    assert!(
+        !out.contains("error while linting") && !out.contains("parsing"),
+        "{out}"
+    );
+    assert!(!out.contains("ferroserve_"), "{out}");
+}
+
+fn text_of(server: &Server) -> String {
+    get(&format!("{}/metrics", server.metrics)).1
+}
+
+fn promtool_check(text: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    // 0: clean, 3: lint remarks only; anything else is a failure to read the exposition.
+    let code = out.status.code().unwrap_or(-1);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(code == 0 || code == 3, "promtool exit {code}: {said}");
+    said
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 #[test]
-fn log_and_legacy_modes() {
+fn log_mode_writes_torchserves_log_files() {
     let server = Server::start(Setup {
         archives: &["sign.mar"],
+        env: &[
+            ("LOG_LOCATION", "my-logs"),
+            ("METRICS_LOCATION", "my-metrics"),
+        ],
         ..Setup::default()
     });
     traffic(&server, 1);
@@ -124,6 +268,33 @@ fn log_and_legacy_modes() {
         (200, ""),
         "log mode (the default) exposes nothing"
     );
+    let logs = server.dir.path().join("my-logs");
+    let metrics = server.dir.path().join("my-metrics");
+    eventually("access log", || {
+        let access = read(&logs.join("access_log.log"));
+        let Some(line) = access
+            .lines()
+            .find(|l| l.contains("\"POST /predictions/sign HTTP/1.1\" 200 "))
+        else {
+            return Some(access);
+        };
+        // `<ISO8601> - /127.0.0.1:<port> "<METHOD> <uri> <proto>" <status> <ms>`
+        let (time, rest) = line.split_once(" - ").unwrap();
+        assert_eq!(time.len(), "2024-01-01T00:00:00,000".len(), "{line}");
+        assert!(rest.starts_with("/127.0.0.1:"), "{line}");
+        (!access.contains("\"GET /predictions/nope HTTP/1.1\" 404 ")).then_some(access)
+    });
+    eventually("metric log", || {
+        let ts = read(&metrics.join("ts_metrics.log"));
+        let want = "ts_inference_requests_total.Count:1.0|#model_name:sign,model_version:default|#hostname:";
+        let found = ts.lines().any(|l| l.contains(want))
+            && ts.contains("Requests2XX.Count:1.0|#Level:Host|#hostname:")
+            && ts.contains("MemoryUtilization.Percent:");
+        (!found).then_some(ts)
+    });
+    let ts_log = read(&logs.join("ts_log.log"));
+    assert!(ts_log.contains("model loaded"), "{ts_log}");
+    assert!(!logs.join("ts_metrics.log").exists());
     drop(server);
 
     let server = Server::start(Setup {
@@ -132,29 +303,89 @@ fn log_and_legacy_modes() {
         ..Setup::default()
     });
     traffic(&server, 2);
-    let (_, text, _) = get(&format!("{}/metrics", server.metrics));
+    let (s, text) = scrape(&server, "");
     assert_eq!(
-        sample(
-            &text,
+        value(
+            &s,
             "ts_inference_requests_total",
-            "model_name=\"sign\",model_version=\"default\""
+            &[("model_name", "sign"), ("model_version", "default")]
         ),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
     assert!(
-        !text.contains("Requests2XX"),
+        !text.contains("Requests2XX") && !text.contains("ferroserve_"),
         "legacy exposes only the ts_* counters: {text}"
     );
+    // Everything else goes to the metric log, in the default place.
+    let logs = server.dir.path().join("logs");
+    eventually("legacy metric log", || {
+        let ts = read(&logs.join("ts_metrics.log"));
+        (!ts.contains("Requests2XX.Count:1.0")).then_some(ts)
+    });
+    assert!(!read(&logs.join("ts_metrics.log")).contains("ts_inference_requests_total"));
 }
 
-/// Metrics a Python worker prints (`[METRICS]` lines) appear as gauges in prometheus mode.
 #[test]
-fn python_worker_metrics_are_exposed() {
-    const ECHO: &str =
-        "def handle(data, context):\n    return None if data is None else [\"ok\" for _ in data]\n";
+fn a_metrics_config_file_decides_what_exists() {
+    let yaml = "\
+dimensions:
+  - &level Level
+ts_metrics:
+  counter:
+    - name: Requests2XX
+      unit: Count
+      dimensions: [*level, Hostname]
+  histogram:
+    - name: ts_inference_latency_microseconds
+      unit: Microseconds
+      dimensions: [model_name]
+";
+    let server = Server::start_with(
+        Setup {
+            archives: &["sign.mar"],
+            config: "metrics_mode=prometheus\nmetrics_config=custom-metrics.yaml\ndisable_system_metrics=true",
+            ..Setup::default()
+        },
+        |store| std::fs::write(store.join("../custom-metrics.yaml"), yaml).unwrap(),
+    );
+    traffic(&server, 2);
+    let (s, text) = scrape(&server, "");
+    assert_eq!(kind(&s, "ts_inference_latency_microseconds"), "histogram");
+    assert_eq!(
+        value(
+            &s,
+            "ts_inference_latency_microseconds",
+            &[("model_name", "sign")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    for absent in [
+        "ts_inference_requests_total",
+        "Requests4XX",
+        "QueueTime",
+        "CPUUtilization",
+    ] {
+        assert_eq!(kind(&s, absent), "absent", "{absent}: {text}");
+    }
+    assert_eq!(kind(&s, "Requests2XX"), "counter");
+}
+
+/// Python workers' `[METRICS]` lines: the default ones always, a handler's own only with
+/// `model_metrics_auto_detect`; the workers' other output goes to the model log.
+#[test]
+fn python_worker_metrics_and_model_log() {
+    const ECHO: &str = "\
+def handle(data, context):
+    if data is None:
+        return None
+    context.metrics.add_counter(\"EchoCalls\", len(data))
+    print(\"echo handled\", len(data), flush=True)
+    return [\"ok\" for _ in data]
+";
     let config = format!(
-        "metrics_mode=prometheus\npython={}\nmodels={{\"echo\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}",
+        "metrics_mode=prometheus\nmodel_metrics_auto_detect=true\npython={}\nmodels={{\"echo\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}",
         test_python()
     );
     let server = Server::start_with(
@@ -171,22 +402,128 @@ fn python_worker_metrics_are_exposed() {
             );
         },
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    let mut sent = 0;
+    eventually("worker metrics", || {
         let (status, _, _) = post(
             &format!("{}/predictions/echo", server.inference),
             "text/plain",
             "x",
         );
-        let (_, text, _) = get(&format!("{}/metrics?name[]=PredictionTime", server.metrics));
-        if status == 200 && sample(&text, "PredictionTime", "ModelName=\"echo\"").is_some() {
-            assert!(text.contains("# TYPE PredictionTime gauge"), "{text}");
-            break;
+        sent += (status == 200) as usize;
+        let (s, text) = scrape(&server, "?name[]=PredictionTime&name[]=EchoCalls");
+        let ok = value(&s, "PredictionTime", &[("ModelName", "echo")]).is_some()
+            && value(&s, "EchoCalls", &[("ModelName", "echo")]) == Some(sent as f64);
+        (!ok).then_some(text)
+    });
+    let (s, _) = scrape(&server, "");
+    assert_eq!(kind(&s, "PredictionTime"), "gauge");
+    assert_eq!(kind(&s, "EchoCalls"), "counter");
+    // `W-<id>-echo_1.0-stdout MODEL_LOG - echo handled 1`, as TorchServe's model log.
+    let model_log = server.dir.path().join("logs/model_log.log");
+    eventually("model log", || {
+        let log = read(&model_log);
+        let ok = log.lines().any(|l| {
+            l.contains("[INFO ] W-") && l.contains("-echo_1.0-stdout MODEL_LOG - echo handled 1")
+        });
+        (!ok).then_some(log)
+    });
+    assert!(!read(&model_log).contains("[METRICS]"));
+}
+
+/// A real Prometheus server scrapes the metrics listener; its query API returns the series.
+#[test]
+fn a_prometheus_server_scrapes_ferroserve() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        config: "metrics_mode=prometheus",
+        ..Setup::default()
+    });
+    traffic(&server, 4);
+    let target = server.metrics.trim_start_matches("http://");
+    let dir = server.dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ferroserve\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no PredictionTime from the worker: {text}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    let _prometheus = Kill(
+        std::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (Debian's prometheus package; scripts/test.sh installs it)"),
+    );
+    let query = |q: &str| {
+        let url = format!(
+            "http://127.0.0.1:{port}/api/v1/query?query={}",
+            percent_encode(q)
+        );
+        // Refused until Prometheus listens.
+        let mut res = agent().get(&url).call().ok()?;
+        serde_json::from_str::<serde_json::Value>(&res.body_mut().read_to_string().ok()?).ok()
+    };
+    eventually("series in Prometheus", || {
+        let first = |q: &str| {
+            query(q).and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_string)
+            })
+        };
+        let got = [
+            first("ts_inference_requests_total{model_name=\"sign\",model_version=\"default\"}"),
+            first("up{job=\"ferroserve\"}"),
+            first("sum(ferroserve_request_duration_seconds_count{model_name=\"sign\"})"),
+        ];
+        let want = ["5", "1", "6"].map(|v| Some(v.to_string()));
+        (got != want).then(|| format!("{got:?}"))
+    });
+    // Every query of the Grafana dashboard is valid PromQL with data behind it.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(REPO).join("deploy/grafana/ferroserve.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$model", ".*")
+                .replace("$version", ".*");
+            let answer = query(&expr).unwrap();
+            assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        }
+    }
+    // A rate over the histogram, as an autoscaler would ask.
+    let p99 = query("histogram_quantile(0.99, sum by (le) (rate(ferroserve_request_duration_seconds_bucket[1m])))").unwrap();
+    assert_eq!(p99["status"], "success", "{p99}");
+    let _ = std::fs::remove_dir_all(Path::new(&dir).join("data"));
+}
+
+fn percent_encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@ use super::{input, response, AppState, RequestId};
 use crate::auth::{self, KeyKind};
 use crate::batching::{Job, SubmitError};
 use crate::error::ApiError;
+use crate::registry::ModelVersion;
 
 pub async fn route(
     req: HttpRequest,
@@ -137,6 +138,42 @@ async fn predict(
     let mv = state.registry.get(model, version)?;
     let version_label = version.unwrap_or("default");
     state.metrics.inference_request(model, version_label);
+    let _in_flight = mv.metrics.in_flight();
+    let mut queued = None;
+    let result = run_request(
+        req,
+        payload,
+        state,
+        &mv,
+        version,
+        extra_headers,
+        &mut queued,
+    )
+    .await;
+    let status = match &result {
+        Ok(res) => res.status().as_u16(),
+        Err(e) => e.code,
+    };
+    mv.metrics.request_done(status, arrived.elapsed(), queued);
+    if let (Ok(_), Some(queued)) = (&result, queued) {
+        state
+            .metrics
+            .inference_done(model, version_label, arrived.elapsed(), queued);
+    }
+    result
+}
+
+/// Reads, queues and awaits one inference request; `queued` learns its queue time.
+async fn run_request(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    mv: &ModelVersion,
+    version: Option<&str>,
+    extra_headers: Vec<(String, String)>,
+    queued: &mut Option<std::time::Duration>,
+) -> Result<HttpResponse, ApiError> {
+    let model = mv.name.as_str();
     let body = input::read_body(req, payload, state.settings.max_request_size).await?;
     let request_id = req
         .extensions()
@@ -177,10 +214,7 @@ async fn predict(
     .await;
     match waited {
         Ok(Some(Ok(Ok(reply)))) => {
-            let queued = reply.queue_time;
-            state
-                .metrics
-                .inference_done(model, version_label, arrived.elapsed(), queued);
+            *queued = Some(reply.queue_time);
             Ok(response::reply(reply))
         }
         Ok(Some(Ok(Err(e)))) => Err(e),

@@ -115,6 +115,43 @@ fn standard_headers<B>(res: &mut ServiceResponse<B>, id: &str) {
     }
 }
 
+/// What the access log says of a request: TorchServe's
+/// `/<ip>:<port> "<METHOD> <uri> <HTTP/x.y>" <status> <ms>`.
+struct AccessEntry {
+    peer: Option<std::net::SocketAddr>,
+    method: actix_web::http::Method,
+    uri: actix_web::http::Uri,
+    version: actix_web::http::Version,
+    arrived: std::time::Instant,
+}
+
+impl AccessEntry {
+    fn of(req: &actix_web::dev::ServiceRequest) -> Self {
+        Self {
+            peer: req.peer_addr(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            arrived: std::time::Instant::now(),
+        }
+    }
+
+    fn log(&self, status: u16) {
+        let peer = self
+            .peer
+            .map(|p| format!("/{p}"))
+            .unwrap_or_else(|| "/local".into());
+        tracing::info!(
+            target: crate::logging::ACCESS_LOG,
+            "{peer} \"{} {} {:?}\" {status} {}",
+            self.method,
+            self.uri,
+            self.version,
+            self.arrived.elapsed().as_millis()
+        );
+    }
+}
+
 macro_rules! app {
     ($state:expr, $route:path) => {
         App::new()
@@ -123,13 +160,16 @@ macro_rules! app {
                 let id = uuid::Uuid::new_v4().to_string();
                 req.extensions_mut().insert(RequestId(id.clone()));
                 let state = req.app_data::<web::Data<AppState>>().cloned();
+                let access = AccessEntry::of(&req);
                 let fut = srv.call(req);
                 async move {
                     let mut res = fut.await?;
                     standard_headers(&mut res, &id);
+                    let status = res.status().as_u16();
                     if let Some(state) = state {
-                        state.metrics.response(res.status().as_u16());
+                        state.metrics.response(status);
                     }
+                    access.log(status);
                     Ok(res)
                 }
             })
@@ -315,7 +355,7 @@ async fn shutdown_signal() {
     }
 }
 
-/// `/metrics` answers an empty exposition for now; everything else is TorchServe's 404.
+/// `/metrics` answers the exposition `metrics_mode` allows; everything else is TorchServe's 404.
 async fn metrics_route(
     req: actix_web::HttpRequest,
     state: web::Data<AppState>,
@@ -336,7 +376,10 @@ async fn metrics_route(
                 .collect();
             actix_web::HttpResponse::Ok()
                 .content_type("text/plain; version=0.0.4; charset=utf-8")
-                .body(state.metrics.render(&names))
+                .body({
+                    state.registry.refresh_gauges();
+                    state.metrics.render(&names)
+                })
         }
         _ => response::error(&crate::error::ApiError::resource_not_found()),
     }

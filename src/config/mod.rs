@@ -51,6 +51,10 @@ const KNOWN_KEYS: &[&str] = &[
     "private_key_file",
     "keystore",
     "metrics_mode",
+    "metrics_config",
+    "model_metrics_auto_detect",
+    "disable_system_metrics",
+    "metric_time_interval",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -149,6 +153,13 @@ pub struct Settings {
     pub install_py_dep_per_model: bool,
     /// What the metrics listener exposes (`metrics_mode`: log, prometheus, legacy).
     pub metrics_mode: crate::metrics::Mode,
+    /// `metrics_config`: a metrics.yaml replacing the default set.
+    pub metrics_config: Option<PathBuf>,
+    /// Expose backend metrics metrics.yaml does not list (`model_metrics_auto_detect`).
+    pub model_metrics_auto_detect: bool,
+    pub disable_system_metrics: bool,
+    /// Seconds between system metric samples (`metric_time_interval`).
+    pub metric_time_interval: u64,
     /// PEM certificate chain and private key for `https://` listeners.
     pub certificate_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
@@ -318,6 +329,12 @@ impl Settings {
             default_service_handler: get("default_service_handler")
                 .filter(|h| !h.trim().is_empty()),
             metrics_mode: crate::metrics::Mode::parse(get("metrics_mode").as_deref()),
+            metrics_config: get("metrics_config")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
+            model_metrics_auto_detect: parse_bool(&get, "model_metrics_auto_detect", false)?,
+            disable_system_metrics: parse_bool(&get, "disable_system_metrics", false)?,
+            metric_time_interval: parse_num(&get, "metric_time_interval", 60)?,
             certificate_file: get("certificate_file")
                 .filter(|v| !v.trim().is_empty())
                 .map(PathBuf::from),

@@ -143,6 +143,7 @@ pub fn native_handler_name(archive: &ModelArchive) -> Option<String> {
 pub struct HandlerSpec<'a> {
     pub runtime: &'a RuntimeOptions,
     pub model_name: &'a str,
+    pub model_version: &'a str,
     pub batch_size: usize,
     pub response_timeout: std::time::Duration,
     pub startup_timeout: std::time::Duration,
@@ -240,5 +241,7 @@ fn python_handler(
         device: spec.runtime.device,
         deps,
         metrics: spec.metrics.clone(),
+        metrics_config: settings.metrics_config.clone(),
+        model_version: spec.model_version.to_string(),
     }))
 }

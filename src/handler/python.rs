@@ -40,6 +40,10 @@ pub struct PythonHandler {
     pub deps: Option<tempfile::TempDir>,
     /// Where the workers' `[METRICS]` lines go.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `metrics_config`, passed on to the workers; TorchServe's default file when unset.
+    pub metrics_config: Option<PathBuf>,
+    /// Names the workers in the logs: `W-<id>-<model>_<version>`, as TorchServe.
+    pub model_version: String,
 }
 
 /// `pip install -r <requirementsFile>` into a private directory of the model (never the
@@ -187,7 +191,11 @@ impl PythonWorker {
             .args(["--sock-type", "unix", "--sock-name"])
             .arg(&socket)
             .arg("--metrics-config")
-            .arg(h.ts_home.join("ts/configs/metrics.yaml"))
+            .arg(
+                h.metrics_config
+                    .clone()
+                    .unwrap_or_else(|| h.ts_home.join("ts/configs/metrics.yaml")),
+            )
             .current_dir(&h.model_dir)
             .env("PYTHONPATH", pythonpath)
             .env(
@@ -203,7 +211,7 @@ impl PythonWorker {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", h.python.display()))?;
-        let label = format!("W-{id}-{}", h.model_name);
+        let label = format!("W-{id}-{}_{}", h.model_name, h.model_version);
         let (started_tx, started_rx) = mpsc::channel();
         let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
         forward_output(
@@ -477,10 +485,12 @@ fn forward_output(
                     );
                     continue;
                 }
+                // The thread is named as TorchServe's (`W-<id>-<model>_<v>-stdout`), which
+                // the model log shows.
                 if is_stderr {
-                    tracing::warn!(worker = %label, "{line}");
+                    tracing::warn!(target: crate::logging::MODEL_LOG, "{line}");
                 } else {
-                    tracing::info!(worker = %label, "{line}");
+                    tracing::info!(target: crate::logging::MODEL_LOG, "{line}");
                 }
                 if let Ok(mut t) = tail.lock() {
                     // Exception lines are kept longer than the rest of a traceback.

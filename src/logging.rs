@@ -1,0 +1,145 @@
+//! Logs, with `tracing`: the console, and TorchServe's log files so that log-based pipelines
+//! keep working. Under `$LOG_LOCATION` (default `logs`): `ts_log.log` (the server),
+//! `access_log.log` (one line per HTTP response), `model_log.log` (Python workers' output);
+//! under `$METRICS_LOCATION` (default `logs`): `ts_metrics.log`, `model_metrics.log`.
+//! Events choose their file by target, the names of TorchServe's loggers: `ACCESS_LOG`,
+//! `MODEL_LOG`, `TS_METRICS`, `MODEL_METRICS`. Files are appended to and never rotated (use
+//! logrotate with `copytruncate`); writes happen on a background thread.
+
+use std::fmt;
+use std::path::Path;
+
+use tracing::{Event, Subscriber};
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{Layer, Registry};
+
+pub const ACCESS_LOG: &str = "ACCESS_LOG";
+pub const MODEL_LOG: &str = "MODEL_LOG";
+const METRIC_TARGETS: [&str; 2] = ["TS_METRICS", "MODEL_METRICS"];
+
+/// Keeps the background writers flushing; dropping it flushes what is left.
+pub struct Guards(#[allow(dead_code)] Vec<WorkerGuard>);
+
+/// log4j's layouts: `%d{ISO8601} [%-5p] %t %c - %m%n` (`full`) or `%d{ISO8601} - %m%n`.
+struct Log4j {
+    full: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Log4j
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let now = chrono::Local::now().format("%Y-%m-%dT%H:%M:%S,%3f");
+        if self.full {
+            let meta = event.metadata();
+            let thread = std::thread::current();
+            write!(
+                w,
+                "{now} [{:<5}] {} {} - ",
+                meta.level().as_str(),
+                thread.name().unwrap_or("main"),
+                meta.target()
+            )?;
+        } else {
+            write!(w, "{now} - ")?;
+        }
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// A file's layer: INFO and above of the targets `wanted` accepts, in a log4j layout.
+fn file_layer(w: NonBlocking, full: bool, wanted: fn(&str) -> bool) -> BoxedLayer {
+    tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .event_format(Log4j { full })
+        .with_writer(w)
+        .with_filter(filter_fn(move |m| {
+            *m.level() <= tracing::Level::INFO && wanted(m.target())
+        }))
+        .boxed()
+}
+
+/// Installs the global subscriber: the console (filtered by `RUST_LOG`, default `info`
+/// without the access and metric lines) and, when the directories can be created, the files.
+pub fn init() -> Guards {
+    let mut guards = Vec::new();
+    let (stderr, g) = tracing_appender::non_blocking(std::io::stderr());
+    guards.push(g);
+    let console_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,ACCESS_LOG=off,TS_METRICS=off,MODEL_METRICS=off"));
+    let console = tracing_subscriber::fmt::layer()
+        .with_writer(stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_thread_names(true)
+        .with_filter(console_filter)
+        .boxed();
+
+    let log_dir = std::env::var("LOG_LOCATION").unwrap_or_else(|_| "logs".into());
+    let metrics_dir = std::env::var("METRICS_LOCATION").unwrap_or_else(|_| "logs".into());
+    let mut file = |dir: &str, name: &str| {
+        let path = Path::new(dir).join(name);
+        let opened = std::fs::create_dir_all(dir).and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        });
+        match opened {
+            Ok(f) => {
+                let (w, g) = tracing_appender::non_blocking(f);
+                guards.push(g);
+                Some(w)
+            }
+            Err(e) => {
+                eprintln!(
+                    "cannot write {}: {e}; that log goes to the console only",
+                    path.display()
+                );
+                None
+            }
+        }
+    };
+    let mut layers: Vec<BoxedLayer> = vec![Box::new(console)];
+    if let Some(w) = file(&log_dir, "ts_log.log") {
+        layers.push(file_layer(w, true, |t| {
+            t != ACCESS_LOG && t != MODEL_LOG && !METRIC_TARGETS.contains(&t)
+        }));
+    }
+    if let Some(w) = file(&log_dir, "access_log.log") {
+        layers.push(file_layer(w, false, |t| t == ACCESS_LOG));
+    }
+    if let Some(w) = file(&log_dir, "model_log.log") {
+        layers.push(file_layer(w, true, |t| t == MODEL_LOG));
+    }
+    if let Some(w) = file(&metrics_dir, "ts_metrics.log") {
+        layers.push(file_layer(w, false, |t| t == "TS_METRICS"));
+    }
+    if let Some(w) = file(&metrics_dir, "model_metrics.log") {
+        layers.push(file_layer(w, false, |t| t == "MODEL_METRICS"));
+    }
+    tracing_subscriber::registry().with(layers).init();
+    Guards(guards)
+}
+
+/// Console only, for commands that serve nothing (`--stop`, the detaching parent).
+pub fn init_console() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,168 @@
+//! TorchServe's system metrics (CPU, memory, disk of `/`, and GPUs when the server uses CUDA),
+//! sampled every `metric_time_interval` seconds from /proc, statvfs and `nvidia-smi`, without
+//! the Python collector process TorchServe starts for this.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Dims, Metrics};
+
+/// CPU time counters from the first line of /proc/stat: (busy, total) jiffies.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle + iowait are not busy.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// (total, available) bytes from /proc/meminfo.
+fn memory() -> Option<(f64, f64)> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map(|kb| kb * 1024.0)
+    };
+    Some((field("MemTotal:")?, field("MemAvailable:")?))
+}
+
+/// (total, free) bytes of the file system holding `/`.
+fn disk() -> Option<(f64, f64)> {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed struct the call fills.
+    if unsafe { libc::statvfs(c"/".as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as f64;
+    Some((st.f_blocks as f64 * frsize, st.f_bavail as f64 * frsize))
+}
+
+/// (device id, utilisation %, memory used MB, memory total MB) per GPU, from `nvidia-smi`.
+fn gpus() -> Vec<(String, f64, f64, f64)> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            let num = |i: usize| f.get(i)?.parse::<f64>().ok();
+            Some((f.first()?.to_string(), num(1)?, num(2)?, num(3)?))
+        })
+        .collect()
+}
+
+/// One sample of every system metric; `last_cpu` carries the CPU counters between calls.
+pub fn sample(metrics: &Metrics, last_cpu: &mut Option<(u64, u64)>, gpu: bool) {
+    let host = Dims::default();
+    let now = cpu_times();
+    if let (Some((b0, t0)), Some((b1, t1))) = (*last_cpu, now) {
+        if t1 > t0 {
+            let pct = (b1 - b0) as f64 * 100.0 / (t1 - t0) as f64;
+            metrics.frontend("CPUUtilization", round1(pct), host);
+        }
+    }
+    *last_cpu = now;
+    const MB: f64 = 1024.0 * 1024.0;
+    const GB: f64 = MB * 1024.0;
+    if let Some((total, available)) = memory() {
+        metrics.frontend("MemoryUsed", round1((total - available) / MB), host);
+        metrics.frontend("MemoryAvailable", round1(available / MB), host);
+        metrics.frontend(
+            "MemoryUtilization",
+            round1((total - available) * 100.0 / total),
+            host,
+        );
+    }
+    if let Some((total, free)) = disk() {
+        metrics.frontend("DiskUsage", round1((total - free) / GB), host);
+        metrics.frontend("DiskAvailable", round1(free / GB), host);
+        metrics.frontend(
+            "DiskUtilization",
+            round1((total - free) * 100.0 / total),
+            host,
+        );
+    }
+    if gpu {
+        for (id, util, used, total) in gpus() {
+            let d = Dims {
+                device: &id,
+                ..Dims::default()
+            };
+            metrics.frontend("GPUUtilization", util, d);
+            metrics.frontend("GPUMemoryUsed", used, d);
+            if total > 0.0 {
+                metrics.frontend("GPUMemoryUtilization", round1(used * 100.0 / total), d);
+            }
+        }
+    }
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// Samples at start-up and then every `interval`, for the life of the process.
+pub fn spawn(metrics: Arc<Metrics>, interval: Duration, gpu: bool) {
+    let _ = std::thread::Builder::new()
+        .name("system-metrics".into())
+        .spawn(move || {
+            // The first CPU figure needs two readings; take them a moment apart.
+            let mut last = cpu_times();
+            std::thread::sleep(Duration::from_millis(200));
+            loop {
+                sample(&metrics, &mut last, gpu);
+                std::thread::sleep(interval.max(Duration::from_secs(1)));
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Mode;
+
+    #[test]
+    fn a_sample_sets_the_host_gauges() {
+        let m = Metrics::with_defaults(Mode::Prometheus);
+        let mut last = cpu_times();
+        std::thread::sleep(Duration::from_millis(50));
+        sample(&m, &mut last, false);
+        let text = m.render(&[]);
+        for name in [
+            "CPUUtilization",
+            "MemoryUsed",
+            "MemoryAvailable",
+            "MemoryUtilization",
+            "DiskUsage",
+            "DiskAvailable",
+            "DiskUtilization",
+        ] {
+            assert!(
+                text.contains(&format!("{name}{{Hostname=")),
+                "{name}: {text}"
+            );
+        }
+        let (total, available) = memory().unwrap();
+        assert!(total > available && available > 0.0);
+    }
+}
