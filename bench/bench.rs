@@ -376,7 +376,11 @@ fn memory(bin: &Path) {
 /// The cost of one `/metrics` scrape in prometheus mode with 20 models loaded, each having
 /// served requests (so every family has series for every model).
 fn scrape(bin: &Path) {
-    let server = Running::start(bin, &["sign.mar"], "metrics_mode=prometheus");
+    let server = Running::start(
+        bin,
+        &["sign.mar"],
+        "metrics_mode=prometheus\nenable_model_api=true",
+    );
     let client = agent();
     server.wait_ready(&client);
     let body = request_body();
