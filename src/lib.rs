@@ -5,6 +5,7 @@ pub mod archive;
 pub mod auth;
 pub mod backend;
 pub mod batching;
+pub mod canary;
 pub mod config;
 pub mod device;
 pub mod error;

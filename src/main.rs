@@ -230,6 +230,28 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
     }
 
+    // Traffic splits: from the snapshot, else from `models=` (`"canary"` next to versions).
+    let splits: Vec<(String, serde_json::Value)> = match &settings.model_snapshot {
+        Some(snapshot) => snapshot
+            .canaries
+            .iter()
+            .filter_map(|(m, s)| Some((m.clone(), serde_json::to_value(s).ok()?)))
+            .collect(),
+        None => settings
+            .models
+            .iter()
+            .filter_map(|(m, v)| Some((m.clone(), v.get("canary")?.clone())))
+            .collect(),
+    };
+    for (model, spec) in splits {
+        let set = serde_json::from_value(spec)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| registry.set_split(&model, spec).map_err(|e| e.message));
+        if let Err(e) = set {
+            tracing::error!(model = %model, "traffic split not set: {e}");
+        }
+    }
+
     std::fs::write(pid_file(), std::process::id().to_string()).ok();
     let registry = Arc::new(registry);
     spawn_supervisor(Arc::downgrade(&registry));

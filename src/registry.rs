@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::archive::{self, ModelArchive};
 use crate::backend::RuntimeOptions;
 use crate::batching::{BatchSettings, JobQueue, Stats};
+use crate::canary::{Event, Split, SplitSpec};
 use crate::config::Settings;
 use crate::device::Device;
 use crate::error::{ApiError, LoadError};
@@ -172,6 +173,25 @@ impl ModelVersion {
 struct Versions {
     default: String,
     versions: BTreeMap<String, Arc<ModelVersion>>,
+    /// A traffic split between the default and canary versions.
+    split: Option<SharedSplit>,
+}
+
+pub type SharedSplit = Arc<Mutex<Split>>;
+
+fn no_split(name: &str) -> ApiError {
+    ApiError::new(
+        404,
+        "ModelNotFoundException",
+        format!("Model {name} has no traffic split"),
+    )
+}
+
+/// Where a request goes: its version, the split that chose it, and a shadow copy's version.
+pub struct Routed {
+    pub version: Arc<ModelVersion>,
+    pub split: Option<SharedSplit>,
+    pub shadow: Option<Arc<ModelVersion>>,
 }
 
 /// Every registered model. Lookups take a read lock; (un)registration is rare.
@@ -203,6 +223,157 @@ impl Registry {
             .get(v)
             .cloned()
             .ok_or_else(|| ApiError::version_not_found(name, v))
+    }
+
+    /// An inference request's version: the named one, else the split's choice for `key` (the
+    /// routing key), else the default.
+    pub fn route(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Routed, ApiError> {
+        let models = self.models.read().expect("registry lock");
+        let entry = models
+            .get(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        let find = |v: &str| {
+            entry
+                .versions
+                .get(v)
+                .cloned()
+                .ok_or_else(|| ApiError::version_not_found(name, v))
+        };
+        let (Some(split), None) = (&entry.split, version) else {
+            return Ok(Routed {
+                version: find(version.unwrap_or(&entry.default))?,
+                split: None,
+                shadow: None,
+            });
+        };
+        let route = split.lock().expect("split lock").route(key);
+        Ok(Routed {
+            version: find(route.version.as_deref().unwrap_or(&entry.default))?,
+            split: Some(split.clone()),
+            shadow: route.shadow.and_then(|v| entry.versions.get(&v).cloned()),
+        })
+    }
+
+    /// Sets (or replaces) a model's split after checking it against its versions.
+    pub fn set_split(&self, name: &str, spec: SplitSpec) -> Result<(), ApiError> {
+        let mut models = self.models.write().expect("registry lock");
+        let entry = models
+            .get_mut(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        spec.validate(name, &entry.default, &|v| entry.versions.contains_key(v))?;
+        let split = Split::new(spec);
+        self.publish_weights(name, &entry.default, Some(&split), entry.split.as_ref());
+        tracing::info!(model = name, split = ?split.spec(), "traffic split set");
+        entry.split = Some(Arc::new(Mutex::new(split)));
+        Ok(())
+    }
+
+    /// Removes a model's split; every unversioned request goes to the default again.
+    pub fn clear_split(&self, name: &str) -> Result<(), ApiError> {
+        let mut models = self.models.write().expect("registry lock");
+        let entry = models
+            .get_mut(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        let old = entry.split.take().ok_or_else(|| no_split(name))?;
+        self.publish_weights(name, &entry.default, None, Some(&old));
+        tracing::info!(model = name, "traffic split cleared");
+        Ok(())
+    }
+
+    /// Makes a canary the default version and clears the split; returns the new default.
+    pub fn promote(&self, name: &str, version: Option<&str>) -> Result<String, ApiError> {
+        let mut models = self.models.write().expect("registry lock");
+        let entry = models
+            .get_mut(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        let split = entry.split.clone().ok_or_else(|| no_split(name))?;
+        let canaries: Vec<String> = split
+            .lock()
+            .expect("split lock")
+            .spec()
+            .canaries
+            .keys()
+            .cloned()
+            .collect();
+        let chosen = match (version, canaries.as_slice()) {
+            (Some(v), _) if canaries.iter().any(|c| c == v) => v.to_string(),
+            (Some(v), _) => {
+                return Err(ApiError::new(
+                    400,
+                    "BadRequestException",
+                    format!("Version {v} is not a canary of model {name}"),
+                ))
+            }
+            (None, [only]) => only.clone(),
+            (None, _) => {
+                return Err(ApiError::new(
+                    400,
+                    "BadRequestException",
+                    format!("Model {name} has several canaries; name one with ?version="),
+                ))
+            }
+        };
+        if !entry.versions.contains_key(&chosen) {
+            return Err(ApiError::version_not_found(name, &chosen));
+        }
+        let old_default = std::mem::replace(&mut entry.default, chosen.clone());
+        entry.split = None;
+        self.publish_weights(name, &old_default, None, Some(&split));
+        tracing::info!(model = name, version = %chosen, "canary promoted to default version");
+        Ok(chosen)
+    }
+
+    /// A model's split as the API shows it.
+    pub fn split_view(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        let models = self.models.read().expect("registry lock");
+        let entry = models
+            .get(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        let split = entry.split.as_ref().ok_or_else(|| no_split(name))?;
+        let view = split.lock().expect("split lock").view(name, &entry.default);
+        Ok(view)
+    }
+
+    /// Every model's split, as it should come back after a restart.
+    pub fn splits(&self) -> BTreeMap<String, SplitSpec> {
+        let models = self.models.read().expect("registry lock");
+        models
+            .iter()
+            .filter_map(|(name, e)| {
+                let split = e.split.as_ref()?;
+                Some((
+                    name.clone(),
+                    split.lock().expect("split lock").effective_spec(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The canary weight gauges after a split changed (`old` zeroed, `new` set).
+    fn publish_weights(
+        &self,
+        name: &str,
+        default: &str,
+        new: Option<&Split>,
+        old: Option<&SharedSplit>,
+    ) {
+        if let Some(old) = old {
+            for (v, _) in old.lock().expect("split lock").weights() {
+                self.metrics.canary_weight(name, v, 0.0);
+            }
+        }
+        let canary: f64 = new.map_or(0.0, |s| s.weights().iter().map(|(_, w)| w).sum());
+        self.metrics.canary_weight(name, default, 100.0 - canary);
+        if let Some(new) = new {
+            for (v, w) in new.weights() {
+                self.metrics.canary_weight(name, v, *w);
+            }
+        }
     }
 
     /// A fresh worker id (TorchServe numbers workers like ports, from `initial_worker_port`).
@@ -247,6 +418,38 @@ impl Registry {
             m.pool
                 .replace_stuck(m.response_timeout(), &|| self.next_worker_id());
         }
+        self.tick_splits();
+    }
+
+    /// Checks every split's guards and moves stepped rollouts on.
+    fn tick_splits(&self) {
+        let splits: Vec<(String, String, SharedSplit)> = {
+            let models = self.models.read().expect("registry lock");
+            models
+                .iter()
+                .filter_map(|(n, e)| Some((n.clone(), e.default.clone(), e.split.clone()?)))
+                .collect()
+        };
+        for (name, default, split) in splits {
+            let (events, total) = {
+                let mut s = split.lock().expect("split lock");
+                let events = s.tick(&default);
+                (events, s.weights().iter().map(|(_, w)| w).sum::<f64>())
+            };
+            for event in events {
+                match event {
+                    Event::Weight { version, weight } => {
+                        tracing::info!(model = %name, %version, weight, "canary weight changed");
+                        self.metrics.canary_weight(&name, &version, weight);
+                        self.metrics.canary_weight(&name, &default, 100.0 - total);
+                    }
+                    Event::RolledBack { version, reason } => {
+                        tracing::warn!(model = %name, %version, "canary rolled back: {reason}");
+                        self.metrics.canary_rollback(&name, &version);
+                    }
+                }
+            }
+        }
     }
 
     /// Every version of a model (default first).
@@ -276,6 +479,7 @@ impl Registry {
             .or_insert_with(|| Versions {
                 default: model.version.clone(),
                 versions: BTreeMap::new(),
+                split: None,
             });
         if entry.versions.contains_key(&model.version) {
             return Err(ApiError::new(
@@ -287,10 +491,44 @@ impl Registry {
                 ),
             ));
         }
-        entry
-            .versions
-            .insert(model.version.clone(), Arc::new(model));
+        let canary = (model.version != entry.default)
+            .then(|| model.archive.config.ferroserve("canary").cloned())
+            .flatten();
+        let (name, version) = (model.name.clone(), model.version.clone());
+        entry.versions.insert(version.clone(), Arc::new(model));
+        drop(models);
+        if let Some(canary) = canary {
+            // An archive's model-config.yaml may enter its version as a canary:
+            // `ferroserve: {canary: {weight, guards, rollout}}`.
+            if let Err(e) = self.join_split(&name, &version, canary) {
+                tracing::error!(model = %name, %version, "canary from model-config.yaml not set: {e}");
+            }
+        }
         Ok(())
+    }
+
+    /// Adds `version` to its model's split (created if needed) with the archive's settings.
+    fn join_split(&self, name: &str, version: &str, canary: Value) -> Result<(), String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ArchiveCanary {
+            weight: f64,
+            guards: Option<crate::canary::Guards>,
+            rollout: Option<crate::canary::Rollout>,
+        }
+        let c: ArchiveCanary = serde_json::from_value(canary).map_err(|e| e.to_string())?;
+        let mut spec = {
+            let models = self.models.read().expect("registry lock");
+            models
+                .get(name)
+                .and_then(|e| e.split.as_ref())
+                .map(|s| s.lock().expect("split lock").effective_spec())
+                .unwrap_or_default()
+        };
+        spec.canaries.insert(version.to_string(), c.weight);
+        spec.guards = c.guards.or(spec.guards);
+        spec.rollout = c.rollout.or(spec.rollout);
+        self.set_split(name, spec).map_err(|e| e.message)
     }
 
     /// Removes a version (the default one when none is named). The default version cannot go
@@ -313,6 +551,13 @@ impl Registry {
             ));
         }
         let removed = entry.versions.remove(&v).expect("checked above");
+        if let Some(split) = entry.split.clone() {
+            let mut s = split.lock().expect("split lock");
+            s.drop_version(&v);
+            if s.is_empty() {
+                entry.split = None;
+            }
+        }
         if entry.versions.is_empty() {
             models.remove(name);
         }
@@ -351,6 +596,14 @@ impl Registry {
             ));
         }
         entry.default = version.to_string();
+        // The new default cannot also be a canary of itself.
+        if let Some(split) = entry.split.clone() {
+            let mut s = split.lock().expect("split lock");
+            s.drop_version(version);
+            if s.is_empty() {
+                entry.split = None;
+            }
+        }
         Ok(())
     }
 

@@ -44,6 +44,9 @@ pub struct ModelSnapshot {
     #[serde(default)]
     pub created: u128,
     pub models: BTreeMap<String, BTreeMap<String, SnapshotVersion>>,
+    /// Traffic splits by model (ferroserve's addition; TorchServe ignores the key).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub canaries: BTreeMap<String, crate::canary::SplitSpec>,
 }
 
 /// `${LOG_LOCATION:-logs}/config`.
@@ -115,6 +118,7 @@ impl Snapshots {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis()),
             models,
+            canaries: registry.splits(),
         };
         let mut props: std::collections::HashMap<String, String> =
             self.properties.clone().into_iter().collect();

@@ -62,6 +62,22 @@ fn keys_guard_the_apis_and_rotate() {
     assert_eq!(call(&format!("{i}/ping"), Some(&inference)).0, 200);
     assert_eq!(call(&format!("{m}/models"), Some(&inference)).0, 400);
     assert_eq!(call(&format!("{m}/models"), Some(&management)).0, 200);
+    // Traffic splits are management calls like any other.
+    let put_split = |key: &str| {
+        let mut res = agent()
+            .put(format!("{m}/models/sign/canary?version=1.0&weight=10"))
+            .header("Authorization", &format!("Bearer {key}"))
+            .send_empty()
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.body_mut().read_to_string().unwrap();
+        let kind = serde_json::from_str::<serde_json::Value>(&body).unwrap()["type"].clone();
+        (status, kind)
+    };
+    assert_eq!(put_split(&inference), (400, "InvalidKeyException".into()));
+    // The key passes; 1.0 is the default version, so the split itself is refused.
+    assert_eq!(put_split(&management), (400, "BadRequestException".into()));
+    assert_eq!(call(&format!("{m}/models/sign/canary"), None).0, 400);
     // No key needed: API description, Kubernetes probes, metrics.
     assert_eq!(call(&format!("{i}/api-description"), None).0, 200);
     assert_eq!(call(&format!("{i}/v2/health/live"), None).0, 200);

@@ -9,7 +9,9 @@ use super::{input, response, AppState, RequestId};
 use crate::auth::{self, KeyKind};
 use crate::batching::{Job, SubmitError};
 use crate::error::ApiError;
-use crate::registry::ModelVersion;
+use crate::handler::RequestInput;
+use crate::registry::{ModelVersion, SharedSplit};
+use std::sync::Arc;
 
 pub async fn route(
     req: HttpRequest,
@@ -135,32 +137,93 @@ async fn predict(
 ) -> Result<HttpResponse, ApiError> {
     let arrived = std::time::Instant::now();
     let version = version.filter(|v| !v.is_empty());
-    let mv = state.registry.get(model, version)?;
+    let key = req
+        .headers()
+        .get(state.settings.canary_routing_header.as_str())
+        .and_then(|v| v.to_str().ok());
+    let routed = state.registry.route(model, version, key)?;
+    let mv = routed.version;
     let version_label = version.unwrap_or("default");
     state.metrics.inference_request(model, version_label);
     let _in_flight = mv.metrics.in_flight();
     let mut queued = None;
-    let result = run_request(
-        req,
-        payload,
-        state,
-        &mv,
+    let shadow = routed.split.clone().zip(routed.shadow);
+    let call = Call {
+        mv: &mv,
         version,
         extra_headers,
-        &mut queued,
-    )
-    .await;
+        shadow,
+    };
+    let result = run_request(req, payload, state, call, &mut queued).await;
     let status = match &result {
         Ok(res) => res.status().as_u16(),
         Err(e) => e.code,
     };
-    mv.metrics.request_done(status, arrived.elapsed(), queued);
+    let took = arrived.elapsed();
+    mv.metrics.request_done(status, took, queued);
+    if let Some(split) = &routed.split {
+        if let Ok(mut s) = split.lock() {
+            s.record(&mv.version, took, status >= 500);
+        }
+    }
     if let (Ok(_), Some(queued)) = (&result, queued) {
         state
             .metrics
-            .inference_done(model, version_label, arrived.elapsed(), queued);
+            .inference_done(model, version_label, took, queued);
     }
-    result
+    // Every answer says which version served it.
+    let mut res = result.unwrap_or_else(|e| response::error(&e));
+    if let Ok(v) = HeaderValue::from_str(&mv.version) {
+        res.headers_mut().insert(MODEL_VERSION.clone(), v);
+    }
+    Ok(res)
+}
+
+/// The response header naming the version that served an inference request.
+static MODEL_VERSION: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static("x-model-version");
+
+/// Mirrors a request to a shadow version: queued if there is room, answered into the void;
+/// its latency and errors go to the split's record.
+fn shadow_copy(split: SharedSplit, shadow: Arc<ModelVersion>, request: RequestInput) {
+    let started = std::time::Instant::now();
+    actix_web::rt::spawn(async move {
+        // Decoding happens off the client's path.
+        let target = shadow.clone();
+        let rx = actix_web::rt::task::spawn_blocking(move || {
+            let input = target.handler.prepare(request).ok()?;
+            let (tx, rx) = oneshot::channel();
+            let job = Job {
+                input,
+                reply: tx,
+                solo: false,
+                enqueued: started,
+            };
+            target.queue.submit(job).ok().map(|_| rx)
+        })
+        .await;
+        let Ok(Some(rx)) = rx else { return };
+        let answer = tokio::time::timeout(shadow.response_timeout(), rx).await;
+        let status = match answer {
+            Ok(Ok(Ok(reply))) => reply.status,
+            Ok(Ok(Err(e))) => e.code,
+            _ => 500,
+        };
+        let took = started.elapsed();
+        shadow.metrics.request_done(status, took, None);
+        if let Ok(mut s) = split.lock() {
+            s.record(&shadow.version, took, status >= 500);
+        }
+    });
+}
+
+/// One inference request's target: the routed version, the URL's version (for error texts),
+/// the route's headers for the handler, and a shadow to mirror it to.
+struct Call<'a> {
+    mv: &'a ModelVersion,
+    version: Option<&'a str>,
+    extra_headers: Vec<(String, String)>,
+    shadow: Option<(SharedSplit, Arc<ModelVersion>)>,
 }
 
 /// Reads, queues and awaits one inference request; `queued` learns its queue time.
@@ -168,11 +231,15 @@ async fn run_request(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-    mv: &ModelVersion,
-    version: Option<&str>,
-    extra_headers: Vec<(String, String)>,
+    call: Call<'_>,
     queued: &mut Option<std::time::Duration>,
 ) -> Result<HttpResponse, ApiError> {
+    let Call {
+        mv,
+        version,
+        extra_headers,
+        shadow,
+    } = call;
     let model = mv.name.as_str();
     let body = input::read_body(req, payload, state.settings.max_request_size).await?;
     let request_id = req
@@ -182,6 +249,7 @@ async fn run_request(
         .unwrap_or_default();
     let mut request = input::request_input(req, request_id, body).await?;
     request.headers.extend(extra_headers);
+    let shadow = shadow.map(|(split, version)| (split, version, request.clone()));
     let prepared = mv.handler.prepare(request)?;
 
     if !mv.pool.has_workers() {
@@ -202,6 +270,9 @@ async fn run_request(
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         return Ok(res);
+    }
+    if let Some((split, version, request)) = shadow {
+        shadow_copy(split, version, request);
     }
     let conn = req.conn_data::<super::ConnFd>().copied();
     // Dropping `rx` (timeout, or client gone) lets the worker skip the job.

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{input, response, AppState};
 use crate::auth::{self, KeyKind};
+use crate::canary::SplitSpec;
 use crate::error::ApiError;
 use crate::error::{ArchiveError, LoadError};
 use crate::fetch;
@@ -53,6 +54,20 @@ pub async fn route(
             Method::GET => describe(&req, &state, model, None).await,
             Method::PUT => scale(&req, &state, model, None).await,
             Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        // Traffic splits (ferroserve's extension), before `/models/{m}/{v}`.
+        [_, "models", model, "canary"] => match method {
+            Method::GET => state
+                .registry
+                .split_view(model)
+                .map(|v| response::json(200, &v)),
+            Method::PUT => set_split(&req, payload, &state, model).await,
+            Method::DELETE => clear_split(&state, model),
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        [_, "models", model, "canary", "promote"] => match method {
+            Method::PUT => promote(&req, &state, model),
             _ => Err(ApiError::method_not_allowed()),
         },
         [_, "models", model, version] => match method {
@@ -394,6 +409,52 @@ fn set_default(state: &AppState, model: &str, version: &str) -> Result<HttpRespo
     Ok(response::json(200, &response::Status { status: &status }))
 }
 
+/// `PUT /models/{m}/canary`: a JSON body with the whole split (`canaries`, `guards`,
+/// `rollout`, `shadow`), or `?version=<v>&weight=<percent>` for one canary.
+async fn set_split(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    model: &str,
+) -> Result<HttpResponse, ApiError> {
+    let body = input::read_body(req, payload, state.settings.max_request_size).await?;
+    let spec: SplitSpec = if body.iter().all(u8::is_ascii_whitespace) {
+        let q = query(req);
+        let version = param::<String>(&q, "version")
+            .ok_or_else(|| ApiError::bad_request("Parameter version is required"))?;
+        let weight = param::<f64>(&q, "weight")
+            .ok_or_else(|| ApiError::bad_request("Parameter weight is required"))?;
+        SplitSpec {
+            canaries: [(version, weight)].into(),
+            ..SplitSpec::default()
+        }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid traffic split: {e}")))?
+    };
+    state.registry.set_split(model, spec)?;
+    state.snapshot("snapshot");
+    let status = format!("Traffic split set for model \"{model}\"");
+    Ok(response::json(200, &response::Status { status: &status }))
+}
+
+fn clear_split(state: &AppState, model: &str) -> Result<HttpResponse, ApiError> {
+    state.registry.clear_split(model)?;
+    state.snapshot("snapshot");
+    let status = format!("Traffic split cleared for model \"{model}\"");
+    Ok(response::json(200, &response::Status { status: &status }))
+}
+
+/// `PUT /models/{m}/canary/promote[?version=<v>]`: the canary becomes the default version.
+fn promote(req: &HttpRequest, state: &AppState, model: &str) -> Result<HttpResponse, ApiError> {
+    let version = param::<String>(&query(req), "version");
+    let chosen = state.registry.promote(model, version.as_deref())?;
+    state.snapshot("snapshot");
+    let status =
+        format!("Default version successfully updated for model \"{model}\" to \"{chosen}\"");
+    Ok(response::json(200, &response::Status { status: &status }))
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ListEntry<'a> {
@@ -491,6 +552,9 @@ struct DescribeView<'a> {
     customized_metadata: Option<serde_json::Value>,
     device: String,
     stats: StatsView,
+    /// The model's traffic split, when it has one (ferroserve's extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traffic_split: Option<serde_json::Value>,
 }
 
 /// ferroserve's counters for this version (not in TorchServe's describe).
@@ -555,6 +619,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
             pending_requests: pending,
         },
         device: device.to_string(),
+        traffic_split: None,
         stats: StatsView {
             batches: count(&stats.batches),
             requests: count(&stats.requests),
@@ -578,6 +643,11 @@ async fn describe(
         other => vec![state.registry.get(model, other)?],
     };
     let mut views: Vec<_> = versions.iter().map(|m| describe_one(m)).collect();
+    if let Ok(split) = state.registry.split_view(model) {
+        for v in &mut views {
+            v.traffic_split = Some(split.clone());
+        }
+    }
     let customized = param::<bool>(&query(req), "customized").unwrap_or(false);
     if customized && version != Some("all") {
         views[0].customized_metadata = Some(customized_metadata(req, &versions[0]).await?);

@@ -30,15 +30,37 @@ fn document(title: &str, version: &str, paths: Value) -> Value {
         "openapi": "3.0.1",
         "info": {"title": title, "description": "ferroserve: TorchServe-compatible model server", "version": version},
         "paths": paths,
-        "components": {"schemas": {"Error": {
-            "type": "object",
-            "required": ["code", "type", "message"],
-            "properties": {
-                "code": {"type": "integer"},
-                "type": {"type": "string"},
-                "message": {"type": "string"}
+        "components": {"schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["code", "type", "message"],
+                "properties": {
+                    "code": {"type": "integer"},
+                    "type": {"type": "string"},
+                    "message": {"type": "string"}
+                }
+            },
+            "TrafficSplit": {
+                "type": "object",
+                "properties": {
+                    "canaries": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100}, "description": "canary version -> percent of unversioned requests; the default version gets the rest"},
+                    "guards": {"type": "object", "properties": {
+                        "maxErrorRate": {"type": "number", "description": "highest 5xx share (0-1)"},
+                        "maxP99Ratio": {"type": "number", "description": "highest p99 latency as a multiple of the default version's"},
+                        "windowSec": {"type": "integer", "default": 60},
+                        "minRequests": {"type": "integer", "default": 100}
+                    }},
+                    "rollout": {"type": "object", "required": ["steps", "dwellSec"], "properties": {
+                        "steps": {"type": "array", "items": {"type": "number"}, "description": "ascending percents for the one canary"},
+                        "dwellSec": {"type": "integer"}
+                    }},
+                    "shadow": {"type": "object", "required": ["version", "percent"], "properties": {
+                        "version": {"type": "string"},
+                        "percent": {"type": "number"}
+                    }}
+                }
             }
-        }}}
+        }}
     })
 }
 
@@ -119,6 +141,29 @@ fn management_paths() -> serde_json::Map<String, Value> {
     p.insert(
         "/models/{model_name}/{model_version}/set-default".into(),
         json!({"put": op("setDefault", "Make a version the default", &[M, V])}),
+    );
+    p.insert("/models/{model_name}/canary".into(), json!({
+        "get": op("getTrafficSplit", "The model's traffic split: weights, guard rails, rollout, shadow, state, per-version requests and errors", &[M]),
+        "put": {
+            "operationId": "setTrafficSplit",
+            "summary": "Set or replace the traffic split of unversioned requests between the default and canary versions",
+            "parameters": [
+                {"in": "path", "name": "model_name", "required": true, "schema": {"type": "string"}},
+                {"in": "query", "name": "version", "required": false, "schema": {"type": "string"}, "description": "one canary version (without a body)"},
+                {"in": "query", "name": "weight", "required": false, "schema": {"type": "number"}, "description": "its percentage (without a body)"}
+            ],
+            "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TrafficSplit"}}}},
+            "responses": {
+                "200": {"description": "OK"},
+                "400": {"description": "Invalid split", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "404": {"description": "Unknown model or version", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        },
+        "delete": op("clearTrafficSplit", "Remove the split: every unversioned request to the default version", &[M])
+    }));
+    p.insert(
+        "/models/{model_name}/canary/promote".into(),
+        json!({"put": op("promoteCanary", "Make the canary the default version and clear the split", &[M, q("version")])}),
     );
     p.insert("/token".into(), json!({"get": op("rotateToken", "New inference or management key (API key)", &[("type", "query", true)])}));
     p

@@ -55,6 +55,7 @@ const KNOWN_KEYS: &[&str] = &[
     "model_metrics_auto_detect",
     "disable_system_metrics",
     "metric_time_interval",
+    "canary_routing_header",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -160,6 +161,8 @@ pub struct Settings {
     pub disable_system_metrics: bool,
     /// Seconds between system metric samples (`metric_time_interval`).
     pub metric_time_interval: u64,
+    /// The request header whose value pins a client to one version of a split.
+    pub canary_routing_header: String,
     /// PEM certificate chain and private key for `https://` listeners.
     pub certificate_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
@@ -335,6 +338,10 @@ impl Settings {
             model_metrics_auto_detect: parse_bool(&get, "model_metrics_auto_detect", false)?,
             disable_system_metrics: parse_bool(&get, "disable_system_metrics", false)?,
             metric_time_interval: parse_num(&get, "metric_time_interval", 60)?,
+            canary_routing_header: get("canary_routing_header")
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "x-routing-key".into()),
             certificate_file: get("certificate_file")
                 .filter(|v| !v.trim().is_empty())
                 .map(PathBuf::from),

@@ -194,6 +194,8 @@ struct Extras {
     worker_restarts: CounterVec,
     responses: CounterVec,
     build_info: GaugeVec,
+    canary_weight: GaugeVec,
+    canary_rollbacks: CounterVec,
 }
 
 impl Extras {
@@ -254,6 +256,22 @@ impl Extras {
                 &["model_name", "model_version", "code"],
             )
             .expect("valid metric"),
+            canary_weight: GaugeVec::new(
+                Opts::new(
+                    "ferroserve_canary_weight_percent",
+                    "Share of a model's unversioned requests routed to this version by its traffic split",
+                ),
+                &mv,
+            )
+            .expect("valid metric"),
+            canary_rollbacks: CounterVec::new(
+                Opts::new(
+                    "ferroserve_canary_rollbacks_total",
+                    "Automatic rollbacks of a canary version by its guard rails",
+                ),
+                &mv,
+            )
+            .expect("valid metric"),
             build_info: GaugeVec::new(
                 Opts::new("ferroserve_build_info", "The ferroserve build serving"),
                 &["version", "torchserve_api"],
@@ -273,6 +291,8 @@ impl Extras {
             Box::new(self.worker_restarts.clone()),
             Box::new(self.responses.clone()),
             Box::new(self.build_info.clone()),
+            Box::new(self.canary_weight.clone()),
+            Box::new(self.canary_rollbacks.clone()),
         ]
     }
 }
@@ -495,6 +515,21 @@ impl Metrics {
         })
     }
 
+    /// A version's share of its model's unversioned traffic under a split.
+    pub fn canary_weight(&self, model: &str, version: &str, percent: f64) {
+        self.extras
+            .canary_weight
+            .with_label_values(&[model, version])
+            .set(percent);
+    }
+
+    pub fn canary_rollback(&self, model: &str, version: &str) {
+        self.extras
+            .canary_rollbacks
+            .with_label_values(&[model, version])
+            .inc();
+    }
+
     /// Drops an unregistered version's series from ferroserve's own families.
     pub fn forget_version(&self, model: &str, version: &str) {
         let e = &self.extras;
@@ -506,6 +541,7 @@ impl Metrics {
         let _ = e.queue_depth.remove_label_values(&mv);
         let _ = e.in_flight.remove_label_values(&mv);
         let _ = e.worker_restarts.remove_label_values(&mv);
+        let _ = e.canary_weight.remove_label_values(&mv);
         for c in ["2xx", "4xx", "5xx"] {
             let _ = e.responses.remove_label_values(&[model, version, c]);
         }
