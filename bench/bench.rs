@@ -153,8 +153,11 @@ impl Running {
             format!(
                 "inference_address=http://127.0.0.1:{ip}\nmanagement_address=http://127.0.0.1:{mp}\n\
                  metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\n\
-                 intra_op_threads=1\ndisable_token_authorization=true\n{extra}\n",
-                store.display()
+                 intra_op_threads=1\ndisable_token_authorization=true\n\
+                 grpc_inference_port={}\ngrpc_management_port={}\n{extra}\n",
+                store.display(),
+                free_port(),
+                free_port()
             ),
         )
         .unwrap();

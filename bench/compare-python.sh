@@ -54,6 +54,8 @@ metrics_address=http://127.0.0.1:$3
 model_store=$work/store
 load_models=echo.mar,sign_py.mar
 disable_token_authorization=true
+grpc_inference_port=$(($1 + 10))
+grpc_management_port=$(($1 + 11))
 default_workers_per_model=1
 models={"echo": {"1.0": {"minWorkers": 1, "maxWorkers": 1}}, "sign_py": {"1.0": {"minWorkers": 1, "maxWorkers": 1}}}
 CFG

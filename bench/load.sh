@@ -39,6 +39,8 @@ model_store=$ROOT/model-store
 load_models=all
 intra_op_threads=1
 disable_token_authorization=true
+grpc_inference_port=$(free_port)
+grpc_management_port=$(free_port)
 models={"sign": {"1.0": {"batchSize": $batch, "maxBatchDelay": 5}}, "sign_onnx": {"1.0": {"batchSize": $batch, "maxBatchDelay": 5}}}
 CFG
   (cd "$work" && RUST_LOG=warn TMPDIR="$work" exec "$BIN" --foreground --ts-config "$work/config.properties" >/dev/null) &

@@ -22,8 +22,10 @@ fn config_dir(text: &str) -> tempfile::TempDir {
     std::fs::write(
         dir.path().join("config.properties"),
         format!(
-            "model_store={}\ndisable_token_authorization=true\n{text}\n",
-            dir.path().join("store").display()
+            "model_store={}\ndisable_token_authorization=true\ngrpc_inference_port={}\ngrpc_management_port={}\n{text}\n",
+            dir.path().join("store").display(),
+            free_port(),
+            free_port()
         ),
     )
     .unwrap();

@@ -240,7 +240,6 @@ async fn run_request(
         extra_headers,
         shadow,
     } = call;
-    let model = mv.name.as_str();
     let body = input::read_body(req, payload, state.settings.max_request_size).await?;
     let request_id = req
         .extensions()
@@ -252,46 +251,85 @@ async fn run_request(
     let shadow = shadow.map(|(split, version)| (split, version, request.clone()));
     let prepared = mv.handler.prepare(request)?;
 
+    let conn = req.conn_data::<super::ConnFd>().copied();
+    let sent = |_: &ModelVersion| {
+        if let Some((split, version, request)) = shadow {
+            shadow_copy(split, version, request);
+        }
+    };
+    match dispatch(mv, version, prepared, sent, client_gone(conn)).await {
+        Ok(reply) => {
+            *queued = Some(reply.queue_time);
+            Ok(response::reply(reply))
+        }
+        Err(Refused::Full(e)) => {
+            // The queue drains within about one batch time; tell clients to come back soon.
+            let mut res = response::error(&e);
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(res)
+        }
+        Err(Refused::Error(e)) => Err(e),
+    }
+}
+
+/// Why a dispatched request got no answer from the model.
+pub(super) enum Refused {
+    /// The queue is full (TorchServe's 503; REST adds `Retry-After`).
+    Full(ApiError),
+    Error(ApiError),
+}
+
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Full(e) | Refused::Error(e) => e,
+        }
+    }
+}
+
+/// Queues a prepared request on a version and waits for its answer, at most the response
+/// timeout; `queued` runs once the job is in the queue; `gone` resolving (the client left)
+/// abandons it, which lets the worker skip the job.
+pub(super) async fn dispatch(
+    mv: &ModelVersion,
+    version: Option<&str>,
+    input: crate::handler::Prepared,
+    queued: impl FnOnce(&ModelVersion),
+    gone: impl std::future::Future<Output = ()>,
+) -> Result<crate::handler::Reply, Refused> {
+    let model = mv.name.as_str();
     if !mv.pool.has_workers() {
-        return Err(ApiError::no_worker(model, version));
+        return Err(Refused::Error(ApiError::no_worker(model, version)));
     }
     let (tx, rx) = oneshot::channel();
     let job = Job {
-        input: prepared,
+        input,
         reply: tx,
         solo: false,
         enqueued: std::time::Instant::now(),
     };
     if let Err(e) = mv.queue.submit(job) {
-        let mut res = response::error(&ApiError::no_worker(model, version));
-        if matches!(e, SubmitError::Full) {
-            // The queue drains within about one batch time; tell clients to come back soon.
-            res.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        return Ok(res);
+        let error = ApiError::no_worker(model, version);
+        return Err(match e {
+            SubmitError::Full => Refused::Full(error),
+            SubmitError::Closed => Refused::Error(error),
+        });
     }
-    if let Some((split, version, request)) = shadow {
-        shadow_copy(split, version, request);
-    }
-    let conn = req.conn_data::<super::ConnFd>().copied();
-    // Dropping `rx` (timeout, or client gone) lets the worker skip the job.
+    queued(mv);
     let waited = tokio::time::timeout(mv.response_timeout(), async {
         tokio::select! {
             reply = rx => Some(reply),
-            _ = client_gone(conn) => None,
+            _ = gone => None,
         }
     })
     .await;
     match waited {
-        Ok(Some(Ok(Ok(reply)))) => {
-            *queued = Some(reply.queue_time);
-            Ok(response::reply(reply))
-        }
-        Ok(Some(Ok(Err(e)))) => Err(e),
+        Ok(Some(Ok(Ok(reply)))) => Ok(reply),
+        Ok(Some(Ok(Err(e)))) => Err(Refused::Error(e)),
         // Nobody is listening any more; the connection is closed with whatever we write.
-        Ok(None) => Err(ApiError::bad_request("client disconnected")),
-        Ok(Some(Err(_))) | Err(_) => Err(ApiError::internal(500, "Worker died.")),
+        Ok(None) => Err(Refused::Error(ApiError::bad_request("client disconnected"))),
+        Ok(Some(Err(_))) | Err(_) => Err(Refused::Error(ApiError::internal(500, "Worker died."))),
     }
 }
 

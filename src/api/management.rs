@@ -40,9 +40,12 @@ pub async fn route(
         .as_slice()
     {
         [_, "models"] => match method {
-            Method::GET => list(&req, &state),
+            Method::GET => list(&state, &query(&req)),
             Method::POST if state.settings.enable_model_api => {
-                register(&req, payload, &state).await
+                match Params::read(&req, payload, state.settings.max_request_size).await {
+                    Ok(p) => register(&state, p).await,
+                    Err(e) => Err(e),
+                }
             }
             _ => Err(ApiError::method_not_allowed()),
         },
@@ -51,8 +54,8 @@ pub async fn route(
             .get(model, None)
             .map(|_| response::json(200, &super::openapi::model_management(model))),
         [_, "models", model] => match method {
-            Method::GET => describe(&req, &state, model, None).await,
-            Method::PUT => scale(&req, &state, model, None).await,
+            Method::GET => describe_request(&req, &state, model, None).await,
+            Method::PUT => scale(&state, model, None, &query(&req)).await,
             Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
             _ => Err(ApiError::method_not_allowed()),
         },
@@ -71,8 +74,8 @@ pub async fn route(
             _ => Err(ApiError::method_not_allowed()),
         },
         [_, "models", model, version] => match method {
-            Method::GET => describe(&req, &state, model, Some(version)).await,
-            Method::PUT => scale(&req, &state, model, Some(version)).await,
+            Method::GET => describe_request(&req, &state, model, Some(version)).await,
+            Method::PUT => scale(&state, model, Some(version), &query(&req)).await,
             Method::DELETE if state.settings.enable_model_api => {
                 unregister(&state, model, Some(version))
             }
@@ -80,7 +83,7 @@ pub async fn route(
         },
         // TorchServe's quirks: GET describes and DELETE unregisters the *default* version.
         [_, "models", model, version, "set-default"] => match method {
-            Method::GET => describe(&req, &state, model, None).await,
+            Method::GET => describe_request(&req, &state, model, None).await,
             Method::PUT => set_default(&state, model, version),
             Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
             _ => Err(ApiError::method_not_allowed()),
@@ -88,6 +91,27 @@ pub async fn route(
         _ => Err(ApiError::resource_not_found()),
     };
     result.unwrap_or_else(|e| response::error(&e))
+}
+
+/// Describe from REST: `?customized=true`, the request's headers for the handler.
+async fn describe_request(
+    req: &HttpRequest,
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let customized = param::<bool>(&query(req), "customized").unwrap_or(false);
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    describe(state, model, version, customized, headers).await
 }
 
 fn query(req: &HttpRequest) -> Vec<(String, String)> {
@@ -104,25 +128,24 @@ fn param<T: std::str::FromStr>(q: &[(String, String)], key: &str) -> Option<T> {
 
 /// `PUT /models/{m}[/{v}]?min_worker=&max_worker=&synchronous=`. Native workers start in
 /// microseconds, so a synchronous call answers once they run.
-async fn scale(
-    req: &HttpRequest,
+pub(super) async fn scale(
     state: &AppState,
     model: &str,
     version: Option<&str>,
+    q: &[(String, String)],
 ) -> Result<HttpResponse, ApiError> {
-    let q = query(req);
     let version = version
         .map(str::to_string)
-        .or_else(|| param(&q, "model_version"));
+        .or_else(|| param(q, "model_version"));
     let m = state.registry.get(model, version.as_deref())?;
-    let min: usize = param(&q, "min_worker").unwrap_or(1);
-    let max: usize = param(&q, "max_worker").unwrap_or(min);
+    let min: usize = param(q, "min_worker").unwrap_or(1);
+    let max: usize = param(q, "max_worker").unwrap_or(min);
     if max < min {
         return Err(ApiError::bad_request(
             "max_worker cannot be less than min_worker.",
         ));
     }
-    let synchronous = param::<bool>(&q, "synchronous").unwrap_or(false);
+    let synchronous = param::<bool>(q, "synchronous").unwrap_or(false);
     let registry = state.registry.clone();
     let pool_model = m.clone();
     web::block(move || {
@@ -178,7 +201,7 @@ async fn scale(
 }
 
 /// Registration parameters, from the query string or a JSON object body (same keys).
-struct Params(serde_json::Map<String, serde_json::Value>);
+pub(super) struct Params(pub serde_json::Map<String, serde_json::Value>);
 
 impl Params {
     async fn read(
@@ -251,13 +274,8 @@ fn load_error(e: LoadError) -> ApiError {
 }
 
 /// `POST /models`: TorchServe's parameters, from the query string or a JSON body.
-async fn register(
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse, ApiError> {
     let settings = state.settings.clone();
-    let p = Params::read(req, payload, settings.max_request_size).await?;
     let url = p
         .string("url")
         .ok_or_else(|| ApiError::bad_request("Parameter url is required."))?;
@@ -390,7 +408,7 @@ fn rotate_token(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         .body("\n"))
 }
 
-fn unregister(
+pub(super) fn unregister(
     state: &AppState,
     model: &str,
     version: Option<&str>,
@@ -401,7 +419,11 @@ fn unregister(
     Ok(response::json(200, &response::Status { status: &status }))
 }
 
-fn set_default(state: &AppState, model: &str, version: &str) -> Result<HttpResponse, ApiError> {
+pub(super) fn set_default(
+    state: &AppState,
+    model: &str,
+    version: &str,
+) -> Result<HttpResponse, ApiError> {
     state.registry.set_default(model, version)?;
     state.snapshot("snapshot");
     let status =
@@ -472,13 +494,12 @@ struct ListResponse<'a> {
 
 /// Default versions sorted by name; `limit` (default 100, out of range → 100) and
 /// `next_page_token` (an offset) as TorchServe pages them.
-fn list(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let q = query(req);
-    let limit = match param::<i64>(&q, "limit").unwrap_or(100) {
+pub(super) fn list(state: &AppState, q: &[(String, String)]) -> Result<HttpResponse, ApiError> {
+    let limit = match param::<i64>(q, "limit").unwrap_or(100) {
         l if !(0..=100).contains(&l) => 100,
         l => l as usize,
     };
-    let offset = param::<i64>(&q, "next_page_token").unwrap_or(0).max(0) as usize;
+    let offset = param::<i64>(q, "next_page_token").unwrap_or(0).max(0) as usize;
     let models = state.registry.defaults();
     let next_page_token = (offset + limit <= models.len()).then(|| (offset + limit).to_string());
     let page = models
@@ -632,11 +653,13 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
     }
 }
 
-async fn describe(
-    req: &HttpRequest,
+/// Describe; `customized` asks the handler for its metadata, with the caller's `headers`.
+pub(super) async fn describe(
     state: &AppState,
     model: &str,
     version: Option<&str>,
+    customized: bool,
+    headers: Vec<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let versions = match version {
         Some("all") => state.registry.all_versions(model)?,
@@ -648,9 +671,8 @@ async fn describe(
             v.traffic_split = Some(split.clone());
         }
     }
-    let customized = param::<bool>(&query(req), "customized").unwrap_or(false);
     if customized && version != Some("all") {
-        views[0].customized_metadata = Some(customized_metadata(req, &versions[0]).await?);
+        views[0].customized_metadata = Some(customized_metadata(headers, &versions[0]).await?);
     }
     Ok(response::json(200, &views))
 }
@@ -658,7 +680,7 @@ async fn describe(
 /// TorchServe's DESCRIBE: a request with no parameters and header `describe: True`, run on
 /// its own; the handler's `describe_handle` answer (a JSON object) is the metadata.
 async fn customized_metadata(
-    req: &HttpRequest,
+    mut headers: Vec<(String, String)>,
     m: &ModelVersion,
 ) -> Result<serde_json::Value, ApiError> {
     if !m.handler.describes() {
@@ -674,16 +696,6 @@ async fn customized_metadata(
             ),
         ));
     }
-    let mut headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
     headers.push(("describe".into(), "True".into()));
     let input = crate::handler::RequestInput {
         request_id: uuid::Uuid::new_v4().to_string(),

@@ -3,6 +3,7 @@
 //! Routing follows TorchServe's segment rules (any method runs inference, trailing slashes
 //! ignored), so every listener has a single default service that dispatches on the path.
 
+pub mod grpc;
 pub mod inference;
 pub mod input;
 pub mod management;
@@ -319,6 +320,13 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             .run(),
         );
     }
+    let grpc_listeners = grpc::bind(&settings)?;
+    let grpc_stop = Arc::new(tokio::sync::Notify::new());
+    let grpc = actix_web::rt::spawn(grpc::serve(
+        state.clone(),
+        grpc_listeners,
+        grpc_stop.clone(),
+    ));
     println!("Model server started.");
     state.snapshot("startup");
     // One signal handler for all listeners: each stops gracefully and the process exits only
@@ -327,9 +335,11 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     actix_web::rt::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
+        grpc_stop.notify_waiters();
         futures_util::future::join_all(handles.iter().map(|h| h.stop(true))).await;
     });
     futures_util::future::try_join_all(servers).await?;
+    let _ = grpc.await;
     state.snapshot("shutdown");
     tracing::info!("stopped");
     Ok(())

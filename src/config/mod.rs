@@ -56,6 +56,12 @@ const KNOWN_KEYS: &[&str] = &[
     "disable_system_metrics",
     "metric_time_interval",
     "canary_routing_header",
+    "grpc_inference_address",
+    "grpc_management_address",
+    "grpc_inference_port",
+    "grpc_management_port",
+    "ts_open_inference_protocol",
+    "enable_grpc_ssl",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -161,6 +167,14 @@ pub struct Settings {
     pub disable_system_metrics: bool,
     /// Seconds between system metric samples (`metric_time_interval`).
     pub metric_time_interval: u64,
+    /// gRPC listeners (TorchServe's `grpc_*_address` hosts and `grpc_*_port` ports).
+    pub grpc_inference_address: String,
+    pub grpc_inference_port: u16,
+    pub grpc_management_address: String,
+    pub grpc_management_port: u16,
+    /// KServe's Open Inference Protocol gRPC service on the gRPC inference listener
+    /// (`ts_open_inference_protocol=true`, or `TS_OPEN_INFERENCE_PROTOCOL=oip`).
+    pub open_inference_protocol: bool,
     /// The request header whose value pins a client to one version of a split.
     pub canary_routing_header: String,
     /// PEM certificate chain and private key for `https://` listeners.
@@ -258,6 +272,14 @@ impl Settings {
             Address::parse(key, &get(key).unwrap_or_else(|| default.to_string()), port)
         };
 
+        // Refused rather than served in clear text behind the user's back.
+        if parse_bool(&get, "enable_grpc_ssl", false)? {
+            return Err(ConfigError::invalid(
+                "enable_grpc_ssl",
+                "true",
+                "TLS on the gRPC listeners is not supported; terminate TLS in front of them",
+            ));
+        }
         Ok(Settings {
             inference_address: address("inference_address", "http://127.0.0.1:8080", 80)?,
             management_address: address("management_address", "http://127.0.0.1:8081", 8081)?,
@@ -338,6 +360,18 @@ impl Settings {
             model_metrics_auto_detect: parse_bool(&get, "model_metrics_auto_detect", false)?,
             disable_system_metrics: parse_bool(&get, "disable_system_metrics", false)?,
             metric_time_interval: parse_num(&get, "metric_time_interval", 60)?,
+            grpc_inference_address: get("grpc_inference_address")
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            grpc_inference_port: parse_num(&get, "grpc_inference_port", 7070)?,
+            grpc_management_address: get("grpc_management_address")
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            grpc_management_port: parse_num(&get, "grpc_management_port", 7071)?,
+            open_inference_protocol: env
+                .get("TS_OPEN_INFERENCE_PROTOCOL")
+                .is_some_and(|v| v.eq_ignore_ascii_case("oip"))
+                || parse_bool(&get, "ts_open_inference_protocol", false)?,
             canary_routing_header: get("canary_routing_header")
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())

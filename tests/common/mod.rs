@@ -31,6 +31,8 @@ pub struct Server {
     pub inference: String,
     pub management: String,
     pub metrics: String,
+    pub grpc_inference: String,
+    pub grpc_management: String,
     child: Child,
     log: PathBuf,
 }
@@ -66,9 +68,11 @@ impl Server {
         }
         prepare(&store);
         let (ip, mp, xp) = (free_port(), free_port(), free_port());
+        let (gi, gm) = (free_port(), free_port());
         let config = format!(
             "inference_address=http://127.0.0.1:{ip}\nmanagement_address=http://127.0.0.1:{mp}\n\
              metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\n\
+             grpc_inference_port={gi}\ngrpc_management_port={gm}\n\
              disable_token_authorization=true\n{}\n",
             store.display(),
             setup.config
@@ -87,6 +91,8 @@ impl Server {
             inference: format!("http://127.0.0.1:{ip}"),
             management: format!("http://127.0.0.1:{mp}"),
             metrics: format!("http://127.0.0.1:{xp}"),
+            grpc_inference: format!("http://127.0.0.1:{gi}"),
+            grpc_management: format!("http://127.0.0.1:{gm}"),
             dir,
             child,
             log,

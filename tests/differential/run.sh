@@ -24,6 +24,7 @@ done
 config() {
   printf '%s\n' "inference_address=http://127.0.0.1:$1" "management_address=http://127.0.0.1:$2" \
     "metrics_address=http://127.0.0.1:$3" "model_store=$4" "load_models=sign.mar" \
+    "grpc_inference_port=$(($1 + 10))" "grpc_management_port=$(($1 + 11))" \
     'models={"sign": {"1.0": {"minWorkers": 1, "maxWorkers": 1}}}'
 }
 config 18180 18181 18182 "$work/ts/store" > "$work/ts/config.properties"

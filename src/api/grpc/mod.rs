@@ -1,0 +1,466 @@
+//! TorchServe's gRPC APIs: inference on 7070 (`Ping`, `Predictions`, `StreamPredictions`) and
+//! management on 7071 (the six calls), with TorchServe's protos, its metadata authorization
+//! and its mapping of HTTP statuses to gRPC codes. The calls share the REST code paths, so
+//! management replies carry exactly the body REST would answer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::web;
+use futures_util::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{inference, management, AppState};
+use crate::auth::KeyKind;
+use crate::error::ApiError;
+use crate::handler::{Param, RequestInput};
+
+pub mod oip;
+
+/// Generated code, nested as the proto packages (it refers to `google.rpc` relatively).
+#[allow(clippy::all)]
+pub mod pb {
+    pub mod org {
+        pub mod pytorch {
+            pub mod serve {
+                pub mod grpc {
+                    pub mod inference {
+                        tonic::include_proto!("org.pytorch.serve.grpc.inference");
+                    }
+                    pub mod management {
+                        tonic::include_proto!("org.pytorch.serve.grpc.management");
+                    }
+                    pub mod openinference {
+                        tonic::include_proto!("org.pytorch.serve.grpc.openinference");
+                    }
+                }
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+    pub use org::pytorch::serve::grpc::{inference, management, openinference};
+}
+
+use pb::inference::inference_ap_is_service_server::{
+    InferenceApIsService, InferenceApIsServiceServer,
+};
+use pb::inference::{PredictionResponse, PredictionsRequest, TorchServeHealthResponse};
+use pb::management::management_ap_is_service_server::{
+    ManagementApIsService, ManagementApIsServiceServer,
+};
+use pb::management::{
+    DescribeModelRequest, ListModelsRequest, ManagementResponse, RegisterModelRequest,
+    ScaleWorkerRequest, SetDefaultRequest, UnregisterModelRequest,
+};
+
+/// TorchServe's HTTP status → gRPC code mapping (`GRPCUtils`).
+pub fn status(e: &ApiError) -> Status {
+    use tonic::Code;
+    let code = match e.code {
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::Aborted,
+        413 | 429 => Code::ResourceExhausted,
+        416 => Code::OutOfRange,
+        499 => Code::Cancelled,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        402..=499 => Code::FailedPrecondition,
+        _ => Code::Internal,
+    };
+    Status::new(code, e.message.clone())
+}
+
+/// The metadata `authorization: Bearer <key>` check; failure is `PERMISSION_DENIED`.
+fn authorize<T>(state: &AppState, req: &Request<T>, kind: KeyKind) -> Result<(), Status> {
+    let Some(tokens) = &state.tokens else {
+        return Ok(());
+    };
+    let header = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if tokens.check(kind, header) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(
+            crate::auth::denied().message.clone(),
+        ))
+    }
+}
+
+/// A REST answer's body as a management reply's `msg`.
+fn message(
+    res: Result<actix_web::HttpResponse, ApiError>,
+) -> Result<Response<ManagementResponse>, Status> {
+    use actix_web::body::MessageBody;
+    let res = res.map_err(|e| status(&e))?;
+    let body = res.into_body().try_into_bytes().unwrap_or_default();
+    Ok(Response::new(ManagementResponse {
+        msg: String::from_utf8_lossy(&body).into_owned(),
+    }))
+}
+
+pub(super) fn nonempty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub struct Inference {
+    state: web::Data<AppState>,
+}
+
+type PredictionStream = Pin<Box<dyn Stream<Item = Result<PredictionResponse, Status>> + Send>>;
+
+impl Inference {
+    async fn run(&self, r: PredictionsRequest) -> Result<crate::handler::Reply, Status> {
+        if r.sequence_id.is_some() {
+            return Err(Status::unimplemented(
+                "stateful sequences are not served by ferroserve",
+            ));
+        }
+        // The input map's entries become parameters named by their keys, without a content
+        // type (so never decoded as JSON), as in TorchServe.
+        let params = r
+            .input
+            .into_iter()
+            .map(|(name, value)| Param {
+                name,
+                content_type: None,
+                value: value.into(),
+            })
+            .collect();
+        infer(
+            &self.state,
+            &r.model_name,
+            nonempty(&r.model_version),
+            params,
+        )
+        .await
+    }
+}
+
+/// Runs one gRPC inference like REST's `/predictions/{m}[/{v}]`: the split, the metrics, the
+/// queue and the response timeout are the same. A handler's error status becomes the call's.
+pub(super) async fn infer(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    params: Vec<Param>,
+) -> Result<crate::handler::Reply, Status> {
+    let arrived = std::time::Instant::now();
+    let routed = state
+        .registry
+        .route(model, version, None)
+        // TorchServe reports an unknown model on these calls as INTERNAL.
+        .map_err(|e| Status::internal(e.message))?;
+    let mv = routed.version;
+    let version_label = version.unwrap_or("default");
+    state.metrics.inference_request(&mv.name, version_label);
+    let _in_flight = mv.metrics.in_flight();
+    let input = RequestInput {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        headers: Vec::new(),
+        params,
+    };
+    let result = match mv.handler.prepare(input) {
+        Ok(prepared) => {
+            inference::dispatch(&mv, version, prepared, |_| {}, std::future::pending::<()>())
+                .await
+                .map_err(ApiError::from)
+        }
+        Err(e) => Err(e),
+    };
+    let took = arrived.elapsed();
+    let code = result.as_ref().map_or_else(|e| e.code, |r| r.status);
+    mv.metrics
+        .request_done(code, took, result.as_ref().ok().map(|r| r.queue_time));
+    if let Some(split) = &routed.split {
+        if let Ok(mut s) = split.lock() {
+            s.record(&mv.version, took, code >= 500);
+        }
+    }
+    let reply = result.map_err(|e| status(&e))?;
+    state
+        .metrics
+        .inference_done(&mv.name, version_label, took, reply.queue_time);
+    if reply.status >= 400 {
+        return Err(status(&ApiError::new(
+            reply.status,
+            "InternalServerException",
+            String::from_utf8_lossy(&reply.body).into_owned(),
+        )));
+    }
+    Ok(reply)
+}
+
+#[tonic::async_trait]
+impl InferenceApIsService for Inference {
+    async fn ping(&self, req: Request<()>) -> Result<Response<TorchServeHealthResponse>, Status> {
+        authorize(&self.state, &req, KeyKind::Inference)?;
+        let healthy = self
+            .state
+            .registry
+            .defaults()
+            .iter()
+            .all(|m| m.is_healthy());
+        let status = if healthy { "Healthy" } else { "Unhealthy" };
+        let health = serde_json::to_string_pretty(&serde_json::json!({ "status": status }))
+            .unwrap_or_default();
+        Ok(Response::new(TorchServeHealthResponse { health }))
+    }
+
+    async fn predictions(
+        &self,
+        req: Request<PredictionsRequest>,
+    ) -> Result<Response<PredictionResponse>, Status> {
+        authorize(&self.state, &req, KeyKind::Inference)?;
+        let mut reply = self.run(req.into_inner()).await?;
+        // A streamed answer is returned whole by the unary call.
+        let mut body = reply.body.to_vec();
+        if let Some(rx) = reply.stream.as_mut() {
+            while let Some(chunk) = rx.recv().await {
+                body.extend_from_slice(&chunk.map_err(|e| Status::internal(e.to_string()))?);
+            }
+        }
+        Ok(Response::new(PredictionResponse {
+            prediction: body,
+            sequence_id: None,
+            status: None,
+        }))
+    }
+
+    type StreamPredictionsStream = PredictionStream;
+
+    async fn stream_predictions(
+        &self,
+        req: Request<PredictionsRequest>,
+    ) -> Result<Response<Self::StreamPredictionsStream>, Status> {
+        authorize(&self.state, &req, KeyKind::Inference)?;
+        let reply = self.run(req.into_inner()).await?;
+        let first = futures_util::stream::once(std::future::ready(Ok(PredictionResponse {
+            prediction: reply.body.to_vec(),
+            sequence_id: None,
+            status: None,
+        })));
+        let rest = futures_util::stream::unfold(reply.stream, |rx| async move {
+            let mut rx = rx?;
+            let chunk = rx.recv().await?;
+            let item = chunk
+                .map(|b| PredictionResponse {
+                    prediction: b.to_vec(),
+                    sequence_id: None,
+                    status: None,
+                })
+                .map_err(|e| Status::internal(e.to_string()));
+            Some((item, Some(rx)))
+        });
+        use futures_util::StreamExt;
+        Ok(Response::new(Box::pin(first.chain(rest))))
+    }
+
+    type StreamPredictions2Stream = PredictionStream;
+
+    async fn stream_predictions2(
+        &self,
+        _req: Request<tonic::Streaming<PredictionsRequest>>,
+    ) -> Result<Response<Self::StreamPredictions2Stream>, Status> {
+        Err(Status::unimplemented(
+            "StreamPredictions2 (stateful sequences) is not served by ferroserve",
+        ))
+    }
+}
+
+pub struct Management {
+    state: web::Data<AppState>,
+}
+
+impl Management {
+    fn check<T>(&self, req: &Request<T>, model_api: bool) -> Result<(), Status> {
+        authorize(&self.state, req, KeyKind::Management)?;
+        if model_api && !self.state.settings.enable_model_api {
+            return Err(Status::permission_denied("Model API disabled"));
+        }
+        Ok(())
+    }
+}
+
+/// A positive proto int, or "use the default".
+fn positive(v: i32) -> Option<String> {
+    (v > 0).then(|| v.to_string())
+}
+
+#[tonic::async_trait]
+impl ManagementApIsService for Management {
+    async fn describe_model(
+        &self,
+        req: Request<DescribeModelRequest>,
+    ) -> Result<Response<ManagementResponse>, Status> {
+        self.check(&req, false)?;
+        let r = req.into_inner();
+        message(
+            management::describe(
+                &self.state,
+                &r.model_name,
+                nonempty(&r.model_version),
+                r.customized,
+                Vec::new(),
+            )
+            .await,
+        )
+    }
+
+    async fn list_models(
+        &self,
+        req: Request<ListModelsRequest>,
+    ) -> Result<Response<ManagementResponse>, Status> {
+        self.check(&req, false)?;
+        let r = req.into_inner();
+        let q: Vec<(String, String)> = [
+            ("limit", positive(r.limit)),
+            ("next_page_token", positive(r.next_page_token)),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect();
+        message(management::list(&self.state, &q))
+    }
+
+    async fn register_model(
+        &self,
+        req: Request<RegisterModelRequest>,
+    ) -> Result<Response<ManagementResponse>, Status> {
+        self.check(&req, true)?;
+        let r = req.into_inner();
+        let mut p = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                p.insert(k.to_string(), serde_json::Value::String(v));
+            }
+        };
+        put("url", nonempty(&r.url).map(str::to_string));
+        put("model_name", nonempty(&r.model_name).map(str::to_string));
+        put("handler", nonempty(&r.handler).map(str::to_string));
+        put("runtime", nonempty(&r.runtime).map(str::to_string));
+        put("batch_size", positive(r.batch_size));
+        put("max_batch_delay", positive(r.max_batch_delay));
+        put("initial_workers", positive(r.initial_workers));
+        put("response_timeout", positive(r.response_timeout));
+        put("startup_timeout", positive(r.startup_timeout));
+        // gRPC registration is asynchronous unless asked, as in TorchServe.
+        put("synchronous", Some(r.synchronous.to_string()));
+        message(management::register(&self.state, management::Params(p)).await)
+    }
+
+    async fn scale_worker(
+        &self,
+        req: Request<ScaleWorkerRequest>,
+    ) -> Result<Response<ManagementResponse>, Status> {
+        self.check(&req, false)?;
+        let r = req.into_inner();
+        let q: Vec<(String, String)> = [
+            ("min_worker", positive(r.min_worker)),
+            ("max_worker", positive(r.max_worker)),
+            ("synchronous", Some(r.synchronous.to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect();
+        message(management::scale(&self.state, &r.model_name, nonempty(&r.model_version), &q).await)
+    }
+
+    async fn set_default(
+        &self,
+        req: Request<SetDefaultRequest>,
+    ) -> Result<Response<ManagementResponse>, Status> {
+        self.check(&req, false)?;
+        let r = req.into_inner();
+        message(management::set_default(
+            &self.state,
+            &r.model_name,
+            &r.model_version,
+        ))
+    }
+
+    async fn unregister_model(
+        &self,
+        req: Request<UnregisterModelRequest>,
+    ) -> Result<Response<ManagementResponse>, Status> {
+        self.check(&req, true)?;
+        let r = req.into_inner();
+        message(management::unregister(
+            &self.state,
+            &r.model_name,
+            nonempty(&r.model_version),
+        ))
+    }
+}
+
+/// Binds the two gRPC listeners (before the server says it started, so a taken port stops
+/// start-up like any listener).
+pub fn bind(settings: &crate::config::Settings) -> std::io::Result<[std::net::TcpListener; 2]> {
+    let bind = |host: &str, port: u16| {
+        let l = std::net::TcpListener::bind((host, port)).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("gRPC address {host}:{port}: {e}"))
+        })?;
+        l.set_nonblocking(true)?;
+        Ok::<_, std::io::Error>(l)
+    };
+    Ok([
+        bind(
+            &settings.grpc_inference_address,
+            settings.grpc_inference_port,
+        )?,
+        bind(
+            &settings.grpc_management_address,
+            settings.grpc_management_port,
+        )?,
+    ])
+}
+
+/// Serves both gRPC listeners until `stop` is notified.
+pub async fn serve(
+    state: web::Data<AppState>,
+    [inference_listener, management_listener]: [std::net::TcpListener; 2],
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let limit = state.settings.max_request_size;
+    let incoming = |l: std::net::TcpListener| {
+        let addr = l.local_addr().ok();
+        tokio::net::TcpListener::from_std(l)
+            .map(|l| (addr, tokio_stream::wrappers::TcpListenerStream::new(l)))
+    };
+    let (Ok((ia, inference_in)), Ok((ma, management_in))) =
+        (incoming(inference_listener), incoming(management_listener))
+    else {
+        tracing::error!("gRPC listeners could not be registered with the runtime");
+        return;
+    };
+    tracing::info!("gRPC inference address: {ia:?}; management address: {ma:?}");
+    let (state_oip, oip_state) = (state.settings.open_inference_protocol, state.clone());
+    let inference = InferenceApIsServiceServer::new(Inference {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let management =
+        ManagementApIsServiceServer::new(Management { state }).max_decoding_message_size(limit);
+    let open_inference = state_oip.then(|| oip::server(oip_state.clone(), limit));
+    let (s1, s2) = (stop.clone(), stop);
+    let a = tonic::transport::Server::builder()
+        .add_service(inference)
+        .add_optional_service(open_inference)
+        .serve_with_incoming_shutdown(inference_in, async move { s1.notified().await });
+    let b = tonic::transport::Server::builder()
+        .add_service(management)
+        .serve_with_incoming_shutdown(management_in, async move { s2.notified().await });
+    let (a, b) = futures_util::future::join(a, b).await;
+    if let Err(e) = a.and(b) {
+        tracing::error!("gRPC: {e}");
+    }
+}
