@@ -97,15 +97,11 @@ fn split(server: &Server) -> Value {
 fn two_versions(config: &str) -> Server {
     Server::start_with(
         Setup {
+            archives: &["probe.mar"],
             config,
             ..Setup::default()
         },
         |store| {
-            std::fs::copy(
-                Path::new(REPO).join("tests/fixtures/probe.mar"),
-                store.join("probe.mar"),
-            )
-            .unwrap();
             probe_version(store, "probe_v2.mar", "2.0", "v2", "");
         },
     )
@@ -270,15 +266,11 @@ fn a_failing_canary_is_rolled_back_automatically() {
     );
     let server = Server::start_with(
         Setup {
+            archives: &["probe.mar"],
             config: &config,
             ..Setup::default()
         },
         |store| {
-            std::fs::copy(
-                Path::new(REPO).join("tests/fixtures/probe.mar"),
-                store.join("probe.mar"),
-            )
-            .unwrap();
             let manifest = r#"{"runtime": "python", "model": {"modelName": "probe", "handler": "failing:handle", "modelVersion": "2.0", "configFile": "model-config.yaml"}}"#;
             let handler = "def handle(data, context):\n    if data is None:\n        return None\n    raise RuntimeError('canary broken')\n";
             let yaml = "minWorkers: 1\nmaxWorkers: 1\nferroserve:\n  canary:\n    weight: 50\n    guards:\n      maxErrorRate: 0.2\n      minRequests: 20\n      windowSec: 60\n";
@@ -342,15 +334,11 @@ fn a_failing_canary_is_rolled_back_automatically() {
 fn a_slow_canary_is_rolled_back_by_the_latency_guard() {
     let server = Server::start_with(
         Setup {
+            archives: &["probe.mar"],
             config: "load_models=probe.mar,probe_slow.mar",
             ..Setup::default()
         },
         |store| {
-            std::fs::copy(
-                Path::new(REPO).join("tests/fixtures/probe.mar"),
-                store.join("probe.mar"),
-            )
-            .unwrap();
             probe_version(
                 store,
                 "probe_slow.mar",

@@ -287,24 +287,7 @@ def handle(data, context):
                                  'data': [v * 2 for v in x]}]})
     return out
 ";
-    let config = format!(
-        "ts_open_inference_protocol=true\npython={}\nmodels={{\"doubler\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}",
-        test_python()
-    );
-    let server = Server::start_with(
-        Setup {
-            config: &config,
-            ..Setup::default()
-        },
-        |store| {
-            let manifest = r#"{"runtime": "python", "model": {"modelName": "doubler", "handler": "doubler:handle", "modelVersion": "1.0"}}"#;
-            write_mar(
-                &store.join("doubler.mar"),
-                manifest,
-                &[("doubler.py", DOUBLER.as_bytes())],
-            );
-        },
-    );
+    let server = python_model_server("doubler", DOUBLER, "ts_open_inference_protocol=true");
     runtime().block_on(async {
         let mut c = GrpcInferenceServiceClient::connect(server.grpc_inference.clone())
             .await

@@ -384,23 +384,10 @@ def handle(data, context):
     print(\"echo handled\", len(data), flush=True)
     return [\"ok\" for _ in data]
 ";
-    let config = format!(
-        "metrics_mode=prometheus\nmodel_metrics_auto_detect=true\npython={}\nmodels={{\"echo\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}",
-        test_python()
-    );
-    let server = Server::start_with(
-        Setup {
-            config: &config,
-            ..Setup::default()
-        },
-        |store| {
-            let manifest = r#"{"runtime": "python", "model": {"modelName": "echo", "handler": "echo:handle", "modelVersion": "1.0"}}"#;
-            write_mar(
-                &store.join("echo.mar"),
-                manifest,
-                &[("echo.py", ECHO.as_bytes())],
-            );
-        },
+    let server = python_model_server(
+        "echo",
+        ECHO,
+        "metrics_mode=prometheus\nmodel_metrics_auto_detect=true",
     );
     let mut sent = 0;
     eventually("worker metrics", || {

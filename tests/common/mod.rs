@@ -324,6 +324,32 @@ pub fn write_mar(path: &Path, manifest: &str, files: &[(&str, &[u8])]) {
     zip.finish().unwrap();
 }
 
+/// A server whose one model `name` (version 1.0, one worker) is a Python handler: module
+/// `name.py` with `source`, entry point `handle`; `config` adds lines.
+pub fn python_model_server(name: &str, source: &str, config: &str) -> Server {
+    let config = format!(
+        "python={}\nmodels={{\"{name}\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n{config}",
+        test_python()
+    );
+    Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            let manifest = format!(
+                r#"{{"runtime": "python", "model": {{"modelName": "{name}", "handler": "{name}:handle", "modelVersion": "1.0"}}}}"#
+            );
+            let module = format!("{name}.py");
+            write_mar(
+                &store.join(format!("{name}.mar")),
+                &manifest,
+                &[(module.as_str(), source.as_bytes())],
+            );
+        },
+    )
+}
+
 /// The interpreter with TorchServe's Python package (scripts/python-env.sh creates it).
 pub fn test_python() -> String {
     if let Ok(p) = std::env::var("FERROSERVE_TEST_PYTHON") {
