@@ -80,8 +80,16 @@ pub fn init() -> Guards {
     let mut guards = Vec::new();
     let (stderr, g) = tracing_appender::non_blocking(std::io::stderr());
     guards.push(g);
-    let console_filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,ACCESS_LOG=off,TS_METRICS=off,MODEL_METRICS=off"));
+    // The access and metric lines have their files; the console shows them only when
+    // RUST_LOG names their targets.
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let mut directives = wanted.clone();
+    for target in [ACCESS_LOG, METRIC_TARGETS[0], METRIC_TARGETS[1]] {
+        if !wanted.contains(target) {
+            directives.push_str(&format!(",{target}=off"));
+        }
+    }
+    let console_filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let console = tracing_subscriber::fmt::layer()
         .with_writer(stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

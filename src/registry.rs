@@ -142,6 +142,9 @@ pub struct ModelVersion {
     pub pool: WorkerPool,
     pub archive: ModelArchive,
     pub metrics: Arc<crate::metrics::VersionMetrics>,
+    /// The envelope the server applies for a native handler (`kserve`); Python workers apply
+    /// theirs themselves.
+    pub native_envelope: Option<String>,
     /// A file fetched into the store by registration; deleted when the model goes.
     pub downloaded: Option<std::path::PathBuf>,
 }
@@ -674,6 +677,15 @@ impl Registry {
         )?;
         let queue = JobQueue::new(params.job_queue_size.max(1));
         let metrics = self.metrics.version(&name, &version);
+        // The server-wide envelope wins over the archive's, as in TorchServe.
+        let native_envelope = handler::native_handler_name(&archive)
+            .and(
+                settings
+                    .service_envelope
+                    .clone()
+                    .or_else(|| archive.manifest.model.envelope.clone()),
+            )
+            .filter(|e| !e.trim().is_empty());
         let config = WorkerConfig {
             metrics: metrics.clone(),
             label: format!("{name}_{version}"),
@@ -706,6 +718,7 @@ impl Registry {
             pool,
             archive,
             metrics,
+            native_envelope,
             downloaded: None,
         })
     }

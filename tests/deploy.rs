@@ -893,12 +893,21 @@ fn kserve_runtime_serves_a_torchserve_configuration() {
     }
     let reference = Reference::load();
     let request = request_body(&reference.cases()[0], reference.features(), 1);
+    // The runtime's `kserve` envelope applies to every route, as in TorchServe: requests
+    // carry `instances`.
+    let instance: serde_json::Value = serde_json::from_str(&request).unwrap();
     let (status, body, _) = post(
-        &format!("{base}/predictions/sign"),
+        &format!("{base}/v1/models/sign:predict"),
         "application/json",
-        &request,
+        &serde_json::json!({ "instances": [instance] }).to_string(),
     );
     assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        answer["predictions"].as_array().map(Vec::len),
+        Some(1),
+        "{body}"
+    );
     assert_eq!(get(&format!("{}/metrics", site.metrics)).0, 200);
     assert!(
         agent()

@@ -387,3 +387,67 @@ fn management_list_and_describe() {
         (200, Some("RESTful Management API for: sign"))
     );
 }
+
+/// KServe deployments (`service_envelope=kserve`): a native model answers v1 `instances` as
+/// TorchServe's envelope does, and the management listener's `/v1/models/{m}` reports
+/// readiness.
+#[test]
+fn kserve_v1_on_a_native_model() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        config: "service_envelope=kserve",
+        ..Setup::default()
+    });
+    let base = server.inference.clone();
+    let reference = Reference::load();
+    let bodies: Vec<String> = reference.cases()[..2]
+        .iter()
+        .map(|c| request_body(c, reference.features(), 2))
+        .collect();
+    // Without the envelope each body is one request; with it, one instance each.
+    let plain = Server::start(Setup {
+        archives: &["sign.mar"],
+        ..Setup::default()
+    });
+    let expected: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|b| {
+            let (status, text, _) = post(
+                &format!("{}/predictions/sign", plain.inference),
+                "application/json",
+                b,
+            );
+            assert_eq!(status, 200, "{text}");
+            serde_json::from_str(&text).unwrap()
+        })
+        .collect();
+    let instances: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let (status, text, _) = post(
+        &format!("{base}/v1/models/sign:predict"),
+        "application/json",
+        &serde_json::json!({ "instances": instances }).to_string(),
+    );
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer, serde_json::json!({ "predictions": expected }));
+    let (status, text, _) = post(
+        &format!("{base}/v1/models/sign:predict"),
+        "application/json",
+        r#"{"instances": []}"#,
+    );
+    assert_eq!(status, 400, "{text}");
+
+    let m = &server.management;
+    let (status, text, _) = get(&format!("{m}/v1/models/sign"));
+    assert_eq!(status, 200);
+    let ready: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(ready, serde_json::json!({"name": "sign", "ready": true}));
+    assert_eq!(get(&format!("{m}/v1/models/nope")).0, 404);
+    assert_eq!(
+        post(&format!("{m}/v1/models/sign"), "text/plain", "x").0,
+        405
+    );
+}

@@ -223,6 +223,8 @@ fn single_port_and_unix_socket_listeners() {
         get(&format!("{base}/models/sign/1.0")).0,
         get(&format!("{base}/metrics")).0,
     );
+    // KServe's readiness route is the management API's, on the shared port too.
+    let ready = get(&format!("{base}/v1/models/sign"));
     let reference = Reference::load();
     let body = request_body(&reference.cases()[0], reference.features(), 1);
     let predicted = post(
@@ -234,6 +236,13 @@ fn single_port_and_unix_socket_listeners() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(checks, (200, 200, 200));
+    assert_eq!(
+        (ready.0, ready.1.contains("\"ready\": true")),
+        (200, true),
+        "{}",
+        ready.1
+    );
+
     assert_eq!(predicted, 200);
 
     let socket_dir = tempfile::tempdir().unwrap();

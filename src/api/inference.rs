@@ -248,6 +248,16 @@ async fn run_request(
         .unwrap_or_default();
     let mut request = input::request_input(req, request_id, body).await?;
     request.headers.extend(extra_headers);
+    if mv.native_envelope.as_deref() == Some("kserve") {
+        return kserve_v1(
+            mv,
+            version,
+            request,
+            req.conn_data::<super::ConnFd>().copied(),
+            queued,
+        )
+        .await;
+    }
     let shadow = shadow.map(|(split, version)| (split, version, request.clone()));
     let prepared = mv.handler.prepare(request)?;
 
@@ -271,6 +281,75 @@ async fn run_request(
         }
         Err(Refused::Error(e)) => Err(e),
     }
+}
+
+/// KServe v1 for a native handler (TorchServe's `kserve` envelope): each of the body's
+/// `instances` is one request to the handler; the answers come back as `{"predictions": [..]}`
+/// (`explanations` for `:explain`).
+async fn kserve_v1(
+    mv: &ModelVersion,
+    version: Option<&str>,
+    request: RequestInput,
+    conn: Option<super::ConnFd>,
+    queued: &mut Option<std::time::Duration>,
+) -> Result<HttpResponse, ApiError> {
+    let body = request
+        .param("body")
+        .or_else(|| request.param("data"))
+        .map(|p| p.value.clone())
+        .unwrap_or_default();
+    let instances = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut o)) => match o.remove("instances") {
+            Some(serde_json::Value::Array(list)) if !list.is_empty() => list,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "the body needs a non-empty \"instances\" list",
+                ))
+            }
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "the body is not a KServe v1 JSON object",
+            ))
+        }
+    };
+    let explain = request
+        .headers
+        .iter()
+        .any(|(k, v)| k == "explain" && v == "True");
+    let mut pending = Vec::with_capacity(instances.len());
+    for (i, instance) in instances.into_iter().enumerate() {
+        let input = RequestInput {
+            request_id: format!("{}-{i}", request.request_id),
+            headers: request.headers.clone(),
+            params: vec![crate::handler::Param {
+                name: "body".into(),
+                content_type: Some("application/json".into()),
+                value: serde_json::to_vec(&instance).unwrap_or_default().into(),
+            }],
+        };
+        let prepared = mv.handler.prepare(input)?;
+        pending.push(dispatch(mv, version, prepared, |_| {}, client_gone(conn)));
+    }
+    let mut answers = Vec::with_capacity(pending.len());
+    for reply in futures_util::future::join_all(pending).await {
+        let reply = reply.map_err(ApiError::from)?;
+        if reply.status >= 400 {
+            return Ok(response::reply(reply));
+        }
+        *queued = Some(queued.unwrap_or_default().max(reply.queue_time));
+        answers.push(
+            serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&reply.body).into_owned())
+            }),
+        );
+    }
+    let key = if explain {
+        "explanations"
+    } else {
+        "predictions"
+    };
+    Ok(response::json(200, &serde_json::json!({ key: answers })))
 }
 
 /// Why a dispatched request got no answer from the model.

@@ -49,6 +49,11 @@ pub async fn route(
             }
             _ => Err(ApiError::method_not_allowed()),
         },
+        // KServe v1 model readiness.
+        [_, "v1", "models", model] => match method {
+            Method::GET => kserve_ready(&state, model),
+            _ => Err(ApiError::method_not_allowed()),
+        },
         [_, "models", model, ..] if method == Method::OPTIONS => state
             .registry
             .get(model, None)
@@ -112,6 +117,17 @@ async fn describe_request(
         })
         .collect();
     describe(state, model, version, customized, headers).await
+}
+
+/// `GET /v1/models/{m}`: ready when the default version has a worker (loaded or not), as
+/// TorchServe answers KServe.
+fn kserve_ready(state: &AppState, model: &str) -> Result<HttpResponse, ApiError> {
+    let m = state.registry.get(model, None)?;
+    let ready = m.pool.with_workers(|w| !w.is_empty());
+    Ok(response::json(
+        200,
+        &serde_json::json!({ "name": model, "ready": ready }),
+    ))
 }
 
 fn query(req: &HttpRequest) -> Vec<(String, String)> {

@@ -241,6 +241,10 @@ async fn all_route(
     let segs = input::segments(req.path());
     match segs.get(1).map(String::as_str) {
         Some("models" | "token") => management::route(req, payload, state).await,
+        // `/v1/models/{m}` (readiness) is management's; `/v1/models/{m}:predict` inference's.
+        Some("v1") if segs.len() == 4 && !segs[3].contains(':') => {
+            management::route(req, payload, state).await
+        }
         Some("metrics") if state.settings.enable_metrics_api => metrics_route(req, state).await,
         _ => inference::route(req, payload, state).await,
     }
