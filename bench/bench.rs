@@ -219,7 +219,7 @@ impl Drop for Running {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage =
-        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | overload | memory | scrape";
+        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | overload | memory | scrape | decode";
     let bin = PathBuf::from(args.get(1).expect(usage));
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(
@@ -234,6 +234,13 @@ fn main() {
         Some("overload") => overload(&bin),
         Some("memory") => memory(&bin),
         Some("scrape") => scrape(&bin),
+        Some("decode") => {
+            let body = request_body();
+            let t = time_us(500, || {
+                parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap();
+            });
+            println!("{:.0}", median(t));
+        }
         _ => panic!("{usage}"),
     }
 }

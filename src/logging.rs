@@ -109,7 +109,10 @@ pub fn init() -> Guards {
         });
         match opened {
             Ok(f) => {
-                let (w, g) = tracing_appender::non_blocking(f);
+                // Buffered: the background writer flushes whenever its queue runs empty, so a burst
+                // of lines costs one write(2), not one each.
+                let (w, g) =
+                    tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 << 10, f));
                 guards.push(g);
                 Some(w)
             }
