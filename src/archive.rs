@@ -20,6 +20,34 @@ const RATIO_FLOOR: u64 = 1 << 20;
 /// model-config.yaml is a few lines; a large one is an attack on the YAML parser.
 const MAX_MODEL_CONFIG: u64 = 1 << 20;
 
+/// Aliases a model-config.yaml may use (SnakeYAML's default limit, which TorchServe has).
+/// Loading copies each alias's node, so nested aliases ("billion laughs") would grow without
+/// bound from a few hundred bytes.
+const MAX_YAML_ALIASES: usize = 50;
+
+/// Counts the aliases without building anything, before the YAML is loaded.
+fn check_aliases(text: &str) -> Result<(), String> {
+    struct Count(usize);
+    impl yaml_rust2::parser::EventReceiver for Count {
+        fn on_event(&mut self, ev: yaml_rust2::parser::Event) {
+            if matches!(ev, yaml_rust2::parser::Event::Alias(_)) {
+                self.0 += 1;
+            }
+        }
+    }
+    let mut count = Count(0);
+    yaml_rust2::parser::Parser::new_from_str(text)
+        .load(&mut count, true)
+        .map_err(|e| e.to_string())?;
+    if count.0 > MAX_YAML_ALIASES {
+        return Err(format!(
+            "{} YAML aliases, more than the {MAX_YAML_ALIASES} allowed",
+            count.0
+        ));
+    }
+    Ok(())
+}
+
 /// `MAR-INF/MANIFEST.json`, every field TorchServe's archiver writes or its frontend reads.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -70,6 +98,7 @@ pub struct ModelConfig(pub Value);
 
 impl ModelConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
+        check_aliases(text)?;
         let cfg = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Yaml))
             .build()
@@ -359,6 +388,21 @@ mod tests {
         assert_eq!(safe_join(d, "a/b.pt"), Some(PathBuf::from("/m/a/b.pt")));
         assert!(safe_join(d, "../x").is_none());
         assert!(safe_join(d, "/etc/passwd").is_none());
+    }
+
+    #[test]
+    fn yaml_alias_bombs_are_refused_before_loading() {
+        let mut bomb = String::from("a: &a [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n");
+        let mut prev = 'a';
+        for name in 'b'..='i' {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+            prev = name;
+        }
+        let e = ModelConfig::parse(&bomb).unwrap_err();
+        assert!(e.contains("72 YAML aliases"), "{e}");
+        let few = "base: &b {batchSize: 2}\nother: *b\nminWorkers: 1\n";
+        assert_eq!(ModelConfig::parse(few).unwrap().int("minWorkers"), Some(1));
     }
 
     #[test]

@@ -76,6 +76,18 @@ pub fn resolve(
     if name.is_empty() || name.contains('\\') || name.starts_with('.') {
         return Err(download_failed(url));
     }
+    // A file:// URL may only copy from inside the store: TorchServe's default allow-list
+    // (`file://.*`) would otherwise let any readable file on the host be copied in.
+    if url.to_ascii_lowercase().starts_with("file://") {
+        let source = std::fs::canonicalize(format!("/{}", path.trim_start_matches('/')))
+            .map_err(|_| download_failed(url))?;
+        let inside = std::fs::canonicalize(store).is_ok_and(|s| source.starts_with(s));
+        if !inside {
+            return Err(not_found(format!(
+                "Given URL {url} is outside the model store"
+            )));
+        }
+    }
     let target = store.join(name);
     if target.exists() {
         return Err(ApiError::internal(
@@ -83,9 +95,14 @@ pub fn resolve(
             format!("Model file already exists {name}"),
         ));
     }
-    fetch(url, path, &target, max_size).map_err(|e| {
+    fetch(url, path, &target, max_size, allowed_urls).map_err(|e| {
         tracing::warn!(url, "download failed: {e}");
-        download_failed(url)
+        match e {
+            Fetch::Redirect(to) => not_found(format!(
+                "Given URL {url} redirects to {to}, which does not match any allowed URL(s)"
+            )),
+            Fetch::Io(_) => download_failed(url),
+        }
     })?;
     Ok(Resolved {
         entry: name.to_string(),
@@ -93,8 +110,76 @@ pub fn resolve(
     })
 }
 
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+enum Fetch {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A redirect to a URL the allow-list refuses (or with `..`).
+    #[error("redirect to a URL outside allowed_urls: {0}")]
+    Redirect(String),
+}
+
+/// Redirect hops followed, each one checked against `allowed_urls`.
+const MAX_REDIRECTS: usize = 5;
+
+/// An HTTP(S) response body, following redirects only to allowed URLs: the HTTP client
+/// itself follows none, so a redirect cannot carry a registration past the allow-list.
+fn http_get(url: &str, allowed_urls: &[String]) -> Result<Box<dyn Read>, Fetch> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(600)))
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut current = url.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        let res = agent.get(&current).call().map_err(std::io::Error::other)?;
+        let status = res.status();
+        if status.is_redirection() {
+            let location = res
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| std::io::Error::other("redirect without a location"))?;
+            let next = absolute(&current, location);
+            if next.contains("..") || !allowed(&next, allowed_urls) {
+                return Err(Fetch::Redirect(next));
+            }
+            current = next;
+            continue;
+        }
+        if !status.is_success() {
+            return Err(std::io::Error::other(format!("HTTP status {status}")).into());
+        }
+        return Ok(Box::new(res.into_body().into_reader()));
+    }
+    Err(std::io::Error::other("too many redirects").into())
+}
+
+/// A `Location` made absolute against the URL that answered it.
+fn absolute(base: &str, location: &str) -> String {
+    if is_url(location) || location.contains("://") {
+        return location.to_string();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    let authority = rest.split('/').next().unwrap_or("");
+    if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else {
+        let dir = base.rsplit_once('/').map_or(base, |(d, _)| d);
+        format!("{dir}/{location}")
+    }
+}
+
 /// Streams the URL into a temporary file next to `target`, then renames it into place.
-fn fetch(url: &str, path: &str, target: &Path, max_size: u64) -> std::io::Result<()> {
+fn fetch(
+    url: &str,
+    path: &str,
+    target: &Path,
+    max_size: u64,
+    allowed_urls: &[String],
+) -> Result<(), Fetch> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     let mut source: Box<dyn Read> = if url.to_ascii_lowercase().starts_with("file://") {
@@ -103,12 +188,7 @@ fn fetch(url: &str, path: &str, target: &Path, max_size: u64) -> std::io::Result
             path.trim_start_matches('/')
         ))?)
     } else {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(600)))
-            .build()
-            .into();
-        let res = agent.get(url).call().map_err(std::io::Error::other)?;
-        Box::new(res.into_body().into_reader())
+        http_get(url, allowed_urls)?
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
@@ -121,7 +201,8 @@ fn fetch(url: &str, path: &str, target: &Path, max_size: u64) -> std::io::Result
         if total > max_size {
             return Err(std::io::Error::other(format!(
                 "larger than max_archive_size ({max_size} bytes)"
-            )));
+            ))
+            .into());
         }
         tmp.write_all(&buf[..n])?;
     }
@@ -174,11 +255,12 @@ mod tests {
     }
 
     #[test]
-    fn file_urls_are_copied_once_and_never_overwrite() {
+    fn file_urls_are_copied_once_from_inside_the_store_and_never_overwrite() {
         let store = tempfile::tempdir().unwrap();
-        let src = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join("m.mar"), b"zip").unwrap();
-        let url = format!("file://{}/m.mar", src.path().display());
+        let src = store.path().join("incoming");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("m.mar"), b"zip").unwrap();
+        let url = format!("file://{}/m.mar", src.display());
         let all = vec![".*".to_string()];
         let r = resolve(&url, store.path(), &all, 1 << 20).unwrap();
         assert_eq!(r.entry, "m.mar");
@@ -192,9 +274,32 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!((e.code, e.kind), (400, "DownloadArchiveException"));
-        std::fs::write(src.path().join("big.mar"), vec![0u8; 2048]).unwrap();
-        let big = format!("file://{}/big.mar", src.path().display());
+        std::fs::write(src.join("big.mar"), vec![0u8; 2048]).unwrap();
+        let big = format!("file://{}/big.mar", src.display());
         assert!(resolve(&big, store.path(), &all, 1024).is_err());
         assert!(!store.path().join("big.mar").exists());
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("o.mar"), b"zip").unwrap();
+        let url = format!("file://{}/o.mar", outside.path().display());
+        let e = resolve(&url, store.path(), &all, 1 << 20).err().unwrap();
+        assert_eq!(e.code, 404);
+        assert!(
+            e.message.ends_with("is outside the model store"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn redirect_locations_are_made_absolute() {
+        assert_eq!(absolute("http://h:1/a/b.mar", "/c.mar"), "http://h:1/c.mar");
+        assert_eq!(
+            absolute("http://h:1/a/b.mar", "c.mar"),
+            "http://h:1/a/c.mar"
+        );
+        assert_eq!(
+            absolute("http://h:1/a/b.mar", "https://x/y.mar"),
+            "https://x/y.mar"
+        );
     }
 }

@@ -324,6 +324,7 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             .run(),
         );
     }
+    warn_if_exposed(&settings, state.tokens.is_some());
     let grpc_listeners = grpc::bind(&settings)?;
     let grpc_stop = Arc::new(tokio::sync::Notify::new());
     let grpc = actix_web::rt::spawn(grpc::serve(
@@ -347,6 +348,44 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     state.snapshot("shutdown");
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listener on every interface without token authorization serves anyone who can reach
+/// the machine (TorchServe's CVE class of exposed management ports): say so loudly.
+fn warn_if_exposed(settings: &Settings, tokens: bool) {
+    if tokens {
+        return;
+    }
+    let wildcard = |host: &str| matches!(host.trim_matches(['[', ']']), "0.0.0.0" | "::" | "");
+    let mut exposed: Vec<String> = [
+        ("inference_address", &settings.inference_address),
+        ("management_address", &settings.management_address),
+        ("metrics_address", &settings.metrics_address),
+    ]
+    .into_iter()
+    .filter_map(|(key, addr)| match addr {
+        Address::Http { host, .. } | Address::Https { host, .. } if wildcard(host) => {
+            Some(key.to_string())
+        }
+        _ => None,
+    })
+    .collect();
+    for (key, host) in [
+        ("grpc_inference_address", &settings.grpc_inference_address),
+        ("grpc_management_address", &settings.grpc_management_address),
+    ] {
+        if wildcard(host) {
+            exposed.push(key.to_string());
+        }
+    }
+    if !exposed.is_empty() {
+        tracing::warn!(
+            "SECURITY: {} listen on every network interface with token authorization disabled: \
+             anyone who can reach this machine can run and manage models. Bind to 127.0.0.1 or \
+             enable token authorization.",
+            exposed.join(", ")
+        );
+    }
 }
 
 /// SIGTERM (`ferroserve --stop`, Kubernetes) or SIGINT (Ctrl-C).

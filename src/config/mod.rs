@@ -62,6 +62,7 @@ const KNOWN_KEYS: &[&str] = &[
     "grpc_management_port",
     "ts_open_inference_protocol",
     "enable_grpc_ssl",
+    "blacklist_env_vars",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -172,6 +173,9 @@ pub struct Settings {
     pub grpc_inference_port: u16,
     pub grpc_management_address: String,
     pub grpc_management_port: u16,
+    /// Environment variables Python workers never see (`blacklist_env_vars`, a regex matched
+    /// against whole names).
+    pub blacklist_env_vars: Option<regex::Regex>,
     /// KServe's Open Inference Protocol gRPC service on the gRPC inference listener
     /// (`ts_open_inference_protocol=true`, or `TS_OPEN_INFERENCE_PROTOCOL=oip`).
     pub open_inference_protocol: bool,
@@ -368,6 +372,12 @@ impl Settings {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| "127.0.0.1".into()),
             grpc_management_port: parse_num(&get, "grpc_management_port", 7071)?,
+            blacklist_env_vars: match get("blacklist_env_vars").filter(|v| !v.trim().is_empty()) {
+                None => None,
+                Some(raw) => Some(regex::Regex::new(&format!("^(?:{})$", raw.trim())).map_err(
+                    |e| ConfigError::invalid("blacklist_env_vars", &raw, e.to_string()),
+                )?),
+            },
             open_inference_protocol: env
                 .get("TS_OPEN_INFERENCE_PROTOCOL")
                 .is_some_and(|v| v.eq_ignore_ascii_case("oip"))

@@ -243,5 +243,6 @@ fn python_handler(
         metrics: spec.metrics.clone(),
         metrics_config: settings.metrics_config.clone(),
         model_version: spec.model_version.to_string(),
+        blacklist_env_vars: settings.blacklist_env_vars.clone(),
     }))
 }

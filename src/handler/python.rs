@@ -44,6 +44,8 @@ pub struct PythonHandler {
     pub metrics_config: Option<PathBuf>,
     /// Names the workers in the logs: `W-<id>-<model>_<version>`, as TorchServe.
     pub model_version: String,
+    /// Environment variables kept from the worker (`blacklist_env_vars`).
+    pub blacklist_env_vars: Option<regex::Regex>,
 }
 
 /// `pip install -r <requirementsFile>` into a private directory of the model (never the
@@ -171,6 +173,19 @@ struct PythonWorker {
     tail: Tail,
 }
 
+impl PythonHandler {
+    /// The server's environment variables a worker must not see.
+    fn blacklisted(&self) -> Vec<String> {
+        let Some(re) = &self.blacklist_env_vars else {
+            return Vec::new();
+        };
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| re.is_match(k))
+            .collect()
+    }
+}
+
 impl PythonWorker {
     fn start(h: &PythonHandler, id: u32) -> Result<Self, String> {
         let socket = h.socket_dir.join(format!(".ts.sock.{id}"));
@@ -208,6 +223,9 @@ impl PythonWorker {
             // Its own process group: a Ctrl-C at the terminal reaches the server, which
             // then stops its workers itself.
             .process_group(0);
+        for name in h.blacklisted() {
+            cmd.env_remove(name);
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", h.python.display()))?;
