@@ -240,7 +240,13 @@ async fn run_request(
         extra_headers,
         shadow,
     } = call;
-    let body = input::read_body(req, payload, state.settings.max_request_size).await?;
+    let body = input::read_body(
+        req,
+        payload,
+        state.settings.max_request_size,
+        state.settings.body_idle_timeout(),
+    )
+    .await?;
     let request_id = req
         .extensions()
         .get::<RequestId>()

@@ -10,11 +10,14 @@ use futures_util::StreamExt;
 use crate::error::ApiError;
 use crate::handler::{Param, RequestInput};
 
-/// Reads the whole body, refusing it as soon as it is known to exceed `limit`.
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit`, and giving up
+/// on a client that sends nothing for `idle` (a slow-body attack holds a connection and a
+/// buffer otherwise; the HTTP parser bounds only the time to the headers).
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    idle: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
@@ -25,7 +28,20 @@ pub async fn read_body(
         return Err(ApiError::payload_too_large(limit));
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = tokio::time::timeout(idle, payload.next())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    408,
+                    "RequestTimeoutException",
+                    format!(
+                        "the request body stalled for more than {} s",
+                        idle.as_secs()
+                    ),
+                )
+            })?;
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("Invalid HTTP message. {e}")))?;
         if body.len() + chunk.len() > limit {
@@ -83,7 +99,7 @@ pub async fn request_input(
 }
 
 /// `a=1&b=2`; parts without `=` carry no parameter (so `curl -d hello` gives none).
-fn url_encoded(body: &[u8]) -> Result<Vec<Param>, ApiError> {
+pub fn url_encoded(body: &[u8]) -> Result<Vec<Param>, ApiError> {
     let mut params = Vec::new();
     for part in body.split(|&b| b == b'&') {
         if !part.contains(&b'=') {

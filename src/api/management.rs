@@ -42,7 +42,14 @@ pub async fn route(
         [_, "models"] => match method {
             Method::GET => list(&state, &query(&req)),
             Method::POST if state.settings.enable_model_api => {
-                match Params::read(&req, payload, state.settings.max_request_size).await {
+                match Params::read(
+                    &req,
+                    payload,
+                    state.settings.max_request_size,
+                    state.settings.body_idle_timeout(),
+                )
+                .await
+                {
                     Ok(p) => register(&state, p).await,
                     Err(e) => Err(e),
                 }
@@ -224,6 +231,7 @@ impl Params {
         req: &HttpRequest,
         payload: web::Payload,
         limit: usize,
+        idle: std::time::Duration,
     ) -> Result<Self, ApiError> {
         let json = req
             .headers()
@@ -231,7 +239,7 @@ impl Params {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim() == "application/json");
         if json {
-            let body = input::read_body(req, payload, limit).await?;
+            let body = input::read_body(req, payload, limit, idle).await?;
             if !body.is_empty() {
                 return match serde_json::from_slice(&body) {
                     Ok(serde_json::Value::Object(map)) => Ok(Params(map)),
@@ -455,7 +463,13 @@ async fn set_split(
     state: &AppState,
     model: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let body = input::read_body(req, payload, state.settings.max_request_size).await?;
+    let body = input::read_body(
+        req,
+        payload,
+        state.settings.max_request_size,
+        state.settings.body_idle_timeout(),
+    )
+    .await?;
     let spec: SplitSpec = if body.iter().all(u8::is_ascii_whitespace) {
         let q = query(req);
         let version = param::<String>(&q, "version")

@@ -63,6 +63,7 @@ const KNOWN_KEYS: &[&str] = &[
     "ts_open_inference_protocol",
     "enable_grpc_ssl",
     "blacklist_env_vars",
+    "body_idle_timeout_sec",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -173,6 +174,9 @@ pub struct Settings {
     pub grpc_inference_port: u16,
     pub grpc_management_address: String,
     pub grpc_management_port: u16,
+    /// Seconds a request body may stall before the request is answered 408
+    /// (`body_idle_timeout_sec`).
+    pub body_idle_timeout_sec: u64,
     /// Environment variables Python workers never see (`blacklist_env_vars`, a regex matched
     /// against whole names).
     pub blacklist_env_vars: Option<regex::Regex>,
@@ -372,6 +376,7 @@ impl Settings {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| "127.0.0.1".into()),
             grpc_management_port: parse_num(&get, "grpc_management_port", 7071)?,
+            body_idle_timeout_sec: parse_num(&get, "body_idle_timeout_sec", 30)?.max(1),
             blacklist_env_vars: match get("blacklist_env_vars").filter(|v| !v.trim().is_empty()) {
                 None => None,
                 Some(raw) => Some(regex::Regex::new(&format!("^(?:{})$", raw.trim())).map_err(
@@ -409,6 +414,10 @@ impl Settings {
     }
 
     /// Workers for a model when nothing more specific is configured.
+    pub fn body_idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.body_idle_timeout_sec)
+    }
+
     pub fn workers_default(&self, gpus: usize) -> usize {
         match self.default_workers_per_model {
             0 if gpus > 0 => gpus,

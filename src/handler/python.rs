@@ -318,43 +318,49 @@ impl PythonWorker {
 
     fn read_reply(&mut self, timeout: Duration) -> std::io::Result<WireReply> {
         self.stream.set_read_timeout(Some(timeout))?;
-        let mut r = Decoder {
-            inner: &mut self.reader,
-            limit: self.max_response_size,
-        };
-        let code = r.int()?;
-        let message = r.string()?;
-        let mut entries = Vec::new();
-        loop {
-            let len = r.int()?;
-            if len == -1 {
-                break;
-            }
-            let request_id = r.string_of(len)?;
-            let content_type = r.string()?;
-            let status = r.int()?;
-            let reason = r.string()?;
-            let count = r.int()?;
-            let mut headers = Vec::new();
-            for _ in 0..count.max(0) {
-                headers.push((r.string()?, r.string()?));
-            }
-            let body = r.bytes()?;
-            entries.push(WireEntry {
-                request_id,
-                content_type,
-                status,
-                reason,
-                headers,
-                body,
-            });
-        }
-        Ok(WireReply {
-            code,
-            message,
-            entries,
-        })
+        decode_reply(&mut self.reader, self.max_response_size)
     }
+}
+
+/// Reads one worker reply (spec §7.4) from the socket; a misbehaving worker's bytes end in
+/// an error, never a panic or an allocation past `limit` per field.
+pub fn decode_reply<R: Read>(reader: R, limit: usize) -> std::io::Result<WireReply> {
+    let mut r = Decoder {
+        inner: reader,
+        limit,
+    };
+    let code = r.int()?;
+    let message = r.string()?;
+    let mut entries = Vec::new();
+    loop {
+        let len = r.int()?;
+        if len == -1 {
+            break;
+        }
+        let request_id = r.string_of(len)?;
+        let content_type = r.string()?;
+        let status = r.int()?;
+        let reason = r.string()?;
+        let count = r.int()?;
+        let mut headers = Vec::new();
+        for _ in 0..count.max(0) {
+            headers.push((r.string()?, r.string()?));
+        }
+        let body = r.bytes()?;
+        entries.push(WireEntry {
+            request_id,
+            content_type,
+            status,
+            reason,
+            headers,
+            body,
+        });
+    }
+    Ok(WireReply {
+        code,
+        message,
+        entries,
+    })
 }
 
 impl Engine for PythonWorker {
@@ -624,7 +630,7 @@ pub fn encode_inference(requests: &[&RequestInput]) -> Vec<u8> {
     buf
 }
 
-struct WireEntry {
+pub struct WireEntry {
     request_id: String,
     content_type: String,
     status: i32,
@@ -651,7 +657,8 @@ impl WireEntry {
     }
 }
 
-struct WireReply {
+/// One reply of a worker: its code and message, and one entry per request.
+pub struct WireReply {
     code: i32,
     message: String,
     entries: Vec<WireEntry>,

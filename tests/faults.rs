@@ -1,0 +1,207 @@
+//! Fault injection with real processes: a worker that answers garbage on its socket, an
+//! unwritable log and snapshot directory, a store file deleted under a running model, a
+//! client whose body stalls, malformed HTTP. In each case no request hangs, other models keep
+//! answering, and the logs say what happened. (Worker SIGKILLs during load and inference are
+//! in tests/python.rs; hanging and failing native models in tests/batching.rs.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn sign_ok(server: &Server, model: &str) -> u16 {
+    let reference = Reference::load();
+    let body = request_body(&reference.cases()[0], reference.features(), 1);
+    post(
+        &format!("{}/predictions/{model}", server.inference),
+        "application/json",
+        &body,
+    )
+    .0
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A worker process that loads fine, then answers an inference with garbage bytes.
+const GARBAGE_WORKER: &str = r#"
+import socket, struct, sys
+path = sys.argv[sys.argv.index("--sock-name") + 1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+s.listen(1)
+print("Torch worker started.", flush=True)
+c, _ = s.accept()
+c.recv(1 << 20)
+msg = b"loaded"
+c.sendall(struct.pack(">i", 200) + struct.pack(">i", len(msg)) + msg + struct.pack(">i", -1))
+c.recv(1 << 20)
+print("sending garbage", flush=True)
+c.sendall(b"\x7f\xff\xff\xff" * 64)
+c.recv(1 << 20)
+"#;
+
+#[test]
+fn a_worker_writing_garbage_fails_its_requests_fast_and_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("garbage_worker.py");
+    std::fs::write(&script, GARBAGE_WORKER).unwrap();
+    // The interpreter the server is given: the real one, except that TorchServe's worker
+    // entry point runs the garbage worker instead.
+    let wrapper = dir.path().join("python");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in */model_service_worker.py) shift; exec {py} {script} \"$@\";; esac\nexec {py} \"$@\"\n",
+            py = test_python(),
+            script = script.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = format!(
+        "python={}\nmodels={{\"bad\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}",
+        wrapper.display()
+    );
+    let server = Server::start_with(
+        Setup {
+            archives: &["sign.mar"],
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            let manifest = r#"{"runtime": "python", "model": {"modelName": "bad", "handler": "h:handle", "modelVersion": "1.0"}}"#;
+            write_mar(
+                &store.join("bad.mar"),
+                manifest,
+                &[("h.py", b"def handle(d, c):\n    return d\n")],
+            );
+        },
+    );
+    let m = server.management.clone();
+    eventually("the garbage worker never became ready", || {
+        get(&format!("{m}/models/bad")).1.contains("\"READY\"")
+    });
+    let started = Instant::now();
+    let (status, body, _) = post(
+        &format!("{}/predictions/bad", server.inference),
+        "text/plain",
+        "x",
+    );
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(
+        assert_error(&body, 500, "InternalServerException"),
+        "Worker died."
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the request hung"
+    );
+    assert_eq!(sign_ok(&server, "sign"), 200, "other models keep answering");
+    eventually("no restart recorded", || {
+        let (_, d, _) = get(&format!("{m}/models/bad"));
+        let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+        d[0]["stats"]["workerRestarts"].as_u64().unwrap_or(0) >= 1
+    });
+    eventually("the log does not say what happened", || {
+        server
+            .log_text()
+            .contains("Python worker connection failed")
+    });
+}
+
+#[test]
+fn an_unwritable_log_directory_does_not_stop_the_server() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        env: &[
+            ("LOG_LOCATION", "/dev/null/logs"),
+            ("METRICS_LOCATION", "/dev/null/metrics"),
+        ],
+        ..Setup::default()
+    });
+    assert_eq!(sign_ok(&server, "sign"), 200);
+    eventually("the log does not name the problem", || {
+        let log = server.log_text();
+        log.contains("cannot write /dev/null/logs/access_log.log")
+            && log.contains("cannot write the startup snapshot")
+    });
+}
+
+#[test]
+fn a_store_file_deleted_under_a_running_model() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        config: "enable_model_api=true",
+        ..Setup::default()
+    });
+    std::fs::remove_file(Server::model_store(server.dir.path()).join("sign.mar")).unwrap();
+    // The model runs from its extracted copy: it keeps answering and can be managed.
+    assert_eq!(sign_ok(&server, "sign"), 200);
+    let m = &server.management;
+    assert_eq!(get(&format!("{m}/models/sign")).0, 200);
+    let res = agent().delete(format!("{m}/models/sign")).call().unwrap();
+    assert_eq!(res.status(), 200);
+    // Registering it again names the missing file.
+    let mut res = agent()
+        .post(format!("{m}/models?url=sign.mar"))
+        .send_empty()
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body = res.body_mut().read_to_string().unwrap();
+    assert_error(&body, 404, "ModelNotFoundException");
+}
+
+#[test]
+fn stalled_bodies_and_malformed_http_are_answered_and_others_keep_serving() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        config: "body_idle_timeout_sec=1",
+        ..Setup::default()
+    });
+    let addr = server.inference.trim_start_matches("http://").to_string();
+
+    // A body announced as 1000 bytes that stops after 10.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(
+        b"POST /predictions/sign HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"landmar",
+    )
+    .unwrap();
+    let started = Instant::now();
+    // Meanwhile another client is served.
+    assert_eq!(sign_ok(&server, "sign"), 200);
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reply = String::new();
+    let _ = slow.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("RequestTimeoutException"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Not HTTP at all.
+    let mut junk = TcpStream::connect(&addr).unwrap();
+    junk.write_all(b"\x16\x03\x01 definitely not http\r\n\r\n")
+        .unwrap();
+    junk.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = junk.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
+    assert_eq!(sign_ok(&server, "sign"), 200);
+}
