@@ -52,14 +52,9 @@ pub async fn read_body(
     Ok(body.freeze())
 }
 
-/// Builds the handler input from headers and body.
-pub async fn request_input(
-    req: &HttpRequest,
-    request_id: String,
-    body: Bytes,
-) -> Result<RequestInput, ApiError> {
-    let headers = req
-        .headers()
+/// The request's headers as (name, value) text pairs, as handlers receive them.
+pub fn header_list(req: &HttpRequest) -> Vec<(String, String)> {
+    req.headers()
         .iter()
         .map(|(k, v)| {
             (
@@ -67,7 +62,16 @@ pub async fn request_input(
                 String::from_utf8_lossy(v.as_bytes()).into_owned(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Builds the handler input from headers and body.
+pub async fn request_input(
+    req: &HttpRequest,
+    request_id: String,
+    body: Bytes,
+) -> Result<RequestInput, ApiError> {
+    let headers = header_list(req);
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)

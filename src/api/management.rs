@@ -113,17 +113,7 @@ async fn describe_request(
     version: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
     let customized = param::<bool>(&query(req), "customized").unwrap_or(false);
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    describe(state, model, version, customized, headers).await
+    describe(state, model, version, customized, input::header_list(req)).await
 }
 
 /// `GET /v1/models/{m}`: ready when the default version has a worker (loaded or not), as
