@@ -205,3 +205,36 @@ fn stalled_bodies_and_malformed_http_are_answered_and_others_keep_serving() {
     );
     assert_eq!(sign_ok(&server, "sign"), 200);
 }
+
+/// Connections past `max_connections` are answered with a clear 503 and closed; once others
+/// go, new ones are served again.
+#[test]
+fn connections_past_the_limit_get_a_clear_error() {
+    let server = Server::start(Setup {
+        archives: &["sign.mar"],
+        config: "max_connections=5",
+        ..Setup::default()
+    });
+    let addr = server.inference.trim_start_matches("http://").to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    let held: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    extra
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = String::new();
+    let _ = extra.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(
+        reply.contains("Too many connections (max_connections is 5)"),
+        "{reply}"
+    );
+    drop(held);
+    eventually("served again once connections closed", || {
+        get(&format!("{}/ping", server.inference)).0 == 200
+    });
+}

@@ -57,6 +57,46 @@ impl AppState {
 #[derive(Clone, Copy)]
 pub struct ConnFd(std::os::fd::RawFd);
 
+/// Open connections of a listener, against `max_connections`: each connection holds a
+/// [`ConnSlot`] (in its extensions) for as long as it lives.
+#[derive(Clone)]
+struct ConnCount {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+}
+
+/// One connection's place in its listener's count; `over` when it arrived past the limit
+/// (its requests are refused with 503 and the connection closed).
+struct ConnSlot {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    over: bool,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl ConnCount {
+    fn new(limit: usize) -> Self {
+        Self {
+            open: Default::default(),
+            limit,
+        }
+    }
+
+    /// `on_connect`: counts the connection and notes its socket for disconnect checks.
+    fn connected(&self, conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+        let now = self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        ext.insert(ConnSlot {
+            open: self.open.clone(),
+            over: now > self.limit,
+        });
+        ConnFd::from_connection(conn, ext);
+    }
+}
+
 impl ConnFd {
     fn from_connection(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
         use std::os::fd::AsRawFd;
@@ -162,9 +202,25 @@ macro_rules! app {
                 req.extensions_mut().insert(RequestId(id.clone()));
                 let state = req.app_data::<web::Data<AppState>>().cloned();
                 let access = AccessEntry::of(&req);
-                let fut = srv.call(req);
+                let over = req
+                    .request()
+                    .conn_data::<ConnSlot>()
+                    .is_some_and(|slot| slot.over);
+                let limit = state.as_ref().map_or(0, |s| s.settings.max_connections);
+                let call = if over {
+                    Err(req.into_response(response::error(&crate::error::ApiError::new(
+                        503,
+                        "ServiceUnavailableException",
+                        format!("Too many connections (max_connections is {limit}); retry later"),
+                    ))))
+                } else {
+                    Ok(srv.call(req))
+                };
                 async move {
-                    let mut res = fut.await?;
+                    let mut res = match call {
+                        Err(refused) => refused,
+                        Ok(fut) => fut.await?,
+                    };
                     standard_headers(&mut res, &id);
                     let status = res.status().as_u16();
                     if let Some(state) = state {
@@ -262,8 +318,9 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     let mut servers = Vec::new();
     if single_port {
         let s = state.clone();
+        let count = ConnCount::new(settings.max_connections);
         let server = HttpServer::new(move || app!(s, all_route))
-            .on_connect(ConnFd::from_connection)
+            .on_connect(move |c, ext| count.connected(c, ext))
             .workers(cores)
             .disable_signals()
             .shutdown_timeout(drain);
@@ -278,8 +335,9 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         );
     } else {
         let s = state.clone();
+        let count = ConnCount::new(settings.max_connections);
         let inference = HttpServer::new(move || app!(s, inference::route))
-            .on_connect(ConnFd::from_connection)
+            .on_connect(move |c, ext| count.connected(c, ext))
             .workers(cores)
             .disable_signals()
             .shutdown_timeout(drain);
@@ -293,7 +351,9 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             .run(),
         );
         let s = state.clone();
+        let count = ConnCount::new(settings.max_connections);
         let management = HttpServer::new(move || app!(s, management::route))
+            .on_connect(move |c, ext| count.connected(c, ext))
             .workers(1)
             .disable_signals()
             .shutdown_timeout(drain);

@@ -64,6 +64,7 @@ const KNOWN_KEYS: &[&str] = &[
     "enable_grpc_ssl",
     "blacklist_env_vars",
     "body_idle_timeout_sec",
+    "max_connections",
 ];
 
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
@@ -174,6 +175,9 @@ pub struct Settings {
     pub grpc_inference_port: u16,
     pub grpc_management_address: String,
     pub grpc_management_port: u16,
+    /// Open connections a listener serves; requests on connections past it get a 503
+    /// (`max_connections`).
+    pub max_connections: usize,
     /// Seconds a request body may stall before the request is answered 408
     /// (`body_idle_timeout_sec`).
     pub body_idle_timeout_sec: u64,
@@ -376,6 +380,7 @@ impl Settings {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| "127.0.0.1".into()),
             grpc_management_port: parse_num(&get, "grpc_management_port", 7071)?,
+            max_connections: parse_num(&get, "max_connections", 10_000)?.max(1),
             body_idle_timeout_sec: parse_num(&get, "body_idle_timeout_sec", 30)?.max(1),
             blacklist_env_vars: match get("blacklist_env_vars").filter(|v| !v.trim().is_empty()) {
                 None => None,
