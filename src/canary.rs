@@ -313,6 +313,11 @@ impl Split {
         &self.weights
     }
 
+    /// The canaries' share together, in percent; the default version serves the rest.
+    pub fn canary_share(&self) -> f64 {
+        self.weights.iter().map(|(_, w)| w).sum()
+    }
+
     /// The split as it stands now, to restore after a restart: current weights, and only the
     /// rollout steps still ahead (none once completed or rolled back).
     pub fn effective_spec(&self) -> SplitSpec {
@@ -500,7 +505,7 @@ impl Split {
                 .find(|(w, _)| w == v)
                 .map_or(0.0, |(_, w)| *w)
         };
-        let canary_total: f64 = self.weights.iter().map(|(_, w)| w).sum();
+        let canary_total = self.canary_share();
         let mut names: Vec<String> = vec![default.to_string()];
         names.extend(self.weights.iter().map(|(v, _)| v.clone()));
         if let Some(s) = &self.spec.shadow {

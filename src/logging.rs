@@ -20,7 +20,9 @@ use tracing_subscriber::{Layer, Registry};
 
 pub const ACCESS_LOG: &str = "ACCESS_LOG";
 pub const MODEL_LOG: &str = "MODEL_LOG";
-const METRIC_TARGETS: [&str; 2] = ["TS_METRICS", "MODEL_METRICS"];
+pub const TS_METRICS: &str = "TS_METRICS";
+pub const MODEL_METRICS: &str = "MODEL_METRICS";
+const METRIC_TARGETS: [&str; 2] = [TS_METRICS, MODEL_METRICS];
 
 /// Keeps the background writers flushing; dropping it flushes what is left.
 pub struct Guards(#[allow(dead_code)] Vec<WorkerGuard>);
@@ -84,7 +86,7 @@ pub fn init() -> Guards {
     // RUST_LOG names their targets.
     let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     let mut directives = wanted.clone();
-    for target in [ACCESS_LOG, METRIC_TARGETS[0], METRIC_TARGETS[1]] {
+    for target in [ACCESS_LOG, TS_METRICS, MODEL_METRICS] {
         if !wanted.contains(target) {
             directives.push_str(&format!(",{target}=off"));
         }
@@ -138,10 +140,10 @@ pub fn init() -> Guards {
         layers.push(file_layer(w, true, |t| t == MODEL_LOG));
     }
     if let Some(w) = file(&metrics_dir, "ts_metrics.log") {
-        layers.push(file_layer(w, false, |t| t == "TS_METRICS"));
+        layers.push(file_layer(w, false, |t| t == TS_METRICS));
     }
     if let Some(w) = file(&metrics_dir, "model_metrics.log") {
-        layers.push(file_layer(w, false, |t| t == "MODEL_METRICS"));
+        layers.push(file_layer(w, false, |t| t == MODEL_METRICS));
     }
     tracing_subscriber::registry().with(layers).init();
     Guards(guards)

@@ -171,6 +171,23 @@ impl ModelVersion {
     pub fn response_timeout(&self) -> Duration {
         Duration::from_secs(self.params.response_timeout_s.max(1))
     }
+
+    /// A request this version answered: its metrics, and the window of the split that
+    /// routed it there (its guard rails judge the version on it).
+    pub fn finished(
+        &self,
+        split: Option<&SharedSplit>,
+        status: u16,
+        took: Duration,
+        queued: Option<Duration>,
+    ) {
+        self.metrics.request_done(status, took, queued);
+        if let Some(split) = split {
+            if let Ok(mut s) = split.lock() {
+                s.record(&self.version, took, status >= 500);
+            }
+        }
+    }
 }
 
 struct Versions {
@@ -178,6 +195,20 @@ struct Versions {
     versions: BTreeMap<String, Arc<ModelVersion>>,
     /// A traffic split between the default and canary versions.
     split: Option<SharedSplit>,
+}
+
+impl Versions {
+    /// Takes `version` out of the split (gone, or now the default); an empty split goes.
+    fn leave_split(&mut self, version: &str) {
+        let Some(split) = &self.split else { return };
+        let mut s = split.lock().expect("split lock");
+        s.drop_version(version);
+        let empty = s.is_empty();
+        drop(s);
+        if empty {
+            self.split = None;
+        }
+    }
 }
 
 pub type SharedSplit = Arc<Mutex<Split>>;
@@ -370,7 +401,7 @@ impl Registry {
                 self.metrics.canary_weight(name, v, 0.0);
             }
         }
-        let canary: f64 = new.map_or(0.0, |s| s.weights().iter().map(|(_, w)| w).sum());
+        let canary = new.map_or(0.0, Split::canary_share);
         self.metrics.canary_weight(name, default, 100.0 - canary);
         if let Some(new) = new {
             for (v, w) in new.weights() {
@@ -384,7 +415,6 @@ impl Registry {
         self.next_worker_id.fetch_add(1, Ordering::SeqCst)
     }
 
-    /// Every loaded version of every model.
     /// Sets the gauges read at scrape time (queue depths).
     pub fn refresh_gauges(&self) {
         for mv in self.all() {
@@ -392,6 +422,7 @@ impl Registry {
         }
     }
 
+    /// Every loaded version of every model.
     pub fn all(&self) -> Vec<Arc<ModelVersion>> {
         let models = self.models.read().expect("registry lock");
         models
@@ -437,7 +468,7 @@ impl Registry {
             let (events, total) = {
                 let mut s = split.lock().expect("split lock");
                 let events = s.tick(&default);
-                (events, s.weights().iter().map(|(_, w)| w).sum::<f64>())
+                (events, s.canary_share())
             };
             for event in events {
                 match event {
@@ -554,13 +585,7 @@ impl Registry {
             ));
         }
         let removed = entry.versions.remove(&v).expect("checked above");
-        if let Some(split) = entry.split.clone() {
-            let mut s = split.lock().expect("split lock");
-            s.drop_version(&v);
-            if s.is_empty() {
-                entry.split = None;
-            }
-        }
+        entry.leave_split(&v);
         if entry.versions.is_empty() {
             models.remove(name);
         }
@@ -600,13 +625,7 @@ impl Registry {
         }
         entry.default = version.to_string();
         // The new default cannot also be a canary of itself.
-        if let Some(split) = entry.split.clone() {
-            let mut s = split.lock().expect("split lock");
-            s.drop_version(version);
-            if s.is_empty() {
-                entry.split = None;
-            }
-        }
+        entry.leave_split(version);
         Ok(())
     }
 
@@ -677,14 +696,8 @@ impl Registry {
         )?;
         let queue = JobQueue::new(params.job_queue_size.max(1));
         let metrics = self.metrics.version(&name, &version);
-        // The server-wide envelope wins over the archive's, as in TorchServe.
         let native_envelope = handler::native_handler_name(&archive)
-            .and(
-                settings
-                    .service_envelope
-                    .clone()
-                    .or_else(|| archive.manifest.model.envelope.clone()),
-            )
+            .and(handler::envelope(settings, &archive))
             .filter(|e| !e.trim().is_empty());
         let config = WorkerConfig {
             metrics: metrics.clone(),

@@ -214,8 +214,12 @@ fn serve(
                 let pid = engine.pid().unwrap_or_else(std::process::id);
                 s.pid.store(pid, Ordering::SeqCst);
                 s.set(WorkerState::Ready);
-                cfg.metrics
-                    .worker_loaded(&format!("W-{id}-{}", cfg.label), attempt.elapsed());
+                // This thread carries the worker's name (`W-<id>-<model>_<version>`).
+                let name = std::thread::current()
+                    .name()
+                    .unwrap_or_default()
+                    .to_string();
+                cfg.metrics.worker_loaded(&name, attempt.elapsed());
                 if !serve_batches(s, cfg, intake, engine.as_mut(), stats) {
                     return;
                 }

@@ -160,12 +160,7 @@ async fn predict(
         Err(e) => e.code,
     };
     let took = arrived.elapsed();
-    mv.metrics.request_done(status, took, queued);
-    if let Some(split) = &routed.split {
-        if let Ok(mut s) = split.lock() {
-            s.record(&mv.version, took, status >= 500);
-        }
-    }
+    mv.finished(routed.split.as_ref(), status, took, queued);
     if let (Ok(_), Some(queued)) = (&result, queued) {
         state
             .metrics
@@ -209,11 +204,7 @@ fn shadow_copy(split: SharedSplit, shadow: Arc<ModelVersion>, request: RequestIn
             Ok(Ok(Err(e))) => e.code,
             _ => 500,
         };
-        let took = started.elapsed();
-        shadow.metrics.request_done(status, took, None);
-        if let Ok(mut s) = split.lock() {
-            s.record(&shadow.version, took, status >= 500);
-        }
+        shadow.finished(Some(&split), status, started.elapsed(), None);
     });
 }
 

@@ -206,8 +206,8 @@ macro_rules! app {
                     .request()
                     .conn_data::<ConnSlot>()
                     .is_some_and(|slot| slot.over);
-                let limit = state.as_ref().map_or(0, |s| s.settings.max_connections);
                 let call = if over {
+                    let limit = state.as_ref().map_or(0, |s| s.settings.max_connections);
                     Err(req.into_response(response::error(&crate::error::ApiError::new(
                         503,
                         "ServiceUnavailableException",

@@ -151,6 +151,15 @@ pub struct HandlerSpec<'a> {
     pub metrics: &'a Arc<crate::metrics::Metrics>,
 }
 
+/// The request envelope of a model: the server-wide `service_envelope` wins over the
+/// archive's, as in TorchServe.
+pub fn envelope(settings: &crate::config::Settings, archive: &ModelArchive) -> Option<String> {
+    settings
+        .service_envelope
+        .clone()
+        .or_else(|| archive.manifest.model.envelope.clone())
+}
+
 /// Builds the handler for an archive: native when one is selected, else TorchServe's Python
 /// worker running the archive's own handler.
 pub fn load(archive: &ModelArchive, spec: &HandlerSpec) -> Result<Arc<dyn Handler>, LoadError> {
@@ -221,12 +230,7 @@ fn python_handler(
         model_name: spec.model_name.to_string(),
         model_dir,
         handler,
-        // The server-wide envelope wins over the archive's, as in TorchServe.
-        envelope: settings
-            .service_envelope
-            .clone()
-            .or_else(|| archive.manifest.model.envelope.clone())
-            .unwrap_or_default(),
+        envelope: envelope(settings, archive).unwrap_or_default(),
         batch_size: spec.batch_size,
         response_timeout: spec.response_timeout,
         startup_timeout: spec.startup_timeout,

@@ -59,10 +59,18 @@ const LATENCY_BUCKETS: [f64; 16] = [
 ];
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// Which metric log a metric writes to when it is not exposed.
+#[derive(Clone, Copy)]
+enum LogTo {
+    /// `ts_metrics.log`: the server's own metrics.
+    Server,
+    /// `model_metrics.log`: what Python workers report.
+    Model,
+}
+
 /// Where one metric's updates go.
 enum Sink {
-    /// A line in `ts_metrics.log` (target `TS_METRICS`) or `model_metrics.log` (`MODEL_METRICS`).
-    Log(&'static str),
+    Log(LogTo),
     Counter(CounterVec),
     Gauge(GaugeVec),
     Histogram(HistogramVec),
@@ -76,7 +84,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(kind: Kind, spec: Spec, exposed: bool, log_target: &'static str) -> Option<Self> {
+    fn new(kind: Kind, spec: Spec, exposed: bool, log_to: LogTo) -> Option<Self> {
         let help = format!(
             "Torchserve prometheus {} metric with unit: {}",
             match kind {
@@ -88,7 +96,7 @@ impl Entry {
         );
         let labels: Vec<&str> = spec.dimensions.iter().map(String::as_str).collect();
         let sink = if !exposed {
-            Sink::Log(log_target)
+            Sink::Log(log_to)
         } else {
             match kind {
                 Kind::Counter => {
@@ -139,11 +147,11 @@ impl Entry {
                     h.observe(value);
                 }
             }
-            Sink::Log(target) => {
+            Sink::Log(to) => {
                 let line = self.log_line(value, values, hostname, extra);
-                match *target {
-                    "MODEL_METRICS" => tracing::info!(target: "MODEL_METRICS", "{line}"),
-                    _ => tracing::info!(target: "TS_METRICS", "{line}"),
+                match to {
+                    LogTo::Server => tracing::info!(target: crate::logging::TS_METRICS, "{line}"),
+                    LogTo::Model => tracing::info!(target: crate::logging::MODEL_METRICS, "{line}"),
                 }
             }
         }
@@ -322,14 +330,14 @@ impl Metrics {
                 kind = Kind::Counter;
             }
             let exposed = exposed(&spec.name);
-            if let Some(entry) = Entry::new(kind, spec, exposed, "TS_METRICS") {
+            if let Some(entry) = Entry::new(kind, spec, exposed, LogTo::Server) {
                 frontend.insert(entry.name.clone(), entry);
             }
         }
         let mut backend = HashMap::new();
         for (kind, mut spec) in config.backend {
             spec.dimensions.push("Hostname".into());
-            if let Some(entry) = Entry::new(kind, spec, mode == Mode::Prometheus, "MODEL_METRICS") {
+            if let Some(entry) = Entry::new(kind, spec, mode == Mode::Prometheus, LogTo::Model) {
                 backend.insert(entry.name.clone(), entry);
             }
         }
@@ -453,8 +461,7 @@ impl Metrics {
                 dimensions: dims,
             };
             let kind = Kind::from_line(m.kind.as_deref());
-            let Some(entry) =
-                Entry::new(kind, spec, self.mode == Mode::Prometheus, "MODEL_METRICS")
+            let Some(entry) = Entry::new(kind, spec, self.mode == Mode::Prometheus, LogTo::Model)
             else {
                 return;
             };
@@ -770,7 +777,7 @@ mod tests {
             .into_iter()
             .find(|(_, s)| s.name == "Requests2XX")
             .unwrap();
-        let e = Entry::new(kind, spec, false, "TS_METRICS").unwrap();
+        let e = Entry::new(kind, spec, false, LogTo::Server).unwrap();
         let line = e.log_line(1.0, &["Host", "vm"], "vm", None);
         assert!(
             line.starts_with("Requests2XX.Count:1.0|#Level:Host|#hostname:vm,timestamp:"),

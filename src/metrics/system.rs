@@ -85,21 +85,21 @@ pub fn sample(metrics: &Metrics, last_cpu: &mut Option<(u64, u64)>, gpu: bool) {
     const MB: f64 = 1024.0 * 1024.0;
     const GB: f64 = MB * 1024.0;
     if let Some((total, available)) = memory() {
-        metrics.frontend("MemoryUsed", round1((total - available) / MB), host);
-        metrics.frontend("MemoryAvailable", round1(available / MB), host);
-        metrics.frontend(
-            "MemoryUtilization",
-            round1((total - available) * 100.0 / total),
-            host,
+        usage(
+            metrics,
+            ["MemoryUsed", "MemoryAvailable", "MemoryUtilization"],
+            total,
+            available,
+            MB,
         );
     }
     if let Some((total, free)) = disk() {
-        metrics.frontend("DiskUsage", round1((total - free) / GB), host);
-        metrics.frontend("DiskAvailable", round1(free / GB), host);
-        metrics.frontend(
-            "DiskUtilization",
-            round1((total - free) * 100.0 / total),
-            host,
+        usage(
+            metrics,
+            ["DiskUsage", "DiskAvailable", "DiskUtilization"],
+            total,
+            free,
+            GB,
         );
     }
     if gpu {
@@ -115,6 +115,14 @@ pub fn sample(metrics: &Metrics, last_cpu: &mut Option<(u64, u64)>, gpu: bool) {
             }
         }
     }
+}
+
+/// Used and free amounts in `unit`, and the used share in percent, under `[used, free, share]`.
+fn usage(metrics: &Metrics, names: [&str; 3], total: f64, free: f64, unit: f64) {
+    let host = Dims::default();
+    metrics.frontend(names[0], round1((total - free) / unit), host);
+    metrics.frontend(names[1], round1(free / unit), host);
+    metrics.frontend(names[2], round1((total - free) * 100.0 / total), host);
 }
 
 fn round1(v: f64) -> f64 {

@@ -179,13 +179,8 @@ pub(super) async fn infer(
     };
     let took = arrived.elapsed();
     let code = result.as_ref().map_or_else(|e| e.code, |r| r.status);
-    mv.metrics
-        .request_done(code, took, result.as_ref().ok().map(|r| r.queue_time));
-    if let Some(split) = &routed.split {
-        if let Ok(mut s) = split.lock() {
-            s.record(&mv.version, took, code >= 500);
-        }
-    }
+    let queued = result.as_ref().ok().map(|r| r.queue_time);
+    mv.finished(routed.split.as_ref(), code, took, queued);
     let reply = result.map_err(|e| status(&e))?;
     state
         .metrics
