@@ -26,7 +26,7 @@ const MAX_MODEL_CONFIG: u64 = 1 << 20;
 const MAX_YAML_ALIASES: usize = 50;
 
 /// Counts the aliases without building anything, before the YAML is loaded.
-fn check_aliases(text: &str) -> Result<(), String> {
+pub(crate) fn check_aliases(text: &str) -> Result<(), String> {
     struct Count(usize);
     impl yaml_rust2::parser::EventReceiver for Count {
         fn on_event(&mut self, ev: yaml_rust2::parser::Event) {
@@ -142,8 +142,9 @@ pub struct ModelArchive {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub config: ModelConfig,
-    /// Holds the private extraction directory; dropping it deletes the files.
-    _extracted: Option<tempfile::TempDir>,
+    /// Holds the private extraction directory; dropping the last holder deletes the files
+    /// (a workflow's function nodes share its archive's).
+    _extracted: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 impl ModelArchive {
@@ -191,8 +192,36 @@ impl ModelArchive {
             dir,
             manifest,
             config,
-            _extracted: extracted,
+            _extracted: extracted.map(std::sync::Arc::new),
         })
+    }
+
+    /// A model made of one Python function of an extracted folder (a workflow's function
+    /// node): TorchServe's worker loads `handler` (`file.py:function`) from `dir`.
+    pub fn function(
+        dir: PathBuf,
+        extracted: std::sync::Arc<tempfile::TempDir>,
+        model_name: &str,
+        handler: String,
+    ) -> Self {
+        let manifest = Manifest {
+            runtime: Some("python".into()),
+            model: ManifestModel {
+                model_name: Some(model_name.into()),
+                version: Some("1.0".into()),
+                model_version: Some("1.0".into()),
+                handler: Some(handler),
+                ..ManifestModel::default()
+            },
+            ..Manifest::default()
+        };
+        ModelArchive {
+            url: String::new(),
+            dir,
+            manifest,
+            config: ModelConfig::default(),
+            _extracted: Some(extracted),
+        }
     }
 
     /// A file of the model, by the name the manifest gives (a basename).
@@ -220,7 +249,7 @@ pub fn default_model_name(url: &str) -> String {
         .collect()
 }
 
-fn extraction_dir() -> std::io::Result<tempfile::TempDir> {
+pub(crate) fn extraction_dir() -> std::io::Result<tempfile::TempDir> {
     let root = std::env::temp_dir().join("models");
     fs::create_dir_all(&root)?;
     tempfile::Builder::new().prefix("").tempdir_in(root)
@@ -280,7 +309,7 @@ pub fn safe_join(dir: &Path, name: &str) -> Option<PathBuf> {
 /// Extracts a zip into `dest`, refusing absolute paths, `..`, symlinks, too many entries,
 /// and entries or totals that inflate past the limits. Sizes are counted on the bytes
 /// actually inflated, never on the sizes the archive claims.
-fn extract_zip(archive: &Path, dest: &Path, max_total: u64) -> Result<(), ArchiveError> {
+pub(crate) fn extract_zip(archive: &Path, dest: &Path, max_total: u64) -> Result<(), ArchiveError> {
     let name = archive.display().to_string();
     let corrupt = |reason: String| ArchiveError::Corrupt {
         path: name.clone(),

@@ -187,3 +187,16 @@ impl ConfigError {
         }
     }
 }
+
+impl From<LoadError> for ApiError {
+    /// A model that cannot be loaded, as the register API reports it.
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Archive(ArchiveError::NotFound(message)) => {
+                ApiError::new(404, "ModelNotFoundException", message)
+            }
+            LoadError::Backend(e) => ApiError::internal(500, e.to_string()),
+            other => ApiError::new(400, "InvalidModelException", other.to_string()),
+        }
+    }
+}

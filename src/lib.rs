@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod registry;
 pub mod snapshot;
 pub mod worker;
+pub mod workflow;

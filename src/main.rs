@@ -158,6 +158,12 @@ fn run(cli: &Cli) -> Result<(), String> {
             store.display()
         ));
     }
+    if let Some(wf) = settings.workflow_store.as_ref().filter(|d| !d.is_dir()) {
+        return Err(format!(
+            "--workflow-store directory not found: {}",
+            wf.display()
+        ));
+    }
     let env: HashMap<String, String> = std::env::vars().collect();
     let request = DeviceRequest::from_env(&env).map_err(|e| e.to_string())?;
     let device =
@@ -169,6 +175,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         tracing::info!("Config file: {}", file.display());
     }
     tracing::info!("Model Store: {}", store.display());
+    if let Some(wf) = settings.workflow_store() {
+        tracing::info!("Workflow Store: {}", wf.display());
+    }
     for key in settings.extra.keys() {
         tracing::debug!(key, "configuration key not used by ferroserve");
     }
@@ -283,6 +292,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         runtime,
         tokens,
         snapshots,
+        workflows: Default::default(),
     };
     let result = actix_web::rt::System::new()
         .block_on(api::serve(state))

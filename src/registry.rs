@@ -147,11 +147,18 @@ pub struct ModelVersion {
     pub native_envelope: Option<String>,
     /// A file fetched into the store by registration; deleted when the model goes.
     pub downloaded: Option<std::path::PathBuf>,
+    /// The workflow this model is a node of (such models stay out of snapshots).
+    pub workflow: Option<String>,
 }
 
 impl ModelVersion {
     pub fn url(&self) -> &str {
         &self.archive.url
+    }
+
+    /// A workflow's function node: code of the workflow archive, no model archive of its own.
+    pub fn is_function(&self) -> bool {
+        self.workflow.is_some() && self.archive.url.is_empty()
     }
 
     pub fn device(&self) -> Device {
@@ -642,7 +649,20 @@ impl Registry {
             .model_store
             .as_deref()
             .ok_or_else(|| LoadError::Invalid("Model store has not been configured.".into()))?;
-        let mut archive = ModelArchive::open(store, url, settings.max_archive_size)?;
+        let archive = ModelArchive::open(store, url, settings.max_archive_size)?;
+        self.load_archive(settings, runtime, archive, reg, at_startup)
+    }
+
+    /// Builds the handler of an opened archive and starts its workers.
+    pub fn load_archive(
+        &self,
+        settings: &Settings,
+        runtime: &RuntimeOptions,
+        mut archive: ModelArchive,
+        reg: &Registration,
+        at_startup: bool,
+    ) -> Result<ModelVersion, LoadError> {
+        let url = archive.url.clone();
         if let Some(handler) = &reg.handler {
             archive.manifest.model.handler = Some(handler.clone());
         }
@@ -656,7 +676,7 @@ impl Registry {
         {
             Some(name) => name,
             // Start-up entries get a default name; the register API insists on one.
-            None if at_startup => archive::default_model_name(url),
+            None if at_startup => archive::default_model_name(&url),
             None => return Err(LoadError::Invalid("Model name is not defined.".into())),
         };
         let version = archive
@@ -733,6 +753,7 @@ impl Registry {
             metrics,
             native_envelope,
             downloaded: None,
+            workflow: None,
         })
     }
 }

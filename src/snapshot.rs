@@ -92,7 +92,8 @@ impl Snapshots {
         let mut models: BTreeMap<String, BTreeMap<String, SnapshotVersion>> = BTreeMap::new();
         let mut count = 0;
         for (model, default, versions) in registry.snapshot_view() {
-            for m in versions {
+            // Workflows are not snapshotted (as TorchServe), nor are their nodes' models.
+            for m in versions.into_iter().filter(|m| m.workflow.is_none()) {
                 let (min, max) = m.pool.limits();
                 count += 1;
                 models.entry(model.clone()).or_default().insert(

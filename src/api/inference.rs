@@ -56,6 +56,7 @@ pub async fn route(
             ];
             predict(&req, payload, &state, model, version, extra).await
         }
+        [_, "wfpredict", name, ..] => super::workflow::predict(&req, payload, &state, name).await,
         // KServe v1 (`/v1/models/{m}:predict|:explain`) and v2 (`/v2/models/{m}/infer|explain`):
         // the default version, the body as is; the envelope (service_envelope) translates.
         [_, "v1", "models", target] if target.contains(':') => {
@@ -411,7 +412,7 @@ pub(super) async fn dispatch(
 
 /// Resolves when the client closes its connection. actix notices a disconnect only when it
 /// writes, so while a request waits for a worker its socket is peeked now and then.
-async fn client_gone(conn: Option<super::ConnFd>) {
+pub(super) async fn client_gone(conn: Option<super::ConnFd>) {
     let Some(conn) = conn else {
         return std::future::pending().await;
     };

@@ -11,7 +11,6 @@ use super::{input, response, AppState};
 use crate::auth::{self, KeyKind};
 use crate::canary::SplitSpec;
 use crate::error::ApiError;
-use crate::error::{ArchiveError, LoadError};
 use crate::fetch;
 use crate::registry::{ModelVersion, Registration};
 
@@ -56,6 +55,11 @@ pub async fn route(
             }
             _ => Err(ApiError::method_not_allowed()),
         },
+        [_, "workflows"] => super::workflow::manage(&req, payload, &state, None).await,
+        // TorchServe ignores a further segment here.
+        [_, "workflows", name] | [_, "workflows", name, _] => {
+            super::workflow::manage(&req, payload, &state, Some(name)).await
+        }
         // KServe v1 model readiness.
         [_, "v1", "models", model] => match method {
             Method::GET => kserve_ready(&state, model),
@@ -127,13 +131,13 @@ fn kserve_ready(state: &AppState, model: &str) -> Result<HttpResponse, ApiError>
     ))
 }
 
-fn query(req: &HttpRequest) -> Vec<(String, String)> {
+pub(super) fn query(req: &HttpRequest) -> Vec<(String, String)> {
     serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
 }
 
 /// First value of a query parameter; unparseable values fall back to the default, as in
 /// TorchServe.
-fn param<T: std::str::FromStr>(q: &[(String, String)], key: &str) -> Option<T> {
+pub(super) fn param<T: std::str::FromStr>(q: &[(String, String)], key: &str) -> Option<T> {
     q.iter()
         .find(|(k, _)| k == key)
         .and_then(|(_, v)| v.trim().parse().ok())
@@ -217,7 +221,7 @@ pub(super) async fn scale(
 pub(super) struct Params(pub serde_json::Map<String, serde_json::Value>);
 
 impl Params {
-    async fn read(
+    pub(super) async fn read(
         req: &HttpRequest,
         payload: web::Payload,
         limit: usize,
@@ -247,7 +251,7 @@ impl Params {
         ))
     }
 
-    fn string(&self, key: &str) -> Option<String> {
+    pub(super) fn string(&self, key: &str) -> Option<String> {
         match self.0.get(key)? {
             serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
             serde_json::Value::String(_) | serde_json::Value::Null => None,
@@ -256,7 +260,7 @@ impl Params {
     }
 
     /// Numbers given as numbers or strings; anything unparseable counts as absent.
-    fn int(&self, key: &str) -> Option<i64> {
+    pub(super) fn int(&self, key: &str) -> Option<i64> {
         match self.0.get(key)? {
             serde_json::Value::Number(n) => n.as_i64(),
             serde_json::Value::String(s) => s.trim().parse().ok(),
@@ -274,16 +278,6 @@ impl Params {
             serde_json::Value::String(s) => s.trim().parse().ok(),
             _ => None,
         }
-    }
-}
-
-fn load_error(e: LoadError) -> ApiError {
-    match e {
-        LoadError::Archive(ArchiveError::NotFound(message)) => {
-            ApiError::new(404, "ModelNotFoundException", message)
-        }
-        LoadError::Backend(e) => ApiError::internal(500, e.to_string()),
-        other => ApiError::new(400, "InvalidModelException", other.to_string()),
     }
 }
 
@@ -349,7 +343,7 @@ pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse
                 if let Some(file) = &resolved.downloaded {
                     let _ = std::fs::remove_file(file);
                 }
-                Err(load_error(e))
+                Err(ApiError::from(e))
             }
         }
     })
@@ -520,7 +514,13 @@ pub(super) fn list(state: &AppState, q: &[(String, String)]) -> Result<HttpRespo
         l => l as usize,
     };
     let offset = param::<i64>(q, "next_page_token").unwrap_or(0).max(0) as usize;
-    let models = state.registry.defaults();
+    // A workflow's function nodes have no archive; TorchServe leaves them out of the list.
+    let models: Vec<_> = state
+        .registry
+        .defaults()
+        .into_iter()
+        .filter(|m| !m.is_function())
+        .collect();
     let next_page_token = (offset + limit <= models.len()).then(|| (offset + limit).to_string());
     let page = models
         .iter()
@@ -565,7 +565,9 @@ struct QueueView {
 struct DescribeView<'a> {
     model_name: &'a str,
     model_version: &'a str,
-    model_url: &'a str,
+    /// None for a workflow's function node (TorchServe has no URL for it and omits the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_url: Option<&'a str>,
     runtime: &'a str,
     min_workers: usize,
     max_workers: usize,
@@ -618,7 +620,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
     DescribeView {
         model_name: &m.name,
         model_version: &m.version,
-        model_url: m.url(),
+        model_url: (!m.is_function()).then(|| m.url()),
         runtime: &m.runtime,
         min_workers,
         max_workers,

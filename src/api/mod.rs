@@ -9,6 +9,7 @@ pub mod input;
 pub mod management;
 pub mod openapi;
 pub mod response;
+mod workflow;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     /// Configuration snapshots; `None` with `--ncs`.
     pub snapshots: Option<crate::snapshot::Snapshots>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Registered workflows (`/workflows`, `/wfpredict`).
+    pub workflows: Arc<crate::workflow::Workflows>,
 }
 
 impl AppState {
@@ -296,7 +299,7 @@ async fn all_route(
 ) -> actix_web::HttpResponse {
     let segs = input::segments(req.path());
     match segs.get(1).map(String::as_str) {
-        Some("models" | "token") => management::route(req, payload, state).await,
+        Some("models" | "token" | "workflows") => management::route(req, payload, state).await,
         // `/v1/models/{m}` (readiness) is management's; `/v1/models/{m}:predict` inference's.
         Some("v1") if segs.len() == 4 && !segs[3].contains(':') => {
             management::route(req, payload, state).await

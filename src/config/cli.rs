@@ -29,7 +29,7 @@ pub struct Cli {
     /// Models to load at start-up: `all`, or `[name=]archive` entries.
     #[arg(long, num_args = 1.., value_delimiter = ' ')]
     pub models: Vec<String>,
-    /// Workflow store directory (accepted).
+    /// Workflow store directory (`workflow_store`; the model store when unset).
     #[arg(long = "workflow-store")]
     pub workflow_store: Option<PathBuf>,
     /// log4j2 configuration (accepted and ignored: ferroserve logs through `RUST_LOG`).

@@ -21,6 +21,7 @@ const KNOWN_KEYS: &[&str] = &[
     "metrics_address",
     "enable_metrics_api",
     "model_store",
+    "workflow_store",
     "load_models",
     "models",
     "default_workers_per_model",
@@ -128,6 +129,8 @@ pub struct Settings {
     pub metrics_address: Address,
     pub enable_metrics_api: bool,
     pub model_store: Option<PathBuf>,
+    /// Where workflow archives are registered from; the model store when unset.
+    pub workflow_store: Option<PathBuf>,
     /// Raw `load_models` entries (`all`, or `[name=]url`).
     pub load_models: Vec<String>,
     /// `models=` JSON: model name → version → parameters.
@@ -300,6 +303,9 @@ impl Settings {
             model_store: get("model_store")
                 .filter(|s| !s.trim().is_empty())
                 .map(PathBuf::from),
+            workflow_store: get("workflow_store")
+                .filter(|s| !s.trim().is_empty())
+                .map(PathBuf::from),
             load_models: get("load_models")
                 .map(|s| {
                     s.split(',')
@@ -418,11 +424,18 @@ impl Settings {
         })
     }
 
-    /// Workers for a model when nothing more specific is configured.
     pub fn body_idle_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.body_idle_timeout_sec)
     }
 
+    /// The workflow store: `workflow_store`, else the model store (as TorchServe).
+    pub fn workflow_store(&self) -> Option<PathBuf> {
+        self.workflow_store
+            .clone()
+            .or_else(|| self.model_store.clone())
+    }
+
+    /// Workers for a model when nothing more specific is configured.
     pub fn workers_default(&self, gpus: usize) -> usize {
         match self.default_workers_per_model {
             0 if gpus > 0 => gpus,
@@ -455,6 +468,9 @@ fn apply_cli(
 ) -> Result<config::ConfigBuilder<config::builder::DefaultState>, config::ConfigError> {
     if let Some(store) = &cli.model_store {
         b = b.set_override("model_store", store.display().to_string())?;
+    }
+    if let Some(store) = &cli.workflow_store {
+        b = b.set_override("workflow_store", store.display().to_string())?;
     }
     if !cli.models.is_empty() {
         b = b.set_override("load_models", cli.models.join(","))?;

@@ -263,7 +263,9 @@ pub fn get(url: &str) -> (u16, String, Vec<(String, String)>) {
     into_parts(agent().get(url).call().unwrap())
 }
 
-fn into_parts(mut res: ureq::http::Response<ureq::Body>) -> (u16, String, Vec<(String, String)>) {
+pub fn into_parts(
+    mut res: ureq::http::Response<ureq::Body>,
+) -> (u16, String, Vec<(String, String)>) {
     let status = res.status().as_u16();
     let headers = res
         .headers()

@@ -1,0 +1,385 @@
+//! Workflows: TorchServe's pipelines of models and Python functions (`.war` archives).
+//! Registering one registers every DAG node as a model named `{workflow}__{node}` (archives
+//! from the model store, functions of the archive's handler file run by TorchServe's Python
+//! worker); unregistering removes them again. Running one is the API's business
+//! (`api::workflow`): it calls the nodes' models in DAG order.
+
+pub mod archive;
+pub mod dag;
+pub mod spec;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::archive::ModelArchive;
+use crate::backend::RuntimeOptions;
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::fetch;
+use crate::registry::{Registration, Registry};
+use archive::WorkflowArchive;
+use spec::{NodeKind, Spec, SpecError};
+
+/// Why a workflow call failed; each maps to TorchServe's status and exception type.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("{0}")]
+    NotFound(String),
+    /// The archive or its manifest or spec is not a usable workflow.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Dag(#[from] dag::DagError),
+    #[error("Workflow {0} is already registered.")]
+    Conflict(String),
+    #[error("Workflow {name} has failed to register. Failures: [{}]", failures.join(", "))]
+    Nodes { name: String, failures: Vec<String> },
+    #[error("Error while unregistering the workflow {name}. Details: [{}]", failures.join(", "))]
+    Unregister { name: String, failures: Vec<String> },
+    #[error("{0}")]
+    Io(String),
+    /// An error of the registration machinery shared with models (download, allowed_urls).
+    #[error("{}", .0.message)]
+    Api(ApiError),
+}
+
+impl From<SpecError> for WorkflowError {
+    fn from(e: SpecError) -> Self {
+        match e {
+            SpecError::Dag(d) => WorkflowError::Dag(d),
+            other => WorkflowError::Invalid(other.to_string()),
+        }
+    }
+}
+
+impl From<WorkflowError> for ApiError {
+    fn from(e: WorkflowError) -> Self {
+        let message = e.to_string();
+        let (code, kind) = match e {
+            WorkflowError::NotFound(_) => (404, "WorkflowNotFoundException"),
+            WorkflowError::Invalid(_) => (500, "InvalidWorkflowException"),
+            WorkflowError::Dag(_) => (400, "InvalidDAGException"),
+            WorkflowError::Conflict(_) => (409, "ConflictStatusException"),
+            WorkflowError::Nodes { .. } => (500, "WorkflowException"),
+            WorkflowError::Unregister { .. } | WorkflowError::Io(_) => {
+                (500, "InternalServerException")
+            }
+            // A store entry that is not there is a missing workflow, not a missing model.
+            WorkflowError::Api(e) if e.code == 404 => (404, "WorkflowNotFoundException"),
+            WorkflowError::Api(e) => return e,
+        };
+        ApiError::new(code, kind, message)
+    }
+}
+
+/// A registered workflow.
+#[derive(Debug)]
+pub struct Workflow {
+    pub name: String,
+    /// The `url` it was registered with.
+    pub url: String,
+    pub spec: Spec,
+    pub archive: WorkflowArchive,
+    /// A `.war` fetched into the store by registration; deleted when the workflow goes.
+    pub downloaded: Option<PathBuf>,
+}
+
+/// `POST /workflows`'s parameters.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    pub url: String,
+    pub workflow_name: Option<String>,
+    pub response_timeout_s: u64,
+    pub startup_timeout_s: u64,
+}
+
+/// What registering needs of the server.
+pub struct Context<'a> {
+    pub registry: &'a Registry,
+    pub settings: &'a Settings,
+    pub runtime: &'a RuntimeOptions,
+}
+
+/// Every registered workflow.
+#[derive(Default)]
+pub struct Workflows {
+    map: RwLock<BTreeMap<String, Arc<Workflow>>>,
+    /// Names being registered, so two registrations of one name cannot both proceed.
+    pending: Mutex<BTreeSet<String>>,
+}
+
+/// Releases a pending name when registration ends, however it ends.
+struct Pending<'a>(&'a Workflows, String);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.0.pending.lock() {
+            p.remove(&self.1);
+        }
+    }
+}
+
+impl Workflows {
+    pub fn get(&self, name: &str) -> Result<Arc<Workflow>, WorkflowError> {
+        self.map
+            .read()
+            .expect("workflow lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| WorkflowError::NotFound(format!("Workflow not found: {name}")))
+    }
+
+    /// Every workflow, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Workflow>> {
+        self.map
+            .read()
+            .expect("workflow lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn reserve(&self, name: &str) -> Result<Pending<'_>, WorkflowError> {
+        let taken = self.map.read().expect("workflow lock").contains_key(name);
+        let mut pending = self.pending.lock().expect("pending lock");
+        if taken || !pending.insert(name.to_string()) {
+            return Err(WorkflowError::Conflict(name.to_string()));
+        }
+        Ok(Pending(self, name.to_string()))
+    }
+
+    /// Opens the archive, registers every node's model (in parallel, each waiting for its
+    /// workers), and keeps the workflow; when a node fails, the nodes registered so far are
+    /// removed again. Blocking. Returns the workflow's name.
+    pub fn register(&self, cx: &Context, req: RegisterRequest) -> Result<String, WorkflowError> {
+        let store = cx.settings.workflow_store().ok_or_else(|| {
+            WorkflowError::NotFound("Workflow store has not been configured.".into())
+        })?;
+        let resolved = fetch::resolve(
+            &req.url,
+            &store,
+            &cx.settings.allowed_urls,
+            cx.settings.max_archive_size,
+        )
+        .map_err(WorkflowError::Api)?;
+        let result =
+            self.register_resolved(cx, &req, &store, &resolved.entry, &resolved.downloaded);
+        if result.is_err() {
+            if let Some(file) = &resolved.downloaded {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        result
+    }
+
+    fn register_resolved(
+        &self,
+        cx: &Context,
+        req: &RegisterRequest,
+        store: &std::path::Path,
+        entry: &str,
+        downloaded: &Option<PathBuf>,
+    ) -> Result<String, WorkflowError> {
+        let archive = WorkflowArchive::open(
+            store,
+            entry,
+            req.workflow_name.as_deref(),
+            cx.settings.max_archive_size,
+        )?;
+        let name = archive.name.clone();
+        let spec = Spec::parse(&archive.spec()?, &name)?;
+        let _pending = self.reserve(&name)?;
+        let handler = if spec.has_functions() {
+            Some(archive.handler()?)
+        } else {
+            None
+        };
+        let failures: Vec<(String, Result<(), String>)> = std::thread::scope(|scope| {
+            let started: Vec<_> = spec
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    let (archive, handler, workflow) = (&archive, handler.as_deref(), &name);
+                    let function = spec.dag.name(i);
+                    let handle = scope.spawn(move || {
+                        register_node(cx, req, workflow, node, function, archive, handler)
+                    });
+                    (node.model.clone(), handle)
+                })
+                .collect();
+            started
+                .into_iter()
+                .map(|(model, h)| {
+                    let outcome = h
+                        .join()
+                        .unwrap_or_else(|_| Err("registration panicked".into()));
+                    (model, outcome)
+                })
+                .collect()
+        });
+        let (ok, failed): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(_, r)| r.is_ok());
+        if !failed.is_empty() {
+            for (model, _) in &ok {
+                let _ = cx.registry.remove(model, None);
+            }
+            let failures = failed
+                .into_iter()
+                .map(|(model, r)| {
+                    format!(
+                        "Workflow Node {model} failed to register. Details: {}",
+                        r.err().unwrap_or_default()
+                    )
+                })
+                .collect();
+            return Err(WorkflowError::Nodes { name, failures });
+        }
+        let workflow = Workflow {
+            name: name.clone(),
+            url: req.url.clone(),
+            spec,
+            archive,
+            downloaded: downloaded.clone(),
+        };
+        self.map
+            .write()
+            .expect("workflow lock")
+            .insert(name.clone(), Arc::new(workflow));
+        tracing::info!(workflow = %name, url = %req.url, "workflow registered");
+        Ok(name)
+    }
+
+    /// Removes a workflow and its nodes' models.
+    pub fn unregister(&self, registry: &Registry, name: &str) -> Result<(), WorkflowError> {
+        let workflow = self
+            .map
+            .write()
+            .expect("workflow lock")
+            .remove(name)
+            .ok_or_else(|| WorkflowError::NotFound(format!("Workflow not found: {name}")))?;
+        let failures: Vec<String> = workflow
+            .spec
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                registry.remove(&node.model, None).err().map(|e| {
+                    format!(
+                        "Error while unregistering workflow node {}: {}",
+                        node.model, e.message
+                    )
+                })
+            })
+            .collect();
+        if let Some(file) = &workflow.downloaded {
+            let _ = std::fs::remove_file(file);
+        }
+        tracing::info!(workflow = %name, "workflow unregistered");
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(WorkflowError::Unregister {
+                name: name.to_string(),
+                failures,
+            })
+        }
+    }
+}
+
+/// Registers one node's model and waits for its workers (TorchServe registers workflow
+/// nodes synchronously, with `max-workers` workers). The error is the reason, for the
+/// registration's answer.
+fn register_node(
+    cx: &Context,
+    req: &RegisterRequest,
+    workflow: &str,
+    node: &spec::Node,
+    function: &str,
+    archive: &WorkflowArchive,
+    handler: Option<&str>,
+) -> Result<(), String> {
+    let s = node.settings;
+    let reg = Registration {
+        model_name: Some(node.model.clone()),
+        batch_size: Some(s.batch_size.max(1) as usize),
+        max_batch_delay_ms: Some(s.max_batch_delay_ms as u64),
+        initial_workers: Some(s.max_workers as usize),
+        response_timeout_s: Some(req.response_timeout_s),
+        startup_timeout_s: Some(req.startup_timeout_s),
+        ..Registration::default()
+    };
+    let settings = cx.settings;
+    let mut model = match &node.kind {
+        NodeKind::Model { url } => {
+            let store = settings
+                .model_store
+                .as_deref()
+                .ok_or("Model store has not been configured.")?;
+            let resolved = fetch::resolve(
+                url,
+                store,
+                &settings.allowed_urls,
+                settings.max_archive_size,
+            )
+            .map_err(|e| e.message)?;
+            let loaded = cx
+                .registry
+                .load(settings, cx.runtime, &resolved.entry, &reg, false);
+            match loaded {
+                Ok(mut m) => {
+                    m.archive.url = url.clone();
+                    m.downloaded = resolved.downloaded;
+                    m
+                }
+                Err(e) => {
+                    if let Some(file) = &resolved.downloaded {
+                        let _ = std::fs::remove_file(file);
+                    }
+                    return Err(ApiError::from(e).message);
+                }
+            }
+        }
+        NodeKind::Function => {
+            // TorchServe runs `handler.py:function` from the handler file's folder.
+            let path = archive
+                .dir
+                .join(handler.ok_or("the manifest names no handler")?);
+            let dir = path.parent().map_or(archive.dir.clone(), PathBuf::from);
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let model = ModelArchive::function(
+                dir,
+                archive.extracted.clone(),
+                &node.model,
+                format!("{file}:{function}"),
+            );
+            cx.registry
+                .load_archive(settings, cx.runtime, model, &reg, false)
+                .map_err(|e| ApiError::from(e).message)?
+        }
+    };
+    model.workflow = Some(workflow.to_string());
+    let workers = model.pool.limits().0;
+    let version = model.version.clone();
+    cx.registry.insert(model).map_err(|e| e.message)?;
+    if workers == 0 {
+        return Ok(());
+    }
+    let m = cx
+        .registry
+        .get(&node.model, Some(&version))
+        .map_err(|e| e.message)?;
+    let startup = Duration::from_secs(req.startup_timeout_s.max(1));
+    if m.pool.wait_started(startup) && m.is_ready() {
+        Ok(())
+    } else {
+        let _ = cx.registry.remove(&node.model, Some(&version));
+        Err(format!(
+            "Failed to start workers for model {} version: {version}",
+            node.model
+        ))
+    }
+}
