@@ -66,6 +66,7 @@ fn document(title: &str, version: &str, paths: Value) -> Value {
 
 const M: (&str, &str, bool) = ("model_name", "path", true);
 const V: (&str, &str, bool) = ("model_version", "path", true);
+const W: (&str, &str, bool) = ("workflow_name", "path", true);
 
 fn inference_paths() -> serde_json::Map<String, Value> {
     let mut p = serde_json::Map::new();
@@ -109,6 +110,10 @@ fn inference_paths() -> serde_json::Map<String, Value> {
     p.insert(
         "/v2/models/{model_name}/ready".into(),
         json!({"get": op("modelReady", "One model's readiness (no token)", &[M])}),
+    );
+    p.insert(
+        "/wfpredict/{workflow_name}".into(),
+        json!({"post": op("workflowPredictions", "Run a workflow's DAG on the request", &[W])}),
     );
     p
 }
@@ -165,6 +170,15 @@ fn management_paths() -> serde_json::Map<String, Value> {
         "/models/{model_name}/canary/promote".into(),
         json!({"put": op("promoteCanary", "Make the canary the default version and clear the split", &[M, q("version")])}),
     );
+    p.insert("/workflows".into(), json!({
+        "get": op("listWorkflows", "List workflows", &[q("limit"), q("next_page_token")]),
+        "post": op("registerWorkflow", "Register a workflow archive (.war) and its nodes' models (needs enable_model_api)",
+            &[("url", "query", true), q("workflow_name"), q("response_timeout"), q("startup_timeout")])
+    }));
+    p.insert("/workflows/{workflow_name}".into(), json!({
+        "get": op("describeWorkflow", "Describe a workflow", &[W]),
+        "delete": op("unregisterWorkflow", "Unregister a workflow and its nodes' models (needs enable_model_api)", &[W])
+    }));
     p.insert("/token".into(), json!({"get": op("rotateToken", "New inference or management key (API key)", &[("type", "query", true)])}));
     p
 }

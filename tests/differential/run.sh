@@ -17,9 +17,24 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Workflow archives built by the real archiver, and their Python model.
+fixtures=tests/fixtures/workflow
+for wf in wf par boom slow twostart cycle dupedge badyaml missing; do
+  "$(dirname "$PY")/torch-workflow-archiver" --workflow-name "$wf" --spec-file "$fixtures/$wf.yaml" \
+    --handler "$fixtures/wf_handler.py" --export-path "$work" -f
+done
+"$PY" - "$work/double.mar" "$fixtures/double.py" <<'PY'
+import json, sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    z.writestr("MAR-INF/MANIFEST.json", json.dumps({"createdOn": "01/01/2024 00:00:00",
+        "runtime": "python", "archiverVersion": "0.12.0",
+        "model": {"modelName": "double", "handler": "double.py", "modelVersion": "1.0"}}))
+    z.write(sys.argv[2], "double.py")
+PY
 for side in ts fs; do
   mkdir -p "$work/$side/store"
   cp model-store/sign.mar "$work/$side/store/"
+  cp "$work"/*.war "$work/double.mar" "$work/$side/store/"
 done
 config() {
   printf '%s\n' "inference_address=http://127.0.0.1:$1" "management_address=http://127.0.0.1:$2" \
