@@ -30,6 +30,7 @@ seed() { # target dir
       printf '{"canaries": {"2.0": 10}, "guards": {"maxErrorRate": 0.1, "minRequests": 2}, "rollout": {"steps": [5, 50], "dwellSec": 0}}' > "$2/split.json" ;;
     worker_reply) printf '\x00\x00\x00\xc8\x00\x00\x00\x02ok\x00\x00\x00\x02id\x00\x00\x00\x00\x00\x00\x00\xc8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02hi\xff\xff\xff\xff' > "$2/reply.bin"
       printf '[METRICS]PredictionTime.ms:2.5|#ModelName:m,Level:Model|#type:GAUGE|#hostname:h,1700000000,req' > "$2/metrics.txt" ;;
+    workflow_spec) cp tests/fixtures/workflow/*.yaml "$2/" ;;
     management_input) printf 'file:///tmp/x.mar' > "$2/file.txt"; printf 'sign.mar' > "$2/plain.txt"
       printf 'https://example.com/m.mar' > "$2/http.txt" ;;
   esac

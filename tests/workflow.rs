@@ -110,7 +110,7 @@ fn model_names(server: &Server) -> Vec<String> {
 
 #[test]
 fn pipeline_of_functions_and_a_model_matches_its_steps() {
-    let server = server("", &[]);
+    let mut server = server("", &[]);
     let store = Server::model_store(server.dir.path());
     war(&store, "wf");
 
@@ -216,6 +216,18 @@ fn pipeline_of_functions_and_a_model_matches_its_steps() {
         .send_empty()
         .unwrap();
     assert_eq!(res.status().as_u16(), 405);
+
+    // Workflows are not snapshotted (as in TorchServe), nor are their nodes' models.
+    assert!(server.terminate().success());
+    let config = server.dir.path().join("logs/config");
+    let shutdown = std::fs::read_dir(&config)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with("-shutdown.cfg"))
+        .expect("a shutdown snapshot");
+    let text = std::fs::read_to_string(shutdown.path()).unwrap();
+    assert!(text.contains("model_snapshot"), "{text}");
+    assert!(!text.contains("wf__"), "{text}");
 }
 
 #[test]
