@@ -62,6 +62,15 @@ fn keys_guard_the_apis_and_rotate() {
     assert_eq!(call(&format!("{i}/ping"), Some(&inference)).0, 200);
     assert_eq!(call(&format!("{m}/models"), Some(&inference)).0, 400);
     assert_eq!(call(&format!("{m}/models"), Some(&management)).0, 200);
+    // Workflows: management key for /workflows, inference key for /wfpredict.
+    assert_eq!(call(&format!("{m}/workflows"), Some(&inference)).0, 400);
+    assert_eq!(call(&format!("{m}/workflows"), Some(&management)).0, 200);
+    assert_eq!(call(&format!("{i}/wfpredict/wf"), None).0, 400);
+    let (code, body) = call(&format!("{i}/wfpredict/wf"), Some(&inference));
+    assert_eq!(
+        (code, assert_error(&body, 404, "WorkflowNotFoundException")),
+        (404, "Workflow not found: wf".to_string())
+    );
     // Traffic splits are management calls like any other.
     let put_split = |key: &str| {
         let mut res = agent()

@@ -165,8 +165,18 @@ fn pipeline_of_functions_and_a_model_matches_its_steps() {
     );
 
     // The same archive under another name, then paging.
-    let (code, body) = register(&server, "url=wf.war&workflow_name=wf2");
+    let (code, body) = register(
+        &server,
+        "url=wf.war&workflow_name=wf2&response_timeout=30&startup_timeout=40",
+    );
     assert_eq!(code, 200, "{body}");
+    // The call's timeouts go to every node's model.
+    for node in ["wf2__pre", "wf2__m"] {
+        let (_, body, _) = get(&format!("{}/models/{node}", server.management));
+        let d = &json(&body)[0];
+        let timeouts = (d["responseTimeout"].as_u64(), d["startupTimeout"].as_u64());
+        assert_eq!(timeouts, (Some(30), Some(40)), "{node}");
+    }
     let (_, body, _) = get(&format!("{}/workflows?limit=1", server.management));
     assert_eq!(
         json(&body),
