@@ -610,6 +610,15 @@ impl Registry {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 let _ = draining.pool.scale(0, 0, &|| 0);
+                // Once the version's last holder is gone its model is freed; give the freed
+                // pages back to the system (glibc keeps them otherwise, and RSS creeps up over
+                // many load/unload cycles).
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Arc::strong_count(&draining) > 1 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                drop(draining);
+                release_freed_memory();
             });
         if let Some(file) = &removed.downloaded {
             let _ = std::fs::remove_file(file);
@@ -755,6 +764,15 @@ impl Registry {
             downloaded: None,
             workflow: None,
         })
+    }
+}
+
+/// Returns free heap pages to the system.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

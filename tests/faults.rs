@@ -1,8 +1,9 @@
 //! Fault injection with real processes: a worker that answers garbage on its socket, an
-//! unwritable log and snapshot directory, a store file deleted under a running model, a
-//! client whose body stalls, malformed HTTP. In each case no request hangs, other models keep
-//! answering, and the logs say what happened. (Worker SIGKILLs during load and inference are
-//! in tests/python.rs; hanging and failing native models in tests/batching.rs.)
+//! unwritable log and snapshot directory, a full disk during extraction and download, a store
+//! file deleted under a running model, a client whose body stalls, malformed HTTP. In each
+//! case no request hangs, other models keep answering, and the logs say what happened.
+//! (Worker SIGKILLs during load and inference are in tests/python.rs; hanging and failing
+//! native models in tests/batching.rs.)
 
 mod common;
 
@@ -237,4 +238,166 @@ fn connections_past_the_limit_get_a_clear_error() {
     eventually("served again once connections closed", || {
         get(&format!("{}/ping", server.inference)).0 == 200
     });
+}
+
+/// A tmpfs of a fixed size mounted at a directory for the test's lifetime (the test suite
+/// runs as root: it installs its Debian packages itself).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Every entry, recursively (what a failed operation may have left behind).
+    fn entries(&self) -> Vec<String> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+                out.push(e.path().display().to_string());
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Serves `body` on a loopback port to every connection.
+fn serve_bytes(body: Vec<u8>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_full_disk_during_extraction_and_download() {
+    let scratch = tempfile::tempdir().unwrap();
+    // Extraction goes to TMPDIR: 1 MiB holds the small probe model, not the sign model.
+    let tmp = Tmpfs::mount(&scratch.path().join("tmp"), "1m");
+    let sign = std::fs::read(std::path::Path::new(REPO).join("model-store/sign.mar")).unwrap();
+    let mut store_fs = None;
+    let server = Server::start_with(
+        Setup {
+            archives: &[],
+            config: "enable_model_api=true\nload_models=probe.mar",
+            env: &[("TMPDIR", tmp.0.to_str().unwrap())],
+        },
+        |store| {
+            // The store is a 4 MiB disk holding both archives and a filler that leaves less
+            // room than a download of the sign model needs.
+            let fs = Tmpfs::mount(store, "4m");
+            std::fs::copy(
+                std::path::Path::new(REPO).join("tests/fixtures/probe.mar"),
+                store.join("probe.mar"),
+            )
+            .unwrap();
+            std::fs::write(store.join("sign.mar"), &sign).unwrap();
+            std::fs::write(store.join("filler"), vec![1u8; 2_300_000]).unwrap();
+            store_fs = Some(fs);
+        },
+    );
+    let store_fs = store_fs.unwrap();
+    let m = &server.management;
+    let probe_ok = || {
+        post(
+            &format!("{}/predictions/probe", server.inference),
+            "application/json",
+            r#"{"landmarks": [[0, 0, 0, 0]]}"#,
+        )
+        .0 == 200
+    };
+    assert!(probe_ok(), "{}", server.log_text());
+    let tmp_before = tmp.entries();
+    let store_before = store_fs.entries();
+
+    // Extraction runs out of space: a clear error, nothing left behind, others serve on.
+    let (code, body, _) = post(&format!("{m}/models?url=sign.mar"), "text/plain", "");
+    assert_eq!(code, 400, "{body}");
+    let message = assert_error(&body, 400, "InvalidModelException");
+    assert!(message.contains("No space left on device"), "{message}");
+    assert_eq!(tmp.entries(), tmp_before);
+    assert!(probe_ok());
+
+    // A download runs out of space in the store: refused, no partial file, reason logged.
+    let port = serve_bytes(sign.clone());
+    let url = format!("http://127.0.0.1:{port}/sign2.mar");
+    let (code, body, _) = post(
+        &format!("{m}/models?url={url}&model_name=sign2"),
+        "text/plain",
+        "",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_error(&body, 400, "DownloadArchiveException");
+    assert_eq!(store_fs.entries(), store_before);
+    assert!(probe_ok());
+    eventually("the log does not name the full disk", || {
+        server.log_text().contains("No space left on device")
+    });
+
+    // With room again, the same calls succeed and the models answer.
+    tmp.resize("16m");
+    std::fs::remove_file(store_fs.0.join("filler")).unwrap();
+    let (code, body, _) = post(&format!("{m}/models?url=sign.mar"), "text/plain", "");
+    assert_eq!(code, 200, "{body}");
+    let (code, body, _) = post(
+        &format!("{m}/models?url={url}&model_name=sign2"),
+        "text/plain",
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(sign_ok(&server, "sign"), 200);
+    assert_eq!(sign_ok(&server, "sign2"), 200);
+    assert!(probe_ok());
+    // Lazily unmounted first, so the server's directory can go.
+    drop(store_fs);
+    drop(tmp);
+    drop(server);
 }
