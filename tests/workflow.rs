@@ -347,6 +347,7 @@ fn registration_errors_are_torchserves() {
     war(&wf_store, "dupedge");
     war(&wf_store, "badyaml");
     war(&wf_store, "missing");
+    war(&wf_store, "nofunc");
     // No manifest: the name and then the archiver version are missing.
     let handler = std::fs::read(Path::new(FIXTURES).join("wf_handler.py")).unwrap();
     let spec = std::fs::read(Path::new(FIXTURES).join("wf.yaml")).unwrap();
@@ -398,6 +399,12 @@ fn registration_errors_are_torchserves() {
             500,
             "WorkflowException",
             "Workflow missing has failed to register. Failures: [Workflow Node missing__m failed to register. Details: Model not found at: missing.mar]",
+        ),
+        (
+            "url=nofunc.war",
+            500,
+            "WorkflowException",
+            "Workflow nofunc has failed to register. Failures: [Failed to start workers for model nofunc__nosuch version: 1.0]",
         ),
         ("url=noman.war", 500, "InvalidWorkflowException", "Workflow name is not defined."),
         (

@@ -196,7 +196,7 @@ impl Workflows {
         } else {
             None
         };
-        let failures: Vec<(String, Result<(), String>)> = std::thread::scope(|scope| {
+        let failures: Vec<(String, Result<(), NodeError>)> = std::thread::scope(|scope| {
             let started: Vec<_> = spec
                 .nodes
                 .iter()
@@ -213,9 +213,9 @@ impl Workflows {
             started
                 .into_iter()
                 .map(|(model, h)| {
-                    let outcome = h
-                        .join()
-                        .unwrap_or_else(|_| Err("registration panicked".into()));
+                    let outcome = h.join().unwrap_or_else(|_| {
+                        Err(NodeError::Refused("registration panicked".into()))
+                    });
                     (model, outcome)
                 })
                 .collect()
@@ -227,12 +227,7 @@ impl Workflows {
             }
             let failures = failed
                 .into_iter()
-                .map(|(model, r)| {
-                    format!(
-                        "Workflow Node {model} failed to register. Details: {}",
-                        r.err().unwrap_or_default()
-                    )
-                })
+                .filter_map(|(model, r)| r.err().map(|e| e.message(&model)))
                 .collect();
             return Err(WorkflowError::Nodes { name, failures });
         }
@@ -287,9 +282,41 @@ impl Workflows {
     }
 }
 
+/// Why a node's model did not register.
+#[derive(Debug)]
+enum NodeError {
+    /// The model was refused (archive, handler, name).
+    Refused(String),
+    /// Registered, but its workers did not come up.
+    NoWorkers(String),
+}
+
+impl NodeError {
+    /// The failure as TorchServe lists it in the registration's answer.
+    fn message(self, model: &str) -> String {
+        match self {
+            NodeError::Refused(reason) => {
+                format!("Workflow Node {model} failed to register. Details: {reason}")
+            }
+            NodeError::NoWorkers(status) => status,
+        }
+    }
+}
+
+impl From<String> for NodeError {
+    fn from(reason: String) -> Self {
+        NodeError::Refused(reason)
+    }
+}
+
+impl From<&str> for NodeError {
+    fn from(reason: &str) -> Self {
+        NodeError::Refused(reason.to_string())
+    }
+}
+
 /// Registers one node's model and waits for its workers (TorchServe registers workflow
-/// nodes synchronously, with `max-workers` workers). The error is the reason, for the
-/// registration's answer.
+/// nodes synchronously, with `max-workers` workers).
 fn register_node(
     cx: &Context,
     req: &RegisterRequest,
@@ -298,7 +325,7 @@ fn register_node(
     function: &str,
     archive: &WorkflowArchive,
     handler: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     let s = node.settings;
     let reg = Registration {
         model_name: Some(node.model.clone()),
@@ -336,7 +363,7 @@ fn register_node(
                     if let Some(file) = &resolved.downloaded {
                         let _ = std::fs::remove_file(file);
                     }
-                    return Err(ApiError::from(e).message);
+                    return Err(ApiError::from(e).message.into());
                 }
             }
         }
@@ -377,9 +404,9 @@ fn register_node(
         Ok(())
     } else {
         let _ = cx.registry.remove(&node.model, Some(&version));
-        Err(format!(
+        Err(NodeError::NoWorkers(format!(
             "Failed to start workers for model {} version: {version}",
             node.model
-        ))
+        )))
     }
 }

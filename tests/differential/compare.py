@@ -48,6 +48,7 @@ REQUESTS = [
     ("POST", "m", "/workflows?url=dupedge.war", None),
     ("POST", "m", "/workflows?url=badyaml.war", None),
     ("POST", "m", "/workflows?url=missing.war", None),
+    ("POST", "m", "/workflows?url=nofunc.war", None),
     ("POST", "m", "/workflows?url=wf.war", None),
     ("POST", "m", "/workflows?url=wf.war", None),
     ("POST", "m", "/workflows?url=wf.war&workflow_name=wf2", None),

@@ -19,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 # Workflow archives built by the real archiver, and their Python model.
 fixtures=tests/fixtures/workflow
-for wf in wf par boom slow twostart cycle dupedge badyaml missing; do
+for wf in wf par boom slow twostart cycle dupedge badyaml missing nofunc; do
   "$(dirname "$PY")/torch-workflow-archiver" --workflow-name "$wf" --spec-file "$fixtures/$wf.yaml" \
     --handler "$fixtures/wf_handler.py" --export-path "$work" -f
 done
