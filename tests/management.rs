@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 
 use common::*;
@@ -33,33 +31,6 @@ fn status_of(body: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// Serves `body` for every request on a loopback port, for `count` connections.
-fn serve_file(body: Vec<u8>, count: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(count) {
-            let mut stream = stream.unwrap();
-            let mut buf = [0u8; 4096];
-            let mut seen = Vec::new();
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = stream.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                seen.extend_from_slice(&buf[..n]);
-            }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            stream.write_all(head.as_bytes()).unwrap();
-            stream.write_all(&body).unwrap();
-        }
-    });
-    port
 }
 
 #[test]
@@ -266,7 +237,7 @@ fn register_versions_set_default_and_unregister() {
 #[test]
 fn register_from_urls() {
     let mar = std::fs::read(Path::new(REPO).join("model-store/sign.mar")).unwrap();
-    let port = serve_file(mar, 2);
+    let port = serve_bytes(mar);
     let config = format!(
         "enable_model_api=true\nload_models=\nallowed_urls=http://127\\\\.0\\\\.0\\\\.1:{port}/allowed/.*"
     );

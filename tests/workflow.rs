@@ -437,6 +437,48 @@ fn registration_errors_are_torchserves() {
 }
 
 #[test]
+fn a_workflow_registered_from_a_url() {
+    let server = server("", &[]);
+    let built = tempfile::tempdir().unwrap();
+    war(built.path(), "boom");
+    let port = serve_bytes(std::fs::read(built.path().join("boom.war")).unwrap());
+    let url = format!("http://127.0.0.1:{port}/fetched.war");
+    // Fetched into the workflow store under its URL's file name, kept while registered.
+    let (code, body) = register(&server, &format!("url={url}&workflow_name=fetched"));
+    assert_eq!(code, 200, "{body}");
+    let fetched = server.dir.path().join("model-store/fetched.war");
+    assert!(fetched.is_file());
+    let (_, body, _) = get(&format!("{}/workflows", server.management));
+    assert_eq!(
+        json(&body),
+        json!({"workflows": [{"workflowName": "fetched", "workflowUrl": url}]})
+    );
+    // A second registration would overwrite it: refused.
+    let (code, body) = register(&server, &format!("url={url}&workflow_name=again"));
+    assert_eq!(code, 500, "{body}");
+    // Unregistering deletes the fetched file.
+    let res = agent()
+        .delete(format!("{}/workflows/fetched", server.management))
+        .call()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(!fetched.exists());
+    // A URL outside allowed_urls is refused before anything is fetched.
+    let server = Server::start(Setup {
+        config:
+            "enable_model_api=true\nload_models=\nallowed_urls=https://models\\.example\\.com/.*",
+        ..Setup::default()
+    });
+    let (code, body) = register(&server, &format!("url={url}"));
+    assert_eq!(code, 404, "{body}");
+    let message = assert_error(&body, 404, "WorkflowNotFoundException");
+    assert!(
+        message.contains("does not match any allowed URL"),
+        "{message}"
+    );
+}
+
+#[test]
 fn workflow_registration_needs_the_model_api() {
     // TorchServe leaves /workflows open even with the model API off; here it follows it.
     let server = Server::start(Setup {
