@@ -137,7 +137,7 @@ pub(super) fn query(req: &HttpRequest) -> Vec<(String, String)> {
 
 /// First value of a query parameter; unparseable values fall back to the default, as in
 /// TorchServe.
-pub(super) fn param<T: std::str::FromStr>(q: &[(String, String)], key: &str) -> Option<T> {
+fn param<T: std::str::FromStr>(q: &[(String, String)], key: &str) -> Option<T> {
     q.iter()
         .find(|(k, _)| k == key)
         .and_then(|(_, v)| v.trim().parse().ok())
@@ -508,12 +508,32 @@ struct ListResponse<'a> {
 
 /// Default versions sorted by name; `limit` (default 100, out of range → 100) and
 /// `next_page_token` (an offset) as TorchServe pages them.
+/// TorchServe's paging of a list of `len` items: `limit` (0–100, else 100) from
+/// `next_page_token`, and the token of the next page, given whenever the page ends at or
+/// before the last item.
+pub(super) struct Page {
+    pub offset: usize,
+    pub limit: usize,
+    pub next_page_token: Option<String>,
+}
+
+impl Page {
+    pub fn of(q: &[(String, String)], len: usize) -> Self {
+        let limit = match param::<i64>(q, "limit").unwrap_or(100) {
+            l if !(0..=100).contains(&l) => 100,
+            l => l as usize,
+        };
+        let offset = param::<i64>(q, "next_page_token").unwrap_or(0).max(0) as usize;
+        let next_page_token = (offset + limit <= len).then(|| (offset + limit).to_string());
+        Page {
+            offset,
+            limit,
+            next_page_token,
+        }
+    }
+}
+
 pub(super) fn list(state: &AppState, q: &[(String, String)]) -> Result<HttpResponse, ApiError> {
-    let limit = match param::<i64>(q, "limit").unwrap_or(100) {
-        l if !(0..=100).contains(&l) => 100,
-        l => l as usize,
-    };
-    let offset = param::<i64>(q, "next_page_token").unwrap_or(0).max(0) as usize;
     // A workflow's function nodes have no archive; TorchServe leaves them out of the list.
     let models: Vec<_> = state
         .registry
@@ -521,7 +541,11 @@ pub(super) fn list(state: &AppState, q: &[(String, String)]) -> Result<HttpRespo
         .into_iter()
         .filter(|m| !m.is_function())
         .collect();
-    let next_page_token = (offset + limit <= models.len()).then(|| (offset + limit).to_string());
+    let Page {
+        offset,
+        limit,
+        next_page_token,
+    } = Page::of(q, models.len());
     let page = models
         .iter()
         .skip(offset)

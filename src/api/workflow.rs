@@ -13,7 +13,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
 use super::inference::{client_gone, dispatch};
-use super::management::{param, query, Params};
+use super::management::{query, Page, Params};
 use super::{input, response, AppState, RequestId};
 use crate::error::ApiError;
 use crate::handler::{Param, RequestInput};
@@ -56,17 +56,12 @@ struct ListResponse<'a> {
 
 /// `GET /workflows?limit=&next_page_token=`: TorchServe's paging, sorted by name.
 fn list(state: &AppState, q: &[(String, String)]) -> HttpResponse {
-    let limit = match param::<i64>(q, "limit").unwrap_or(100) {
-        l if !(0..=100).contains(&l) => 100,
-        l => l as usize,
-    };
-    let offset = param::<i64>(q, "next_page_token").unwrap_or(0).max(0) as usize;
     let all = state.workflows.list();
-    let next_page_token = (offset + limit <= all.len()).then(|| (offset + limit).to_string());
+    let page = Page::of(q, all.len());
     let workflows = all
         .iter()
-        .skip(offset)
-        .take(limit)
+        .skip(page.offset)
+        .take(page.limit)
         .map(|w| ListEntry {
             workflow_name: &w.name,
             workflow_url: &w.url,
@@ -75,7 +70,7 @@ fn list(state: &AppState, q: &[(String, String)]) -> HttpResponse {
     response::json(
         200,
         &ListResponse {
-            next_page_token,
+            next_page_token: page.next_page_token,
             workflows,
         },
     )
