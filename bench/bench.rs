@@ -105,8 +105,12 @@ fn raw_pipeline() -> [f64; 2] {
 }
 
 fn raw(batch: usize, decode: bool) -> [f64; 2] {
-    tch::set_num_threads(1);
-    tch::set_num_interop_threads(1);
+    // libtorch accepts its thread counts once per process.
+    static THREADS: std::sync::Once = std::sync::Once::new();
+    THREADS.call_once(|| {
+        tch::set_num_threads(1);
+        tch::set_num_interop_threads(1);
+    });
     let options = RuntimeOptions {
         device: Device::Cpu,
         intra_op_threads: 1,

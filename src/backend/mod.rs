@@ -33,6 +33,8 @@ pub trait Backend: Send + Sync {
         None
     }
     fn runtime(&self) -> &'static str;
+    /// Readies the calling thread to run forward passes (a worker thread, before its first).
+    fn prepare_thread(&self) {}
 }
 
 /// How to reach the runtimes.

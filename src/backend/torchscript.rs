@@ -10,6 +10,7 @@ pub struct TorchScriptModel {
     // CModule is Send + Sync; libtorch runs concurrent inference on one module safely.
     module: tch::CModule,
     device: Device,
+    intra_op_threads: usize,
 }
 
 impl TorchScriptModel {
@@ -27,6 +28,7 @@ impl TorchScriptModel {
         Ok(Self {
             module,
             device: options.device,
+            intra_op_threads: options.intra_op_threads.max(1),
         })
     }
 }
@@ -61,5 +63,36 @@ impl Backend for TorchScriptModel {
 
     fn runtime(&self) -> &'static str {
         "torchscript"
+    }
+
+    /// libtorch's intra-op thread count (OpenMP's) is per thread: a thread that never set it
+    /// runs every operator on as many threads as there are cores, whatever the setting says.
+    fn prepare_thread(&self) {
+        tch::set_num_threads(self.intra_op_threads as i32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_threads_take_the_intra_op_setting() {
+        let store = Path::new(env!("CARGO_MANIFEST_DIR")).join("model-store");
+        let archive = crate::archive::ModelArchive::open(&store, "sign.mar", 1 << 30).unwrap();
+        let file = archive.file(archive.manifest.model.serialized_file.as_deref().unwrap());
+        let options = RuntimeOptions {
+            device: Device::Cpu,
+            intra_op_threads: 1,
+            onnxruntime_library: None,
+        };
+        let model = TorchScriptModel::load(&file, &options).unwrap();
+        // A thread of its own, as a worker has: libtorch's default there is one per core.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                model.prepare_thread();
+                assert_eq!(tch::get_num_threads(), 1);
+            });
+        });
     }
 }

@@ -87,7 +87,8 @@ pub trait Handler: Send + Sync {
     /// Decodes one request; runs on the HTTP side so bad input never occupies a worker.
     fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError>;
     /// Starts what one worker runs batches with: a view of the shared native model, or a
-    /// Python worker process. Blocking; may take seconds. The error is the reason, for logs.
+    /// Python worker process. Runs on the worker's own thread; blocking, may take seconds.
+    /// The error is the reason, for logs.
     fn start_worker(self: Arc<Self>, id: u32) -> Result<Box<dyn Engine>, String>;
     /// The device the model runs on.
     fn device(&self) -> crate::device::Device;

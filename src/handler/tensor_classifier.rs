@@ -124,6 +124,8 @@ impl Handler for TensorClassifier {
     }
 
     fn start_worker(self: Arc<Self>, _id: u32) -> Result<Box<dyn Engine>, String> {
+        // Called on the worker's own thread.
+        self.model.prepare_thread();
         Ok(Box::new(SharedModel(self)))
     }
 
