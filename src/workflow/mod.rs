@@ -196,7 +196,7 @@ impl Workflows {
         } else {
             None
         };
-        let failures: Vec<(String, Result<(), NodeError>)> = std::thread::scope(|scope| {
+        let outcomes: Vec<(String, Result<(), NodeError>)> = std::thread::scope(|scope| {
             let started: Vec<_> = spec
                 .nodes
                 .iter()
@@ -220,7 +220,7 @@ impl Workflows {
                 })
                 .collect()
         });
-        let (ok, failed): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(_, r)| r.is_ok());
+        let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, r)| r.is_ok());
         if !failed.is_empty() {
             for (model, _) in &ok {
                 let _ = cx.registry.remove(model, None);
