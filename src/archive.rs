@@ -288,14 +288,20 @@ fn read_model_config(dir: &Path, url: &str, file: &str) -> Result<ModelConfig, A
         file: file.into(),
         reason,
     };
-    let path =
-        safe_join(dir, file).ok_or_else(|| err("path escapes the model directory".into()))?;
-    let meta = fs::metadata(&path).map_err(|e| err(e.to_string()))?;
-    if meta.len() > MAX_MODEL_CONFIG {
-        return Err(err(format!("larger than {MAX_MODEL_CONFIG} bytes")));
-    }
-    let text = fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let text = read_small_file(dir, file, MAX_MODEL_CONFIG).map_err(err)?;
     ModelConfig::parse(&text).map_err(err)
+}
+
+/// A small text file of an archive's directory, named by its manifest (model-config.yaml, a
+/// workflow spec): refused when the name leaves the directory or the file is larger than `max`
+/// (input for a YAML parser).
+pub(crate) fn read_small_file(dir: &Path, file: &str, max: u64) -> Result<String, String> {
+    let path = safe_join(dir, file).ok_or("path escapes the archive's directory")?;
+    let meta = fs::metadata(&path).map_err(|e| e.to_string())?;
+    if meta.len() > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    fs::read_to_string(&path).map_err(|e| e.to_string())
 }
 
 /// `dir/name` when `name` is a plain relative path that stays inside `dir`.

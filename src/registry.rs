@@ -32,6 +32,8 @@ pub struct Registration {
     pub initial_workers: Option<usize>,
     pub response_timeout_s: Option<u64>,
     pub startup_timeout_s: Option<u64>,
+    /// The workflow whose node this model is.
+    pub workflow: Option<String>,
 }
 
 /// A model version's serving parameters, resolved once at load time.
@@ -513,7 +515,8 @@ impl Registry {
             .collect()
     }
 
-    pub fn insert(&self, model: ModelVersion) -> Result<(), ApiError> {
+    /// Adds a loaded version; a version already there is a 409, as in TorchServe.
+    pub fn insert(&self, model: ModelVersion) -> Result<Arc<ModelVersion>, ApiError> {
         let mut models = self.models.write().expect("registry lock");
         let entry = models
             .entry(model.name.clone())
@@ -536,7 +539,8 @@ impl Registry {
             .then(|| model.archive.config.ferroserve("canary").cloned())
             .flatten();
         let (name, version) = (model.name.clone(), model.version.clone());
-        entry.versions.insert(version.clone(), Arc::new(model));
+        let model = Arc::new(model);
+        entry.versions.insert(version.clone(), model.clone());
         drop(models);
         if let Some(canary) = canary {
             // An archive's model-config.yaml may enter its version as a canary:
@@ -545,7 +549,62 @@ impl Registry {
                 tracing::error!(model = %name, %version, "canary from model-config.yaml not set: {e}");
             }
         }
-        Ok(())
+        Ok(model)
+    }
+
+    /// Registers `url` as `POST /models` does: a store entry, or an allowed URL fetched into
+    /// the store first (deleted again if the model does not register). Blocking.
+    pub fn register_url(
+        &self,
+        settings: &Settings,
+        runtime: &RuntimeOptions,
+        url: &str,
+        reg: &Registration,
+    ) -> Result<Arc<ModelVersion>, ApiError> {
+        let store = settings.model_store.as_deref().ok_or_else(|| {
+            ApiError::new(
+                404,
+                "ModelNotFoundException",
+                "Model store has not been configured.",
+            )
+        })?;
+        let resolved = crate::fetch::resolve(
+            url,
+            store,
+            &settings.allowed_urls,
+            settings.max_archive_size,
+        )?;
+        let registered = self
+            .load(settings, runtime, &resolved.entry, reg, false)
+            .map_err(ApiError::from)
+            .and_then(|mut m| {
+                m.archive.url = url.to_string();
+                m.downloaded = resolved.downloaded.clone();
+                self.insert(m)
+            });
+        if registered.is_err() {
+            if let Some(file) = &resolved.downloaded {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        registered
+    }
+
+    /// Waits up to the version's start-up timeout for its workers; a version whose workers do
+    /// not start is unregistered again, as TorchServe does. Blocking.
+    pub fn await_workers(&self, m: &ModelVersion) -> Result<(), ApiError> {
+        let startup = Duration::from_secs(m.params.startup_timeout_s.max(1));
+        if m.pool.wait_started(startup) && m.is_ready() {
+            return Ok(());
+        }
+        let _ = self.remove(&m.name, Some(&m.version));
+        Err(ApiError::internal(
+            500,
+            format!(
+                "Failed to start workers for model {} version: {}",
+                m.name, m.version
+            ),
+        ))
     }
 
     /// Adds `version` to its model's split (created if needed) with the archive's settings.
@@ -762,7 +821,7 @@ impl Registry {
             metrics,
             native_envelope,
             downloaded: None,
-            workflow: None,
+            workflow: reg.workflow.clone(),
         })
     }
 }

@@ -2,10 +2,10 @@
 
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::Method;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::sync::oneshot;
 
-use super::{input, response, AppState, RequestId};
+use super::{input, response, AppState};
 use crate::auth::{self, KeyKind};
 use crate::batching::{Job, SubmitError};
 use crate::error::ApiError;
@@ -232,19 +232,7 @@ async fn run_request(
         extra_headers,
         shadow,
     } = call;
-    let body = input::read_body(
-        req,
-        payload,
-        state.settings.max_request_size,
-        state.settings.body_idle_timeout(),
-    )
-    .await?;
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
-    let mut request = input::request_input(req, request_id, body).await?;
+    let mut request = input::read_request(req, payload, &state.settings).await?;
     request.headers.extend(extra_headers);
     if mv.native_envelope.as_deref() == Some("kserve") {
         return kserve_v1(

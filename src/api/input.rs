@@ -3,22 +3,24 @@
 //! field; anything else is one `body` parameter carrying the request's mime type.
 
 use actix_web::http::header::CONTENT_TYPE;
-use actix_web::{web, HttpRequest};
+use actix_web::{web, HttpMessage, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use crate::config::Settings;
 use crate::error::ApiError;
 use crate::handler::{Param, RequestInput};
 
-/// Reads the whole body, refusing it as soon as it is known to exceed `limit`, and giving up
-/// on a client that sends nothing for `idle` (a slow-body attack holds a connection and a
-/// buffer otherwise; the HTTP parser bounds only the time to the headers).
+/// Reads the whole body, refusing it as soon as it is known to exceed `max_request_size`, and
+/// giving up on a client that sends nothing for `body_idle_timeout_sec` (a slow-body attack
+/// holds a connection and a buffer otherwise; the HTTP parser bounds only the time to the
+/// headers).
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
-    idle: std::time::Duration,
+    settings: &Settings,
 ) -> Result<Bytes, ApiError> {
+    let (limit, idle) = (settings.max_request_size, settings.body_idle_timeout());
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -63,6 +65,21 @@ pub fn header_list(req: &HttpRequest) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Reads the body and builds the handler input, under the request's id.
+pub async fn read_request(
+    req: &HttpRequest,
+    payload: web::Payload,
+    settings: &Settings,
+) -> Result<RequestInput, ApiError> {
+    let body = read_body(req, payload, settings).await?;
+    let request_id = req
+        .extensions()
+        .get::<super::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    request_input(req, request_id, body).await
 }
 
 /// Builds the handler input from headers and body.

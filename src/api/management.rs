@@ -11,7 +11,6 @@ use super::{input, response, AppState};
 use crate::auth::{self, KeyKind};
 use crate::canary::SplitSpec;
 use crate::error::ApiError;
-use crate::fetch;
 use crate::registry::{ModelVersion, Registration};
 
 pub async fn route(
@@ -41,14 +40,7 @@ pub async fn route(
         [_, "models"] => match method {
             Method::GET => list(&state, &query(&req)),
             Method::POST if state.settings.enable_model_api => {
-                match Params::read(
-                    &req,
-                    payload,
-                    state.settings.max_request_size,
-                    state.settings.body_idle_timeout(),
-                )
-                .await
-                {
+                match Params::read(&req, payload, &state.settings).await {
                     Ok(p) => register(&state, p).await,
                     Err(e) => Err(e),
                 }
@@ -224,8 +216,7 @@ impl Params {
     pub(super) async fn read(
         req: &HttpRequest,
         payload: web::Payload,
-        limit: usize,
-        idle: std::time::Duration,
+        settings: &crate::config::Settings,
     ) -> Result<Self, ApiError> {
         let json = req
             .headers()
@@ -233,7 +224,7 @@ impl Params {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim() == "application/json");
         if json {
-            let body = input::read_body(req, payload, limit, idle).await?;
+            let body = input::read_body(req, payload, settings).await?;
             if !body.is_empty() {
                 return match serde_json::from_slice(&body) {
                     Ok(serde_json::Value::Object(map)) => Ok(Params(map)),
@@ -295,13 +286,6 @@ pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse
             )));
         }
     }
-    let store = settings.model_store.clone().ok_or_else(|| {
-        ApiError::new(
-            404,
-            "ModelNotFoundException",
-            "Model store has not been configured.",
-        )
-    })?;
     let registration = Registration {
         model_name: p.string("model_name"),
         handler: p.string("handler"),
@@ -321,45 +305,16 @@ pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse
             .int("startup_timeout")
             .filter(|&v| v > 0)
             .map(|v| v as u64),
+        workflow: None,
     };
     let synchronous = p.boolean("synchronous").unwrap_or(true);
     let (registry, runtime) = (state.registry.clone(), state.runtime.clone());
-    let registered_url = url.clone();
-    let model = web::block(move || -> Result<ModelVersion, ApiError> {
-        let resolved = fetch::resolve(
-            &url,
-            &store,
-            &settings.allowed_urls,
-            settings.max_archive_size,
-        )?;
-        let loaded = registry.load(&settings, &runtime, &resolved.entry, &registration, false);
-        match loaded {
-            Ok(mut m) => {
-                m.archive.url = registered_url;
-                m.downloaded = resolved.downloaded;
-                Ok(m)
-            }
-            Err(e) => {
-                if let Some(file) = &resolved.downloaded {
-                    let _ = std::fs::remove_file(file);
-                }
-                Err(ApiError::from(e))
-            }
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal(500, e.to_string()))??;
+    let model = web::block(move || registry.register_url(&settings, &runtime, &url, &registration))
+        .await
+        .map_err(|e| ApiError::internal(500, e.to_string()))??;
 
     let (name, version) = (model.name.clone(), model.version.clone());
     let workers = model.pool.limits().0;
-    let startup = Duration::from_secs(model.params.startup_timeout_s.max(1));
-    let downloaded = model.downloaded.clone();
-    if let Err(e) = state.registry.insert(model) {
-        if let Some(file) = downloaded {
-            let _ = std::fs::remove_file(file);
-        }
-        return Err(e);
-    }
     state.snapshot("snapshot");
     if workers == 0 {
         let status = format!(
@@ -375,19 +330,10 @@ pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse
             },
         ));
     }
-    let m = state.registry.get(&name, Some(&version))?;
-    let waiting = m.clone();
-    let started = web::block(move || waiting.pool.wait_started(startup) && waiting.is_ready())
+    let registry = state.registry.clone();
+    web::block(move || registry.await_workers(&model))
         .await
-        .unwrap_or(false);
-    if !started {
-        // As TorchServe: a model whose workers cannot start is unregistered again.
-        let _ = state.registry.remove(&name, Some(&version));
-        return Err(ApiError::internal(
-            500,
-            format!("Failed to start workers for model {name} version: {version}"),
-        ));
-    }
+        .map_err(|e| ApiError::internal(500, e.to_string()))??;
     let status =
         format!("Model \"{name}\" Version: {version} registered with {workers} initial workers");
     Ok(response::json(200, &response::Status { status: &status }))
@@ -447,13 +393,7 @@ async fn set_split(
     state: &AppState,
     model: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let body = input::read_body(
-        req,
-        payload,
-        state.settings.max_request_size,
-        state.settings.body_idle_timeout(),
-    )
-    .await?;
+    let body = input::read_body(req, payload, &state.settings).await?;
     let spec: SplitSpec = if body.iter().all(u8::is_ascii_whitespace) {
         let q = query(req);
         let version = param::<String>(&q, "version")
@@ -506,8 +446,6 @@ struct ListResponse<'a> {
     models: Vec<ListEntry<'a>>,
 }
 
-/// Default versions sorted by name; `limit` (default 100, out of range → 100) and
-/// `next_page_token` (an offset) as TorchServe pages them.
 /// TorchServe's paging of a list of `len` items: `limit` (0–100, else 100) from
 /// `next_page_token`, and the token of the next page, given whenever the page ends at or
 /// before the last item.
@@ -533,6 +471,7 @@ impl Page {
     }
 }
 
+/// Default versions sorted by name, paged as TorchServe pages them.
 pub(super) fn list(state: &AppState, q: &[(String, String)]) -> Result<HttpResponse, ApiError> {
     // A workflow's function nodes have no archive; TorchServe leaves them out of the list.
     let models: Vec<_> = state

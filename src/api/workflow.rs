@@ -7,14 +7,14 @@
 use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
 use super::inference::{client_gone, dispatch};
 use super::management::{query, Page, Params};
-use super::{input, response, AppState, RequestId};
+use super::{input, response, AppState};
 use crate::error::ApiError;
 use crate::handler::{Param, RequestInput};
 use crate::workflow::{Context, RegisterRequest, Workflow};
@@ -114,13 +114,7 @@ async fn register(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let settings = &state.settings;
-    let p = Params::read(
-        req,
-        payload,
-        settings.max_request_size,
-        settings.body_idle_timeout(),
-    )
-    .await?;
+    let p = Params::read(req, payload, settings).await?;
     let url = p
         .string("url")
         .ok_or_else(|| ApiError::bad_request("Parameter url is required."))?;
@@ -161,19 +155,7 @@ pub(super) async fn predict(
     name: &str,
 ) -> Result<HttpResponse, ApiError> {
     let workflow = state.workflows.get(name)?;
-    let body = input::read_body(
-        req,
-        payload,
-        state.settings.max_request_size,
-        state.settings.body_idle_timeout(),
-    )
-    .await?;
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
-    let request = input::request_input(req, request_id, body).await?;
+    let request = input::read_request(req, payload, &state.settings).await?;
     let conn = req.conn_data::<super::ConnFd>().copied();
     let run = run(state, &workflow, request);
     let leaves = tokio::select! {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::WorkflowError;
-use crate::archive::{extract_zip, extraction_dir, safe_join};
+use crate::archive::{extract_zip, extraction_dir, read_small_file, safe_join};
 
 const MANIFEST: &str = "WAR-INF/MANIFEST.json";
 /// A spec is a few dozen lines; a large one is an attack on the YAML parser.
@@ -116,34 +116,24 @@ impl WorkflowArchive {
             .workflow()
             .spec_file
             .ok_or_else(|| WorkflowError::Invalid("The manifest names no specFile.".into()))?;
-        let path = self.member(&file, "specFile")?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).map_err(|_| {
-            WorkflowError::Invalid(format!("Spec file {file} is missing from the archive."))
-        })?;
-        if size > MAX_SPEC {
-            return Err(WorkflowError::Invalid(format!(
-                "Spec file {file} is larger than {MAX_SPEC} bytes."
-            )));
-        }
-        std::fs::read_to_string(&path).map_err(|e| WorkflowError::Io(e.to_string()))
+        read_small_file(&self.dir, &file, MAX_SPEC)
+            .map_err(|e| WorkflowError::Invalid(format!("Spec file {file}: {e}.")))
     }
 
-    /// The handler file's name, checked to be in the archive (function nodes need it).
-    pub fn handler(&self) -> Result<String, WorkflowError> {
+    /// The handler file, checked to be in the archive (function nodes need it).
+    pub fn handler(&self) -> Result<PathBuf, WorkflowError> {
         let file = self
             .workflow()
             .handler
             .ok_or_else(|| WorkflowError::Invalid("The manifest names no handler.".into()))?;
-        if !self.member(&file, "handler")?.is_file() {
+        let path = safe_join(&self.dir, &file).ok_or_else(|| {
+            WorkflowError::Invalid(format!("handler {file:?} escapes the archive"))
+        })?;
+        if !path.is_file() {
             return Err(WorkflowError::Invalid(format!(
                 "Handler file {file} is missing from the archive."
             )));
         }
-        Ok(file)
-    }
-
-    fn member(&self, file: &str, what: &str) -> Result<PathBuf, WorkflowError> {
-        safe_join(&self.dir, file)
-            .ok_or_else(|| WorkflowError::Invalid(format!("{what} {file:?} escapes the archive")))
+        Ok(path)
     }
 }

@@ -11,7 +11,6 @@ pub mod spec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use crate::archive::ModelArchive;
 use crate::backend::RuntimeOptions;
@@ -324,7 +323,7 @@ fn register_node(
     node: &spec::Node,
     function: &str,
     archive: &WorkflowArchive,
-    handler: Option<&str>,
+    handler: Option<&std::path::Path>,
 ) -> Result<(), NodeError> {
     let s = node.settings;
     let reg = Registration {
@@ -334,44 +333,18 @@ fn register_node(
         initial_workers: Some(s.max_workers as usize),
         response_timeout_s: Some(req.response_timeout_s),
         startup_timeout_s: Some(req.startup_timeout_s),
+        workflow: Some(workflow.to_string()),
         ..Registration::default()
     };
     let settings = cx.settings;
-    let mut model = match &node.kind {
-        NodeKind::Model { url } => {
-            let store = settings
-                .model_store
-                .as_deref()
-                .ok_or("Model store has not been configured.")?;
-            let resolved = fetch::resolve(
-                url,
-                store,
-                &settings.allowed_urls,
-                settings.max_archive_size,
-            )
-            .map_err(|e| e.message)?;
-            let loaded = cx
-                .registry
-                .load(settings, cx.runtime, &resolved.entry, &reg, false);
-            match loaded {
-                Ok(mut m) => {
-                    m.archive.url = url.clone();
-                    m.downloaded = resolved.downloaded;
-                    m
-                }
-                Err(e) => {
-                    if let Some(file) = &resolved.downloaded {
-                        let _ = std::fs::remove_file(file);
-                    }
-                    return Err(ApiError::from(e).message.into());
-                }
-            }
-        }
+    let model = match &node.kind {
+        NodeKind::Model { url } => cx
+            .registry
+            .register_url(settings, cx.runtime, url, &reg)
+            .map_err(|e| e.message)?,
         NodeKind::Function => {
             // TorchServe runs `handler.py:function` from the handler file's folder.
-            let path = archive
-                .dir
-                .join(handler.ok_or("the manifest names no handler")?);
+            let path = handler.ok_or("the manifest names no handler")?;
             let dir = path.parent().map_or(archive.dir.clone(), PathBuf::from);
             let file = path
                 .file_name()
@@ -383,30 +356,17 @@ fn register_node(
                 &node.model,
                 format!("{file}:{function}"),
             );
-            cx.registry
+            let loaded = cx
+                .registry
                 .load_archive(settings, cx.runtime, model, &reg, false)
-                .map_err(|e| ApiError::from(e).message)?
+                .map_err(|e| ApiError::from(e).message)?;
+            cx.registry.insert(loaded).map_err(|e| e.message)?
         }
     };
-    model.workflow = Some(workflow.to_string());
-    let workers = model.pool.limits().0;
-    let version = model.version.clone();
-    cx.registry.insert(model).map_err(|e| e.message)?;
-    if workers == 0 {
+    if model.pool.limits().0 == 0 {
         return Ok(());
     }
-    let m = cx
-        .registry
-        .get(&node.model, Some(&version))
-        .map_err(|e| e.message)?;
-    let startup = Duration::from_secs(req.startup_timeout_s.max(1));
-    if m.pool.wait_started(startup) && m.is_ready() {
-        Ok(())
-    } else {
-        let _ = cx.registry.remove(&node.model, Some(&version));
-        Err(NodeError::NoWorkers(format!(
-            "Failed to start workers for model {} version: {version}",
-            node.model
-        )))
-    }
+    cx.registry
+        .await_workers(&model)
+        .map_err(|e| NodeError::NoWorkers(e.message))
 }
