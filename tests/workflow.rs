@@ -17,7 +17,11 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/work
 fn war(dest: &Path, name: &str) {
     let python = PathBuf::from(test_python());
     let archiver = python.parent().unwrap().join("torch-workflow-archiver");
+    // The archiver stages files in `$TMPDIR/{name}` and deletes that folder first: tests
+    // that build the same workflow at once each need their own.
+    let staging = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(&archiver)
+        .env("TMPDIR", staging.path())
         .args(["--workflow-name", name, "--spec-file"])
         .arg(Path::new(FIXTURES).join(format!("{name}.yaml")))
         .arg("--handler")
