@@ -4,16 +4,42 @@ mod common;
 
 use common::*;
 
-/// Starts the server in `dir` (its config.properties), output discarded; the caller kills it.
+/// Starts the server in `dir` (its config.properties), output to `dir/server.log`; the caller
+/// kills it.
 fn serve_in(dir: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
         .arg("--foreground")
         .current_dir(dir)
         .env("TMPDIR", dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// Polls `probe` until it answers, for up to 30 s; if the server exits first or never answers,
+/// fails with what the server printed.
+fn wait_for<T>(
+    child: &mut std::process::Child,
+    dir: &std::path::Path,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(answer) = probe() {
+            return answer;
+        }
+        let exited = child.try_wait().unwrap();
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("no {what} (server exit: {exited:?}):\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn config_dir(text: &str) -> tempfile::TempDir {
@@ -210,14 +236,9 @@ fn single_port_and_unix_socket_listeners() {
     .unwrap();
     let mut child = serve_in(dir.path());
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while agent().get(format!("{base}/ping")).call().is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no single-port listener"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for(&mut child, dir.path(), "single-port listener", || {
+        agent().get(format!("{base}/ping")).call().ok()
+    });
     let checks = (
         get(&format!("{base}/models")).0,
         get(&format!("{base}/models/sign/1.0")).0,
@@ -254,22 +275,15 @@ fn single_port_and_unix_socket_listeners() {
         free_port()
     ));
     let mut child = serve_in(dir.path());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let reply = loop {
-        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) {
-            use std::io::{Read, Write};
-            s.write_all(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            break out;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("no unix socket listener");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let reply = wait_for(&mut child, dir.path(), "unix socket listener", || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        s.write_all(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        Some(out)
+    });
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -314,23 +328,17 @@ fn https_listeners_with_pem_files() {
         key.display()
     ));
     let mut child = serve_in(dir.path());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let answer = loop {
+    let answer = wait_for(&mut child, dir.path(), "https listener", || {
         let out = Command::new("curl")
             .args(["-s", "--cacert"])
             .arg(&cert)
             .arg(format!("https://127.0.0.1:{port}/ping"))
             .output()
             .unwrap();
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).to_string();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("no https listener");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    });
     let _ = child.kill();
     let _ = child.wait();
     assert!(answer.contains("Healthy"), "{answer}");

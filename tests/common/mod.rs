@@ -5,16 +5,25 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
+/// A port nobody listens on, drawn below the kernel's ephemeral range (32768 and up): a port
+/// the kernel hands out could be taken by any client connection of a concurrent test between
+/// this check and the server's bind. A counter keeps one test binary from drawing a port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let port = (FIRST + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn agent() -> ureq::Agent {
