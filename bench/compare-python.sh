@@ -69,6 +69,8 @@ wait_ready() { # management port
   echo "server did not get its workers ready" >&2; return 1
 }
 rss_mib() { ps -o rss= -p "$1" | awk '{s += $1} END {printf "%.0f", s / 1024}'; }
+# "front end + workers = total" for the server process $1 and the worker processes $2.
+rss_split() { echo "$(rss_mib "$1") + $(rss_mib "$2") = $(rss_mib "$1,$2") MiB"; }
 measure() { # name port
   for model in echo sign_py; do
     body=$work/echo.txt; ct=text/plain
@@ -93,8 +95,10 @@ config 18080 18081 18082 > "$work/ts.properties"
 (cd "$work" && PATH="$VENV_BIN:$PATH" TORCH_DEVICE=cpu torchserve --start --ncs --disable-token-auth \
    --model-store "$work/store" --ts-config "$work/ts.properties" >"$work/ts.log" 2>&1)
 wait_ready 18081
-ts_rss=$(rss_mib "$(pgrep -d, -f 'org.pytorch.serve.ModelServer|model_service_worker')")
+ts_java=$(pgrep -d, -f 'org.pytorch.serve.ModelServer')
+ts_rss=$(rss_split "$ts_java" "$(pgrep -d, -f model_service_worker)")
 measure torchserve 18080
+ts_rss_after=$(rss_split "$ts_java" "$(pgrep -d, -f model_service_worker)")
 (cd "$work" && PATH="$VENV_BIN:$PATH" torchserve --stop >/dev/null)
 sleep 2
 
@@ -102,7 +106,13 @@ config 28080 28081 28082 > "$work/fs.properties"
 (cd "$work" && RUST_LOG=warn TMPDIR="$work" exec "$BIN" --foreground --python "$PY" --ts-config "$work/fs.properties" >"$work/fs.log" 2>&1) &
 fpid=$!
 wait_ready 28081
-fs_rss=$(rss_mib "$fpid,$(pgrep -d, -P "$fpid")")
+fs_rss=$(rss_split "$fpid" "$(pgrep -d, -P "$fpid")")
 measure ferroserve 28080
+fs_rss_after=$(rss_split "$fpid" "$(pgrep -d, -P "$fpid")")
 echo
-echo "RSS after start (server and its two Python workers): TorchServe $ts_rss MiB, ferroserve $fs_rss MiB"
+echo "RSS, front end (TorchServe's JVM, ferroserve's process) + its two Python workers:"
+echo
+echo "| server | after start | after the load |"
+echo "|---|---|---|"
+echo "| TorchServe | $ts_rss | $ts_rss_after |"
+echo "| ferroserve | $fs_rss | $fs_rss_after |"
