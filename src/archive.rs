@@ -25,27 +25,38 @@ const MAX_MODEL_CONFIG: u64 = 1 << 20;
 /// bound from a few hundred bytes.
 const MAX_YAML_ALIASES: usize = 50;
 
-/// Counts the aliases without building anything, before the YAML is loaded.
-pub(crate) fn check_aliases(text: &str) -> Result<(), String> {
-    struct Count(usize);
-    impl yaml_rust2::parser::EventReceiver for Count {
-        fn on_event(&mut self, ev: yaml_rust2::parser::Event) {
-            if matches!(ev, yaml_rust2::parser::Event::Alias(_)) {
-                self.0 += 1;
+/// Nesting depth a YAML document may reach (SnakeYAML's default limit too). The YAML loaders
+/// recurse once per level, and a one-line `- - - - …` of a megabyte would overflow a thread's
+/// stack and abort the whole server.
+const MAX_YAML_DEPTH: usize = 50;
+
+/// Counts aliases and nesting depth from the parser's events, one at a time (nothing is built
+/// and nothing recurses), before the YAML is loaded.
+pub(crate) fn check_yaml(text: &str) -> Result<(), String> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let (mut aliases, mut depth) = (0usize, 0usize);
+    loop {
+        match parser.next_token().map_err(|e| e.to_string())?.0 {
+            Event::StreamEnd if aliases > MAX_YAML_ALIASES => {
+                return Err(format!(
+                    "{aliases} YAML aliases, more than the {MAX_YAML_ALIASES} allowed"
+                ))
             }
+            Event::StreamEnd => return Ok(()),
+            Event::Alias(_) => aliases += 1,
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_YAML_DEPTH {
+                    return Err(format!(
+                        "YAML nested deeper than the {MAX_YAML_DEPTH} levels allowed"
+                    ));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
-    let mut count = Count(0);
-    yaml_rust2::parser::Parser::new_from_str(text)
-        .load(&mut count, true)
-        .map_err(|e| e.to_string())?;
-    if count.0 > MAX_YAML_ALIASES {
-        return Err(format!(
-            "{} YAML aliases, more than the {MAX_YAML_ALIASES} allowed",
-            count.0
-        ));
-    }
-    Ok(())
 }
 
 /// `MAR-INF/MANIFEST.json`, every field TorchServe's archiver writes or its frontend reads.
@@ -98,7 +109,7 @@ pub struct ModelConfig(pub Value);
 
 impl ModelConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
-        check_aliases(text)?;
+        check_yaml(text)?;
         let cfg = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Yaml))
             .build()
@@ -438,6 +449,30 @@ mod tests {
         assert!(e.contains("72 YAML aliases"), "{e}");
         let few = "base: &b {batchSize: 2}\nother: *b\nminWorkers: 1\n";
         assert_eq!(ModelConfig::parse(few).unwrap().int("minWorkers"), Some(1));
+    }
+
+    /// A megabyte of `- - - …` on one line would overflow the loader's recursion; it is refused
+    /// from the event stream, on a thread with a small stack to prove nothing recursed.
+    #[test]
+    fn deeply_nested_yaml_is_refused_without_recursing() {
+        let deep = format!("{}x\n", "- ".repeat(500_000));
+        let nested = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || ModelConfig::parse(&deep).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            nested.contains("nested deeper than the 50 levels"),
+            "{nested}"
+        );
+        let flow = format!("a: {}1{}\n", "[".repeat(51), "]".repeat(51));
+        assert!(ModelConfig::parse(&flow).unwrap_err().contains("50 levels"));
+        let fine = format!("minWorkers: 1\na: {}1{}\n", "[".repeat(48), "]".repeat(48));
+        assert_eq!(
+            ModelConfig::parse(&fine).unwrap().int("minWorkers"),
+            Some(1)
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ use crate::worker::{WorkerConfig, WorkerPool};
 /// How long loading waits for workers to come up before carrying on in the background.
 const STARTUP_WAIT: Duration = Duration::from_secs(2);
 
+/// The longest timeout or delay a model may ask for (a year). Any value is accepted, as
+/// TorchServe accepts it, but deadlines are instants, and `now + i64::MAX s` would overflow.
+const MAX_WAIT_S: i64 = 366 * 24 * 3600;
+
 /// What a registration call (`POST /models`) sets explicitly; start-up loading sets nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Registration {
@@ -101,8 +105,9 @@ impl ModelParams {
         let timeout = |v: Option<u64>, key: &str, default: u64| {
             positive(key)
                 .or_else(|| from_models(key))
-                .or(v.map(|v| v as i64))
+                .or(v.map(|v| v.min(MAX_WAIT_S as u64) as i64))
                 .unwrap_or(default as i64)
+                .min(MAX_WAIT_S)
         };
         ModelParams {
             min_workers: min.max(0) as usize,
@@ -112,7 +117,8 @@ impl ModelParams {
                 reg.max_batch_delay_ms.map(|v| v as i64),
                 "maxBatchDelay",
                 100,
-            ) as u64,
+            )
+            .min(MAX_WAIT_S * 1000) as u64,
             response_timeout_s: timeout(
                 reg.response_timeout_s,
                 "responseTimeout",
@@ -123,8 +129,12 @@ impl ModelParams {
                 "startupTimeout",
                 settings.default_startup_timeout,
             ) as u64,
-            max_retry_timeout_s: positive("maxRetryTimeoutInSec").unwrap_or(300) as u64,
-            client_timeout_ms: positive("clientTimeoutInMills").unwrap_or(0) as u64,
+            max_retry_timeout_s: positive("maxRetryTimeoutInSec")
+                .unwrap_or(300)
+                .min(MAX_WAIT_S) as u64,
+            client_timeout_ms: positive("clientTimeoutInMills")
+                .unwrap_or(0)
+                .min(MAX_WAIT_S * 1000) as u64,
             job_queue_size: positive("jobQueueSize").unwrap_or(settings.job_queue_size as i64)
                 as usize,
         }
@@ -955,6 +965,34 @@ mod tests {
         let (_d, a) = folder(Some("minWorkers: 5\nmaxWorkers: 2\n"));
         let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
         assert_eq!((p.min_workers, p.max_workers), (2, 4));
+    }
+
+    /// Deadlines are `now + timeout`: any value is accepted, at most a year is used.
+    #[test]
+    fn huge_timeouts_are_bounded() {
+        let (_d, a) = folder(Some(
+            "maxRetryTimeoutInSec: 9223372036854775807\nclientTimeoutInMills: 9223372036854775807\n",
+        ));
+        let reg = Registration {
+            response_timeout_s: Some(u64::MAX),
+            startup_timeout_s: Some(i64::MAX as u64),
+            max_batch_delay_ms: Some(i64::MAX as u64),
+            ..Registration::default()
+        };
+        let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 0, &reg);
+        let year = MAX_WAIT_S as u64;
+        assert_eq!(
+            (
+                p.response_timeout_s,
+                p.startup_timeout_s,
+                p.max_retry_timeout_s,
+                p.client_timeout_ms,
+                p.max_batch_delay_ms
+            ),
+            (year, year, year, year * 1000, year * 1000)
+        );
+        let later = std::time::Instant::now() + Duration::from_secs(p.startup_timeout_s);
+        assert!(later > std::time::Instant::now());
     }
 
     #[test]

@@ -332,6 +332,7 @@ fn management_list_and_describe() {
         d["workers"][0]["pid"], server.pid,
         "native workers are threads of the server"
     );
+    assert_eq!(d["workers"][0]["memoryUsage"], 0, "no process of their own");
     assert_eq!(
         d["jobQueueStatus"],
         serde_json::json!({"remainingCapacity": 100, "pendingRequests": 0})

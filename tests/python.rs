@@ -198,6 +198,17 @@ fn custom_handlers_run_unchanged() {
         pid, server.pid as i64,
         "describe shows the Python worker's own pid"
     );
+    // Its memory is the worker process's RSS, in bytes (a Python worker holds megabytes).
+    let memory = d[0]["workers"][0]["memoryUsage"].as_u64().unwrap();
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(memory > 10 << 20, "{memory}");
+    let now = rss_kb * 1024;
+    assert!(memory.abs_diff(now) < now / 2, "{memory} vs {now}");
 }
 
 /// The sign model through TorchServe's worker and its Python handler (examples/sign_py.mar)

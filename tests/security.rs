@@ -157,11 +157,24 @@ fn yaml_bombs_and_oversized_requests_are_refused_and_others_keep_serving() {
                     ("model-config.yaml", bomb.as_bytes()),
                 ],
             );
+            // Nesting deep enough to overflow a recursive loader's stack (≈ 1 MB).
+            let deep = format!("{}x\n", "- ".repeat(500_000));
+            write_mar(
+                &store.join("deep.mar"),
+                &manifest.replace("bomb", "deep"),
+                &[
+                    ("h.py", b"def handle(d, c):\n    return d\n"),
+                    ("model-config.yaml", deep.as_bytes()),
+                ],
+            );
         },
     );
     let (code, body) = register(&server, "url=bomb.mar");
     assert!(code >= 400, "{code} {body}");
     assert!(body.contains("72 YAML aliases"), "{body}");
+    let (code, body) = register(&server, "url=deep.mar");
+    assert!(code >= 400, "{code} {body}");
+    assert!(body.contains("nested deeper than the 50 levels"), "{body}");
 
     // A header far past the limit is refused; the server keeps serving.
     let addr = server.inference.trim_start_matches("http://").to_string();

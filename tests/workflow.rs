@@ -311,7 +311,7 @@ fn pipeline_around_a_native_model() {
 
 #[test]
 fn failing_and_slow_nodes_fail_the_request_only() {
-    let server = server("", &[]);
+    let server = server("metrics_mode=prometheus", &[]);
     let store = Server::model_store(server.dir.path());
     war(&store, "boom");
     war(&store, "slow");
@@ -340,6 +340,18 @@ fn failing_and_slow_nodes_fail_the_request_only() {
     assert_eq!(wfpredict(&server, "wf", r#"{"values": [0]}"#).0, 200);
     let log = server.log_text();
     assert!(log.contains("Error executing boom"), "{log}");
+    // The node calls that failed count in their models' metrics: boom answered 500 (on each
+    // attempt), slow's timeout counts as a 500.
+    let (_, metrics, _) = get(&format!("{}/metrics", server.metrics));
+    for node in ["boom__boom", "slow__slow"] {
+        let failed = metrics.lines().find(|l| {
+            l.starts_with("ferroserve_inference_responses_total{")
+                && l.contains(&format!("model_name=\"{node}\""))
+                && l.contains("code=\"5xx\"")
+        });
+        let count = failed.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert!(count.is_some_and(|n| n >= 1.0), "{node}: {metrics}");
+    }
 }
 
 #[test]
@@ -362,8 +374,10 @@ fn registration_errors_are_torchserves() {
     write_zip(
         &wf_store.join("slip.war"),
         &[
-            ("../evil.py", b"x".as_slice()),
             ("WAR-INF/MANIFEST.json", b"{}".as_slice()),
+            // Extraction goes to $TMPDIR/models/<random>/, $TMPDIR being the server's dir.
+            ("../evil.py", b"x".as_slice()),
+            ("../../evil.py", b"x".as_slice()),
         ],
     );
     // The model store is not the workflow store here.
@@ -427,7 +441,9 @@ fn registration_errors_are_torchserves() {
     let (code, body) = register(&server, "url=slip.war");
     assert_eq!(code, 500, "{body}");
     assert!(body.contains("unsafe entry"), "{body}");
-    assert!(!server.dir.path().join("evil.py").exists());
+    for escaped in ["evil.py", "models/evil.py"] {
+        assert!(!server.dir.path().join(escaped).exists(), "{escaped}");
+    }
     // A failed registration leaves no node behind (missing's `pre` had registered).
     assert!(
         model_names(&server).is_empty(),

@@ -612,7 +612,13 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
                     id: w.id.to_string(),
                     start_time: w.started.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
                     status: w.status(),
-                    memory_usage: 0,
+                    // A worker process's RSS now (TorchServe: as of its last system-metrics
+                    // sample); threads in this process have no memory of their own.
+                    memory_usage: w
+                        .pid()
+                        .filter(|&pid| pid != std::process::id())
+                        .and_then(crate::metrics::system::process_rss_bytes)
+                        .unwrap_or(0),
                     pid: w.pid().map_or(-1, i64::from),
                     gpu: device.is_gpu(),
                     gpu_usage: "N/A",

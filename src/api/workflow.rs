@@ -271,18 +271,27 @@ async fn invoke(
 ) -> Result<Bytes, String> {
     let mv = state.registry.get(model, None).map_err(|e| e.message)?;
     let started = Instant::now();
-    let prepared = mv.handler.prepare(input).map_err(|e| e.message)?;
+    // Every call counts in the model's metrics, the failed ones too (a timeout as a 500).
+    let finished = |status: u16, queued: Option<Duration>| {
+        mv.finished(None, status, started.elapsed(), queued)
+    };
+    let prepared = mv.handler.prepare(input).map_err(|e| {
+        finished(e.code, None);
+        e.message
+    })?;
     let pending = std::future::pending::<()>();
     let reply = tokio::time::timeout(timeout, dispatch(&mv, None, prepared, |_| {}, pending))
         .await
-        .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
-        .map_err(|e| ApiError::from(e).message)?;
-    mv.finished(
-        None,
-        reply.status,
-        started.elapsed(),
-        Some(reply.queue_time),
-    );
+        .map_err(|_| {
+            finished(500, None);
+            format!("no answer within {} ms", timeout.as_millis())
+        })?
+        .map_err(|e| {
+            let e = ApiError::from(e);
+            finished(e.code, None);
+            e.message
+        })?;
+    finished(reply.status, Some(reply.queue_time));
     if reply.status >= 400 {
         return Err(format!(
             "status {}: {}",

@@ -72,6 +72,7 @@ pub struct MetricsConfig {
 
 impl MetricsConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
+        crate::archive::check_yaml(text)?;
         let file: File = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Yaml))
             .build()

@@ -41,6 +41,20 @@ fn memory() -> Option<(f64, f64)> {
     Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
 
+/// A process's resident memory in bytes (`VmRSS` in /proc/<pid>/status).
+pub fn process_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// (total, free) bytes of the file system holding `/`.
 fn disk() -> Option<(f64, f64)> {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

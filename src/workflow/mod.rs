@@ -21,6 +21,9 @@ use crate::registry::{Registration, Registry};
 use archive::WorkflowArchive;
 use spec::{NodeKind, Spec, SpecError};
 
+/// How many of a workflow's nodes register at once.
+const PARALLEL_NODES: usize = 8;
+
 /// Why a workflow call failed; each maps to TorchServe's status and exception type.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -141,8 +144,10 @@ impl Workflows {
     }
 
     fn reserve(&self, name: &str) -> Result<Pending<'_>, WorkflowError> {
-        let taken = self.map.read().expect("workflow lock").contains_key(name);
+        // The map is read under the pending lock: a registration finishing meanwhile has put
+        // its name in the map before it leaves `pending`, so one of the two checks sees it.
         let mut pending = self.pending.lock().expect("pending lock");
+        let taken = self.map.read().expect("workflow lock").contains_key(name);
         if taken || !pending.insert(name.to_string()) {
             return Err(WorkflowError::Conflict(name.to_string()));
         }
@@ -195,30 +200,39 @@ impl Workflows {
         } else {
             None
         };
-        let outcomes: Vec<(String, Result<(), NodeError>)> = std::thread::scope(|scope| {
-            let started: Vec<_> = spec
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, node)| {
-                    let (archive, handler, workflow) = (&archive, handler.as_deref(), &name);
-                    let function = spec.dag.name(i);
-                    let handle = scope.spawn(move || {
-                        register_node(cx, req, workflow, node, function, archive, handler)
-                    });
-                    (node.model.clone(), handle)
-                })
-                .collect();
-            started
-                .into_iter()
-                .map(|(model, h)| {
-                    let outcome = h.join().unwrap_or_else(|_| {
-                        Err(NodeError::Refused("registration panicked".into()))
-                    });
-                    (model, outcome)
-                })
-                .collect()
-        });
+        // Nodes start in parallel (each waits for its workers), a bounded number at a time:
+        // a spec may name thousands.
+        let mut outcomes: Vec<(String, Result<(), NodeError>)> = Vec::new();
+        for (nodes, functions) in spec
+            .nodes
+            .chunks(PARALLEL_NODES)
+            .zip(spec.dag.names().chunks(PARALLEL_NODES))
+        {
+            std::thread::scope(|scope| {
+                let started: Vec<_> = nodes
+                    .iter()
+                    .zip(functions)
+                    .map(|(node, function)| {
+                        let (archive, handler, workflow) = (&archive, handler.as_deref(), &name);
+                        let handle = std::thread::Builder::new()
+                            .name(format!("register-{}", node.model))
+                            .spawn_scoped(scope, move || {
+                                register_node(cx, req, workflow, node, function, archive, handler)
+                            });
+                        (node.model.clone(), handle)
+                    })
+                    .collect();
+                for (model, handle) in started {
+                    let outcome = match handle {
+                        Ok(h) => h.join().unwrap_or_else(|_| {
+                            Err(NodeError::Refused("registration panicked".into()))
+                        }),
+                        Err(e) => Err(NodeError::Refused(format!("no thread to register it: {e}"))),
+                    };
+                    outcomes.push((model, outcome));
+                }
+            });
+        }
         let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, r)| r.is_ok());
         if !failed.is_empty() {
             for (model, _) in &ok {

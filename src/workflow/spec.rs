@@ -109,7 +109,7 @@ fn text(y: &Yaml) -> String {
 impl Spec {
     /// Parses a spec for the workflow `workflow` (its models become `{workflow}__{name}`).
     pub fn parse(source: &str, workflow: &str) -> Result<Self, SpecError> {
-        crate::archive::check_aliases(source).map_err(|_| SpecError::Yaml)?;
+        crate::archive::check_yaml(source).map_err(|_| SpecError::Yaml)?;
         let docs = yaml_rust2::YamlLoader::load_from_str(source).map_err(|_| SpecError::Yaml)?;
         let root = docs.into_iter().next().unwrap_or(Yaml::Null);
         let Yaml::Hash(root) = root else {

@@ -121,6 +121,7 @@ def main():
         if not same:
             print(f"|  | `{normal(a[1])}` | `{normal(b[1])}` | |".replace("\n", " "))
     print(f"\ncompared {len(REQUESTS)}: {equal} equal, {len(REQUESTS) - equal} different")
+    return 0 if equal == len(REQUESTS) else 1
 
 
-main()
+sys.exit(main())

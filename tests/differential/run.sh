@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Opt-in differential test: the same request sequence against TorchServe 0.12 and ferroserve
-# (same model store, model API on, token authorization off), statuses and bodies compared.
+# (same model store, model API on, token authorization off), statuses and bodies compared;
+# exits non-zero when any answer differs.
 # Needs Java 17 (installed from Debian if missing) and the Python environment of
 # scripts/python-env.sh (torchserve 0.12.0). Not part of scripts/test.sh.
 set -euo pipefail
