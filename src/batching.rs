@@ -66,8 +66,13 @@ pub struct JobQueue {
     capacity: usize,
 }
 
+/// The most jobs one queue holds. The channel allocates every slot up front, so an archive's
+/// `jobQueueSize` of a trillion would abort the process.
+pub const MAX_QUEUE_SIZE: usize = 100_000;
+
 impl JobQueue {
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.min(MAX_QUEUE_SIZE);
         let (tx, rx) = mpsc::sync_channel(capacity);
         Self {
             tx,
@@ -167,11 +172,40 @@ struct Delivery {
 /// Chunks a streaming handler may run ahead of a slow client.
 const STREAM_BUFFER: usize = 64;
 
+/// How long a streamed answer waits for a client that takes none of its chunks; then the
+/// stream is cut, so a reader that stopped reading does not hold the worker.
+const STREAM_STALL: Duration = Duration::from_secs(30);
+
+type Chunk = Result<bytes::Bytes, std::io::Error>;
+
+/// Sends a chunk, waiting up to `stall` for room; false when the client is gone or stalled.
+fn send_chunk(tx: &tokio::sync::mpsc::Sender<Chunk>, chunk: Chunk, stall: Duration) -> bool {
+    use tokio::sync::mpsc::error::TrySendError;
+    let deadline = Instant::now() + stall;
+    let mut chunk = chunk;
+    loop {
+        match tx.try_send(chunk) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed(_)) => return false,
+            Err(TrySendError::Full(_)) if Instant::now() >= deadline => return false,
+            Err(TrySendError::Full(back)) => {
+                chunk = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
 impl Delivery {
     fn partial(&mut self, i: usize, mut part: Reply) {
         part.queue_time = self.queued[i];
         if let Some(tx) = &self.streams[i] {
-            let _ = tx.blocking_send(Ok(part.body));
+            if !send_chunk(tx, Ok(part.body), STREAM_STALL) {
+                tracing::warn!(
+                    "streamed answer cut: its client took no chunk for {STREAM_STALL:?} or left"
+                );
+                self.streams[i] = None;
+            }
         } else if let Some(reply) = self.replies[i].take() {
             let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
             let _ = reply.send(Ok(Reply {
@@ -185,7 +219,7 @@ impl Delivery {
     fn finish(&mut self, i: usize, mut last: Reply) {
         last.queue_time = self.queued[i];
         if let Some(tx) = self.streams[i].take() {
-            let _ = tx.blocking_send(Ok(last.body));
+            send_chunk(&tx, Ok(last.body), STREAM_STALL);
         } else if let Some(reply) = self.replies[i].take() {
             let _ = reply.send(Ok(last));
         }
@@ -194,7 +228,8 @@ impl Delivery {
     fn fail(&mut self, error: &ApiError) {
         for (reply, stream) in self.replies.iter_mut().zip(self.streams.iter_mut()) {
             if let Some(tx) = stream.take() {
-                let _ = tx.blocking_send(Err(std::io::Error::other(error.message.clone())));
+                let failed = std::io::Error::other(error.message.clone());
+                send_chunk(&tx, Err(failed), STREAM_STALL);
             } else if let Some(reply) = reply.take() {
                 let _ = reply.send(Err(error.clone()));
             }
@@ -262,4 +297,33 @@ pub fn run_batch(
     stats.failed_batches.fetch_add(1, Ordering::Relaxed);
     delivery.fail(&error);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that stops reading holds the worker for `stall` at most; one that left, not at all.
+    #[test]
+    fn a_chunk_waits_for_room_only_so_long() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+        let stall = Duration::from_millis(50);
+        assert!(send_chunk(&tx, Ok("a".into()), stall));
+        let started = Instant::now();
+        assert!(
+            !send_chunk(&tx, Ok("b".into()), stall),
+            "the channel is full"
+        );
+        assert!(started.elapsed() >= stall);
+        // Room again: the chunk goes through.
+        assert_eq!(rx.try_recv().unwrap().unwrap(), "a");
+        assert!(send_chunk(&tx, Ok("c".into()), stall));
+        drop(rx);
+        let started = Instant::now();
+        assert!(!send_chunk(&tx, Ok("d".into()), Duration::from_secs(60)));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a closed stream fails at once"
+        );
+    }
 }

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use crate::batching::{run_batch, BatchSettings, Intake, Outcome, Stats};
 use crate::handler::{Engine, Handler};
 
+/// The most workers one model version runs: each is a thread, a Python worker a process too,
+/// and `min_worker=100000000` must not exhaust the machine.
+pub const MAX_WORKERS: usize = 256;
+
 /// TorchServe's restart back-off in seconds; the index moves up before each wait.
 const BACK_OFF: [u64; 18] = [
     0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597,
@@ -314,7 +318,13 @@ impl WorkerPool {
     /// Starts or retires workers so that `min` run; retired workers finish their batch.
     /// `next_id` hands out worker ids (TorchServe's port-like numbering).
     pub fn scale(&self, min: usize, max: usize, next_id: &dyn Fn() -> u32) -> std::io::Result<()> {
-        *self.limits.lock().expect("pool lock") = (min, max.max(min));
+        if min > MAX_WORKERS {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{min} workers asked, more than the {MAX_WORKERS} a model version may run"),
+            ));
+        }
+        *self.limits.lock().expect("pool lock") = (min, max.clamp(min, MAX_WORKERS));
         let mut workers = self.workers.lock().expect("pool lock");
         workers.retain(|w| w.state() != WorkerState::Exited);
         let mut running: Vec<&Worker> = workers.iter().filter(|w| w.running()).collect();

@@ -265,6 +265,13 @@ fn scaling_under_load_loses_no_request() {
     );
     let (status, body, _) = agent_put(&format!("{m}/models/nope?min_worker=1"));
     assert_eq!(status, 404, "{body}");
+    // A worker count that would exhaust the machine is refused; the model keeps its workers.
+    let (status, body, _) = agent_put(&format!("{m}/models/probe?min_worker=100000000"));
+    assert_eq!(
+        (status, assert_error(&body, 400, "BadRequestException")),
+        (400, "max_worker cannot be more than 256.".to_string())
+    );
+    assert_eq!(probe(&server, 0).0, 200);
 
     let s = server.clone();
     let load = std::thread::spawn(move || {

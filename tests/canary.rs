@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,29 +18,11 @@ const PROBE_CONFIG: &str =
 /// The probe archive as `version`, answering with label `label` instead of "batch", with
 /// `extra_config` appended to its model-config.yaml.
 fn probe_version(store: &Path, file: &str, version: &str, label: &str, extra_config: &str) {
-    let src = Path::new(REPO).join("tests/fixtures/probe.mar");
-    let mut zip = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
-    let mut entry = |name: &str| {
-        let mut data = Vec::new();
-        zip.by_name(name).unwrap().read_to_end(&mut data).unwrap();
-        data
-    };
-    let model = entry("probe.pt");
-    let handler = entry("sign_handler.py");
-    let manifest = format!(
-        r#"{{"runtime": "python", "model": {{"modelName": "probe", "serializedFile": "probe.pt", "handler": "sign_handler.py", "modelVersion": "{version}", "configFile": "model-config.yaml"}}}}"#
-    );
-    let labels = format!(r#"{{"0": "{label}", "1": "rest"}}"#);
-    let config = format!("{PROBE_CONFIG}{extra_config}");
-    write_mar(
+    probe_archive(
         &store.join(file),
-        &manifest,
-        &[
-            ("probe.pt", &model),
-            ("sign_handler.py", &handler),
-            ("index_to_name.json", labels.as_bytes()),
-            ("model-config.yaml", config.as_bytes()),
-        ],
+        version,
+        label,
+        &format!("{PROBE_CONFIG}{extra_config}"),
     );
 }
 

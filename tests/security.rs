@@ -280,3 +280,57 @@ fn secrets_reach_neither_logs_nor_handlers() {
     }
     assert!(!logs.contains("s3cr3t"));
 }
+
+/// Sizes an archive asks for that would exhaust the machine: a queue of a trillion jobs is held
+/// to 100,000; an input of a trillion values, or more workers than 256, is refused; the model
+/// and the server keep serving.
+#[test]
+fn archive_sizes_are_bounded() {
+    const SHAPE: &str =
+        "ferroserve:\n  native_handler: json_tensor_classifier\nminWorkers: 1\nmaxWorkers: 1\n";
+    let server = Server::start_with(
+        Setup {
+            archives: &["sign.mar"],
+            config: "enable_model_api=true\nload_models=sign.mar",
+            ..Setup::default()
+        },
+        |store| {
+            let queue = format!(
+                "{SHAPE}handler:\n  frames: 1\n  features: 4\njobQueueSize: 1000000000000\n"
+            );
+            probe_archive(&store.join("queue.mar"), "1.0", "q", &queue);
+            let input = format!("{SHAPE}handler:\n  frames: 1000000000000\n  features: 4\n");
+            probe_archive(&store.join("input.mar"), "1.0", "i", &input);
+            let workers = "ferroserve:\n  native_handler: json_tensor_classifier\nhandler:\n  frames: 1\n  features: 4\nminWorkers: 100000000\nmaxWorkers: 100000000\n";
+            probe_archive(&store.join("workers.mar"), "1.0", "w", workers);
+        },
+    );
+    let (code, body) = register(&server, "url=queue.mar&model_name=queue");
+    assert_eq!(code, 200, "{body}");
+    let (_, body, _) = get(&format!("{}/models/queue", server.management));
+    let described: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        described[0]["jobQueueStatus"]["remainingCapacity"], 100_000,
+        "{body}"
+    );
+    let answer = post(
+        &format!("{}/predictions/queue", server.inference),
+        "application/json",
+        r#"{"landmarks": [[0, 0, 0, 0]], "topk": 1}"#,
+    );
+    assert_eq!(answer.0, 200, "{}", answer.1);
+
+    let (code, body) = register(&server, "url=input.mar&model_name=input");
+    assert!(code >= 400, "{code} {body}");
+    assert!(body.contains("more than 16777216 values"), "{body}");
+    let (code, body) = register(&server, "url=workers.mar&model_name=workers");
+    assert!(code >= 400, "{code} {body}");
+    assert!(body.contains("more than the 256"), "{body}");
+    let (_, body, _) = get(&format!("{}/models", server.management));
+    assert!(!body.contains("\"workers\""), "{body}");
+
+    let reference = Reference::load();
+    let sign = request_body(&reference.cases()[0], reference.features(), 1);
+    let url = format!("{}/predictions/sign", server.inference);
+    assert_eq!(post(&url, "application/json", &sign).0, 200);
+}

@@ -68,6 +68,7 @@ fn bad_config_values_name_the_key() {
         ("max_request_size=big", "max_request_size"),
         ("enable_metrics_api=maybe", "enable_metrics_api"),
         ("models={oops", "models"),
+        ("token_expiration_min=1e300", "token_expiration_min"),
     ] {
         let dir = config_dir(line);
         let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[]);

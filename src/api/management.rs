@@ -154,6 +154,12 @@ pub(super) async fn scale(
             "max_worker cannot be less than min_worker.",
         ));
     }
+    if max > crate::worker::MAX_WORKERS {
+        return Err(ApiError::bad_request(format!(
+            "max_worker cannot be more than {}.",
+            crate::worker::MAX_WORKERS
+        )));
+    }
     let synchronous = param::<bool>(q, "synchronous").unwrap_or(false);
     let registry = state.registry.clone();
     let pool_model = m.clone();

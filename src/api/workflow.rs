@@ -231,6 +231,9 @@ async fn run(
     Ok(leaves)
 }
 
+/// The most retries of a workflow node (a spec may ask for four billion).
+const MAX_RETRIES: u32 = 100;
+
 /// One node: its model called with the node's timeout, retried `retry-attempts` times.
 async fn call(
     state: &AppState,
@@ -241,8 +244,12 @@ async fn call(
     let spec = &workflow.spec.nodes[node];
     let name = workflow.spec.dag.name(node);
     let timeout = Duration::from_millis(u64::from(spec.settings.timeout_ms.max(1)));
-    let retries = spec.settings.retry_attempts;
+    let retries = spec.settings.retry_attempts.min(MAX_RETRIES);
     for attempt in 0..=retries {
+        if attempt > 0 {
+            // A node that fails at once must not hold this thread for all its attempts.
+            tokio::task::yield_now().await;
+        }
         tracing::info!(workflow = %workflow.name, node = name, attempt, "invoking workflow node");
         match invoke(state, &spec.model, input.clone(), timeout).await {
             Ok(output) => return (node, Ok(output)),

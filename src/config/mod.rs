@@ -121,6 +121,9 @@ impl Address {
     }
 }
 
+/// The longest token lifetime accepted (about 1,900 years).
+const MAX_TOKEN_MINUTES: f64 = 1e9;
+
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -351,9 +354,14 @@ impl Settings {
                     .trim()
                     .parse::<f64>()
                     .ok()
-                    .filter(|m| m.is_finite() && *m >= 0.0)
+                    // A token's expiry must stay a representable date.
+                    .filter(|m| m.is_finite() && (0.0..=MAX_TOKEN_MINUTES).contains(m))
                     .ok_or_else(|| {
-                        ConfigError::invalid("token_expiration_min", &v, "not a number of minutes")
+                        ConfigError::invalid(
+                            "token_expiration_min",
+                            &v,
+                            "not a number of minutes from 0 to 1000000000",
+                        )
                     })?,
             },
             allowed_urls: {

@@ -24,6 +24,8 @@ use crate::error::{ApiError, LoadError};
 
 pub const NAME: &str = "json_tensor_classifier";
 const DEFAULT_TOPK: usize = 5;
+/// The largest input a request may be padded to (64 MiB of f32).
+const MAX_INPUT_ELEMENTS: usize = 1 << 24;
 
 pub struct TensorClassifier {
     model: Arc<dyn Backend>,
@@ -54,6 +56,15 @@ impl TensorClassifier {
             return Err(LoadError::Invalid(
                 "handler.frames and handler.features must be > 0".into(),
             ));
+        }
+        // Every request allocates frames × features floats.
+        if frames
+            .checked_mul(features)
+            .is_none_or(|n| n > MAX_INPUT_ELEMENTS)
+        {
+            return Err(LoadError::Invalid(format!(
+                "handler.frames × handler.features is more than {MAX_INPUT_ELEMENTS} values"
+            )));
         }
         let labels = read_labels(archive)?;
         Ok(Self {

@@ -416,3 +416,31 @@ pub fn serve_bytes(body: Vec<u8>) -> u16 {
     });
     port
 }
+
+/// `tests/fixtures/probe.mar` rewritten as `version`, its class 0 labelled `label`, with
+/// `model_config` as its model-config.yaml.
+pub fn probe_archive(path: &Path, version: &str, label: &str, model_config: &str) {
+    let src = Path::new(REPO).join("tests/fixtures/probe.mar");
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
+    let mut entry = |name: &str| {
+        let mut data = Vec::new();
+        zip.by_name(name).unwrap().read_to_end(&mut data).unwrap();
+        data
+    };
+    let model = entry("probe.pt");
+    let handler = entry("sign_handler.py");
+    let manifest = format!(
+        r#"{{"runtime": "python", "model": {{"modelName": "probe", "serializedFile": "probe.pt", "handler": "sign_handler.py", "modelVersion": "{version}", "configFile": "model-config.yaml"}}}}"#
+    );
+    let labels = format!(r#"{{"0": "{label}", "1": "rest"}}"#);
+    write_mar(
+        path,
+        &manifest,
+        &[
+            ("probe.pt", &model),
+            ("sign_handler.py", &handler),
+            ("index_to_name.json", labels.as_bytes()),
+            ("model-config.yaml", model_config.as_bytes()),
+        ],
+    );
+}

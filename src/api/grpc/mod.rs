@@ -447,11 +447,15 @@ pub async fn serve(
         ManagementApIsServiceServer::new(Management { state }).max_decoding_message_size(limit);
     let open_inference = state_oip.then(|| oip::server(oip_state.clone(), limit));
     let (s1, s2) = (stop.clone(), stop);
+    // Calls in flight per connection (hyper's own default, which tonic leaves unset).
+    const STREAMS: Option<u32> = Some(200);
     let a = tonic::transport::Server::builder()
+        .max_concurrent_streams(STREAMS)
         .add_service(inference)
         .add_optional_service(open_inference)
         .serve_with_incoming_shutdown(inference_in, async move { s1.notified().await });
     let b = tonic::transport::Server::builder()
+        .max_concurrent_streams(STREAMS)
         .add_service(management)
         .serve_with_incoming_shutdown(management_in, async move { s2.notified().await });
     let (a, b) = futures_util::future::join(a, b).await;
