@@ -306,13 +306,6 @@ async fn invoke(
             String::from_utf8_lossy(&reply.body)
         ));
     }
-    let Some(mut stream) = reply.stream else {
-        return Ok(reply.body);
-    };
     // A streamed answer is passed on whole.
-    let mut whole = reply.body.to_vec();
-    while let Some(chunk) = stream.recv().await {
-        whole.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
-    }
-    Ok(whole.into())
+    reply.collect(state.settings.max_response_size).await
 }

@@ -56,6 +56,24 @@ pub struct Reply {
 pub type ReplyStream = tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>;
 
 impl Reply {
+    /// The whole answer, a streamed one's chunks joined, for callers that return it in one
+    /// piece; refused past `limit` bytes, as a handler may stream without end.
+    pub async fn collect(mut self, limit: usize) -> Result<Bytes, String> {
+        let Some(mut stream) = self.stream.take() else {
+            return Ok(self.body);
+        };
+        let mut whole = self.body.to_vec();
+        while let Some(chunk) = stream.recv().await {
+            whole.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+            if whole.len() > limit {
+                return Err(format!(
+                    "the streamed answer is larger than max_response_size ({limit} bytes)"
+                ));
+            }
+        }
+        Ok(whole.into())
+    }
+
     pub fn new(
         status: u16,
         content_type: Option<String>,
@@ -250,4 +268,29 @@ fn python_handler(
         model_version: spec.model_version.to_string(),
         blacklist_env_vars: settings.blacklist_env_vars.clone(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A streamed answer joined whole, and refused once past the limit.
+    #[tokio::test]
+    async fn a_streamed_answer_is_collected_up_to_the_limit() {
+        let streamed = |chunks: &[&'static str]| {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            for c in chunks {
+                tx.try_send(Ok(Bytes::from_static(c.as_bytes()))).unwrap();
+            }
+            Reply {
+                stream: Some(rx),
+                ..Reply::new(200, None, Vec::new(), Bytes::from_static(b"ab"))
+            }
+        };
+        assert_eq!(streamed(&["cd", "ef"]).collect(6).await.unwrap(), "abcdef");
+        let e = streamed(&["cd", "ef"]).collect(5).await.unwrap_err();
+        assert!(e.contains("larger than max_response_size (5 bytes)"), "{e}");
+        let whole = Reply::new(200, None, Vec::new(), Bytes::from_static(b"whole"));
+        assert_eq!(whole.collect(1).await.unwrap(), "whole");
+    }
 }

@@ -216,16 +216,14 @@ impl InferenceApIsService for Inference {
         req: Request<PredictionsRequest>,
     ) -> Result<Response<PredictionResponse>, Status> {
         authorize(&self.state, &req, KeyKind::Inference)?;
-        let mut reply = self.run(req.into_inner()).await?;
+        let reply = self.run(req.into_inner()).await?;
         // A streamed answer is returned whole by the unary call.
-        let mut body = reply.body.to_vec();
-        if let Some(rx) = reply.stream.as_mut() {
-            while let Some(chunk) = rx.recv().await {
-                body.extend_from_slice(&chunk.map_err(|e| Status::internal(e.to_string()))?);
-            }
-        }
+        let body = reply
+            .collect(self.state.settings.max_response_size)
+            .await
+            .map_err(Status::internal)?;
         Ok(Response::new(PredictionResponse {
-            prediction: body,
+            prediction: body.to_vec(),
             sequence_id: None,
             status: None,
         }))
