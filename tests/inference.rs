@@ -440,6 +440,20 @@ fn kserve_v1_on_a_native_model() {
         r#"{"instances": []}"#,
     );
     assert_eq!(status, 400, "{text}");
+    // More instances than the job queue holds (100 here): refused before any is sized.
+    let many = format!("{{\"instances\": [{}]}}", vec!["[[0]]"; 101].join(","));
+    let (status, text, _) = post(
+        &format!("{base}/v1/models/sign:predict"),
+        "application/json",
+        &many,
+    );
+    assert_eq!(
+        (status, assert_error(&text, 400, "BadRequestException")),
+        (
+            400,
+            "101 instances, more than the 100 the model's job queue holds".to_string()
+        )
+    );
 
     let m = &server.management;
     let (status, text, _) = get(&format!("{m}/v1/models/sign"));

@@ -303,6 +303,15 @@ async fn kserve_v1(
         .headers
         .iter()
         .any(|(k, v)| k == "explain" && v == "True");
+    // Each instance is a job, prepared (and sized for the model) before any is queued: more
+    // than the queue holds could never be answered, and would only hold memory.
+    if instances.len() > mv.queue.capacity() {
+        return Err(ApiError::bad_request(format!(
+            "{} instances, more than the {} the model's job queue holds",
+            instances.len(),
+            mv.queue.capacity()
+        )));
+    }
     let mut pending = Vec::with_capacity(instances.len());
     for (i, instance) in instances.into_iter().enumerate() {
         let input = RequestInput {
