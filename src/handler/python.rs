@@ -317,8 +317,38 @@ impl PythonWorker {
     }
 
     fn read_reply(&mut self, timeout: Duration) -> std::io::Result<WireReply> {
-        self.stream.set_read_timeout(Some(timeout))?;
-        decode_reply(&mut self.reader, self.max_response_size)
+        let reader = Deadline {
+            reader: &mut self.reader,
+            socket: &self.stream,
+            until: Instant::now() + timeout,
+        };
+        decode_reply(reader, self.max_response_size)
+    }
+}
+
+/// Reads a whole reply against one deadline: a socket read timeout alone restarts with every
+/// byte, so a worker trickling its reply could hold the request for ever.
+struct Deadline<'a> {
+    reader: &'a mut BufReader<UnixStream>,
+    /// The same socket as the reader's: its read timeout is the reader's.
+    socket: &'a UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Only a read that reaches the socket can wait.
+        if self.reader.buffer().is_empty() {
+            let left = self.until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no whole reply within the response timeout",
+                ));
+            }
+            self.socket.set_read_timeout(Some(left))?;
+        }
+        self.reader.read(buf)
     }
 }
 
@@ -706,6 +736,40 @@ impl<R: Read> Decoder<R> {
 
 #[cfg(test)]
 mod tests {
+    /// A worker sending its reply a byte at a time, each well within a read timeout, is cut
+    /// off at the reply's deadline.
+    #[test]
+    fn a_trickled_reply_ends_at_its_deadline() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..200 {
+                if theirs.write_all(&[0]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let mut reader = BufReader::new(ours.try_clone().unwrap());
+        let started = Instant::now();
+        let reply = decode_reply(
+            Deadline {
+                reader: &mut reader,
+                socket: &ours,
+                until: started + Duration::from_millis(150),
+            },
+            1 << 20,
+        );
+        let e = reply.err().expect("no reply can be whole");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        drop((reader, ours));
+        trickle.join().unwrap();
+    }
+
     use super::*;
     use crate::handler::Param;
 
