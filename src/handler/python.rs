@@ -337,18 +337,24 @@ struct Deadline<'a> {
 
 impl Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::ErrorKind::{TimedOut, WouldBlock};
+        let late = || std::io::Error::new(TimedOut, "no whole reply within the response timeout");
         // Only a read that reaches the socket can wait.
         if self.reader.buffer().is_empty() {
             let left = self.until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no whole reply within the response timeout",
-                ));
+                return Err(late());
             }
             self.socket.set_read_timeout(Some(left))?;
         }
-        self.reader.read(buf)
+        // The socket says a timeout ran out as EAGAIN.
+        self.reader.read(buf).map_err(|e| {
+            if matches!(e.kind(), WouldBlock | TimedOut) {
+                late()
+            } else {
+                e
+            }
+        })
     }
 }
 
