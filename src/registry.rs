@@ -22,7 +22,7 @@ const STARTUP_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest timeout or delay a model may ask for (a year). Any value is accepted, as
 /// TorchServe accepts it, but deadlines are instants, and `now + i64::MAX s` would overflow.
-const MAX_WAIT_S: i64 = 366 * 24 * 3600;
+const MAX_WAIT_S: u64 = 366 * 24 * 3600;
 
 /// What a registration call (`POST /models`) sets explicitly; start-up loading sets nothing.
 #[derive(Debug, Clone, Default)]
@@ -102,11 +102,13 @@ impl ModelParams {
         };
         let explicit =
             |v: Option<i64>, key: &str, default: i64| v.unwrap_or_else(|| pick(key, default));
+        // Values found are positive, so the casts keep them.
         let timeout = |v: Option<u64>, key: &str, default: u64| {
             positive(key)
                 .or_else(|| from_models(key))
-                .or(v.map(|v| v.min(MAX_WAIT_S as u64) as i64))
-                .unwrap_or(default as i64)
+                .map(|found| found as u64)
+                .or(v)
+                .unwrap_or(default)
                 .min(MAX_WAIT_S)
         };
         ModelParams {
@@ -118,23 +120,21 @@ impl ModelParams {
                 "maxBatchDelay",
                 100,
             )
-            .min(MAX_WAIT_S * 1000) as u64,
+            .min(MAX_WAIT_S as i64 * 1000) as u64,
             response_timeout_s: timeout(
                 reg.response_timeout_s,
                 "responseTimeout",
                 settings.default_response_timeout,
-            ) as u64,
+            ),
             startup_timeout_s: timeout(
                 reg.startup_timeout_s,
                 "startupTimeout",
                 settings.default_startup_timeout,
-            ) as u64,
-            max_retry_timeout_s: positive("maxRetryTimeoutInSec")
-                .unwrap_or(300)
-                .min(MAX_WAIT_S) as u64,
-            client_timeout_ms: positive("clientTimeoutInMills")
-                .unwrap_or(0)
-                .min(MAX_WAIT_S * 1000) as u64,
+            ),
+            max_retry_timeout_s: (positive("maxRetryTimeoutInSec").unwrap_or(300) as u64)
+                .min(MAX_WAIT_S),
+            client_timeout_ms: (positive("clientTimeoutInMills").unwrap_or(0) as u64)
+                .min(MAX_WAIT_S * 1000),
             job_queue_size: positive("jobQueueSize").unwrap_or(settings.job_queue_size as i64)
                 as usize,
         }
@@ -980,7 +980,7 @@ mod tests {
             ..Registration::default()
         };
         let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 0, &reg);
-        let year = MAX_WAIT_S as u64;
+        let year = MAX_WAIT_S;
         assert_eq!(
             (
                 p.response_timeout_s,
