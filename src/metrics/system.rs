@@ -23,36 +23,26 @@ fn cpu_times() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// A `Name:   123 kB` line of a /proc file, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let kib = text.lines().find_map(|l| l.strip_prefix(name))?;
+    let kib: u64 = kib.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// (total, available) bytes from /proc/meminfo.
 fn memory() -> Option<(f64, f64)> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map(|kb| kb * 1024.0)
-    };
+    let field = |name| kib_field(&info, name).map(|b| b as f64);
     Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
 
 /// A process's resident memory in bytes (`VmRSS` in /proc/<pid>/status).
 pub fn process_rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(kb * 1024)
+    kib_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "VmRSS:",
+    )
 }
 
 /// (total, free) bytes of the file system holding `/`.
