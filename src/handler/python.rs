@@ -742,6 +742,9 @@ impl<R: Read> Decoder<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::handler::Param;
+
     /// A worker sending its reply a byte at a time, each well within a read timeout, is cut
     /// off at the reply's deadline.
     #[test]
@@ -775,9 +778,6 @@ mod tests {
         drop((reader, ours));
         trickle.join().unwrap();
     }
-
-    use super::*;
-    use crate::handler::Param;
 
     #[test]
     fn inference_message_matches_the_spec_example() {
