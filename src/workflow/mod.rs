@@ -202,36 +202,21 @@ impl Workflows {
         };
         // Nodes start in parallel (each waits for its workers), a bounded number at a time:
         // a spec may name thousands.
-        let mut outcomes: Vec<(String, Result<(), NodeError>)> = Vec::new();
+        let mut outcomes = Vec::new();
         for (nodes, functions) in spec
             .nodes
             .chunks(PARALLEL_NODES)
             .zip(spec.dag.names().chunks(PARALLEL_NODES))
         {
-            std::thread::scope(|scope| {
-                let started: Vec<_> = nodes
-                    .iter()
-                    .zip(functions)
-                    .map(|(node, function)| {
-                        let (archive, handler, workflow) = (&archive, handler.as_deref(), &name);
-                        let handle = std::thread::Builder::new()
-                            .name(format!("register-{}", node.model))
-                            .spawn_scoped(scope, move || {
-                                register_node(cx, req, workflow, node, function, archive, handler)
-                            });
-                        (node.model.clone(), handle)
-                    })
-                    .collect();
-                for (model, handle) in started {
-                    let outcome = match handle {
-                        Ok(h) => h.join().unwrap_or_else(|_| {
-                            Err(NodeError::Refused("registration panicked".into()))
-                        }),
-                        Err(e) => Err(NodeError::Refused(format!("no thread to register it: {e}"))),
-                    };
-                    outcomes.push((model, outcome));
-                }
-            });
+            let at_once = nodes.iter().zip(functions);
+            outcomes.extend(register_together(
+                cx,
+                req,
+                &name,
+                at_once,
+                &archive,
+                handler.as_deref(),
+            ));
         }
         let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, r)| r.is_ok());
         if !failed.is_empty() {
@@ -330,6 +315,41 @@ impl From<&str> for NodeError {
 
 /// Registers one node's model and waits for its workers (TorchServe registers workflow
 /// nodes synchronously, with `max-workers` workers).
+/// Registers `nodes` (with their function names) each on its own thread; every node's outcome.
+fn register_together<'a>(
+    cx: &Context,
+    req: &RegisterRequest,
+    workflow: &str,
+    nodes: impl Iterator<Item = (&'a spec::Node, &'a String)>,
+    archive: &WorkflowArchive,
+    handler: Option<&std::path::Path>,
+) -> Vec<(String, Result<(), NodeError>)> {
+    std::thread::scope(|scope| {
+        let started: Vec<_> = nodes
+            .map(|(node, function)| {
+                let handle = std::thread::Builder::new()
+                    .name(format!("register-{}", node.model))
+                    .spawn_scoped(scope, move || {
+                        register_node(cx, req, workflow, node, function, archive, handler)
+                    });
+                (node.model.clone(), handle)
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|(model, handle)| {
+                let outcome = match handle {
+                    Ok(h) => h.join().unwrap_or_else(|_| {
+                        Err(NodeError::Refused("registration panicked".into()))
+                    }),
+                    Err(e) => Err(NodeError::Refused(format!("no thread to register it: {e}"))),
+                };
+                (model, outcome)
+            })
+            .collect()
+    })
+}
+
 fn register_node(
     cx: &Context,
     req: &RegisterRequest,
