@@ -37,7 +37,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --lib --bins --tests 2>&1 | tee "$log" || status=$?
-# One closing line over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+# TorchServe 0.12's own regression suite (its Postman collections as a table), against the
+# server just built, on archives made by the real torch-model-archiver.
+"$FERROSERVE_TEST_PYTHON" tests/suite/run.py --server ferroserve --bin "$CARGO_TARGET_DIR/debug/ferroserve" \
+  --python "$FERROSERVE_TEST_PYTHON" 2>&1 | tee -a "$log" || status=$?
+# One closing line over every test binary and the suite.
+awk '/^(test result|suite):/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit $status

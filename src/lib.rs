@@ -15,5 +15,6 @@ pub mod logging;
 pub mod metrics;
 pub mod registry;
 pub mod snapshot;
+pub mod startup;
 pub mod worker;
 pub mod workflow;

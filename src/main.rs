@@ -12,7 +12,8 @@ use ferroserve::api::{self, AppState};
 use ferroserve::backend::RuntimeOptions;
 use ferroserve::config::{Cli, Settings};
 use ferroserve::device::{self, DeviceRequest, LibtorchProbe};
-use ferroserve::registry::{self, Registry};
+use ferroserve::registry::Registry;
+use ferroserve::startup;
 
 /// The token key file, in the working directory as TorchServe writes it.
 const KEY_FILE: &str = "key_file.json";
@@ -99,37 +100,6 @@ fn stop() -> ExitCode {
     }
 }
 
-/// Loads one start-up model; a failure is logged and the server starts without it.
-fn load_at_startup(
-    registry: &Registry,
-    settings: &Settings,
-    runtime: &RuntimeOptions,
-    url: &str,
-    reg: &registry::Registration,
-) {
-    let loaded = registry
-        .load(settings, runtime, url, reg, true)
-        .map_err(|e| e.to_string())
-        .and_then(|m| {
-            let (n, v, d, w) = (
-                m.name.clone(),
-                m.version.clone(),
-                m.device(),
-                m.pool.limits().0,
-            );
-            registry
-                .insert(m)
-                .map(|_| (n, v, d, w))
-                .map_err(|e| e.message)
-        });
-    match loaded {
-        Ok((n, v, d, w)) => {
-            tracing::info!(model = %n, version = %v, device = %d, workers = w, "model loaded")
-        }
-        Err(e) => tracing::error!(url = %url, "failed to load model: {e}"),
-    }
-}
-
 /// Watches for workers stuck past their response timeout, for as long as the registry lives.
 fn spawn_supervisor(registry: Weak<Registry>) {
     let spawned = std::thread::Builder::new()
@@ -200,66 +170,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         );
     }
     let registry = Registry::new(settings.initial_worker_port, metrics.clone());
-    match &settings.model_snapshot {
-        // A snapshot replaces load_models; every archive it names must be in the store.
-        Some(snapshot) => {
-            for (name, versions) in &snapshot.models {
-                for (version, v) in versions {
-                    if !store.join(&v.mar_name).exists() {
-                        return Err(format!(
-                            "invalid model_snapshot: {} (model {name} version {version}) is not in the model store",
-                            v.mar_name
-                        ));
-                    }
-                    let reg = registry::Registration {
-                        model_name: Some(name.clone()),
-                        runtime: v.runtime_type.clone(),
-                        batch_size: Some(v.batch_size),
-                        max_batch_delay_ms: Some(v.max_batch_delay),
-                        initial_workers: Some(v.min_workers),
-                        response_timeout_s: Some(v.response_timeout),
-                        startup_timeout_s: Some(v.startup_timeout),
-                        ..Default::default()
-                    };
-                    load_at_startup(&registry, &settings, &runtime, &v.mar_name, &reg);
-                    if v.default_version {
-                        let _ = registry.set_default(name, version);
-                    }
-                }
-            }
-        }
-        None => {
-            for (name, url) in registry::startup_entries(&settings) {
-                let reg = registry::Registration {
-                    model_name: name,
-                    ..Default::default()
-                };
-                load_at_startup(&registry, &settings, &runtime, &url, &reg);
-            }
-        }
-    }
-
-    // Traffic splits: from the snapshot, else from `models=` (`"canary"` next to versions).
-    let splits: Vec<(String, serde_json::Value)> = match &settings.model_snapshot {
-        Some(snapshot) => snapshot
-            .canaries
-            .iter()
-            .filter_map(|(m, s)| Some((m.clone(), serde_json::to_value(s).ok()?)))
-            .collect(),
-        None => settings
-            .models
-            .iter()
-            .filter_map(|(m, v)| Some((m.clone(), v.get("canary")?.clone())))
-            .collect(),
-    };
-    for (model, spec) in splits {
-        let set = serde_json::from_value(spec)
-            .map_err(|e| e.to_string())
-            .and_then(|spec| registry.set_split(&model, spec).map_err(|e| e.message));
-        if let Err(e) = set {
-            tracing::error!(model = %model, "traffic split not set: {e}");
-        }
-    }
+    let models = startup::plan(&settings, &store)?;
 
     std::fs::write(pid_file(), std::process::id().to_string()).ok();
     let registry = Arc::new(registry);
@@ -285,7 +196,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             dir,
             properties: settings.properties.clone(),
         });
-    let state = AppState {
+    let state = actix_web::web::Data::new(AppState {
         metrics,
         settings: Arc::new(settings),
         registry,
@@ -293,7 +204,18 @@ fn run(cli: &Cli) -> Result<(), String> {
         tokens,
         snapshots,
         workflows: Default::default(),
-    };
+        startup: Default::default(),
+    });
+    // The listeners open while the start-up models load.
+    let loading = state.clone();
+    std::thread::Builder::new()
+        .name("startup-load".into())
+        .spawn(move || {
+            let s = &loading;
+            startup::load(&s.registry, &s.settings, &s.runtime, models, &s.startup);
+            s.snapshot("startup");
+        })
+        .map_err(|e| format!("cannot start loading the models: {e}"))?;
     let result = actix_web::rt::System::new()
         .block_on(api::serve(state))
         .map_err(|e| e.to_string());

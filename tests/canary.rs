@@ -357,6 +357,10 @@ fn restart_from_snapshot(server: &mut Server) -> std::process::Child {
         assert!(Instant::now() < deadline, "no restart");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        wait_models_ready(&server.inference, Duration::from_secs(60)),
+        "models not ready after the restart"
+    );
     child
 }
 

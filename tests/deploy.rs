@@ -158,6 +158,16 @@ impl Running {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Polls GET /v2/health/ready until it answers 200: the start-up models have loaded.
+    fn wait_ready(&mut self, base: &str) {
+        self.wait_live(base);
+        assert!(
+            wait_models_ready(base, Duration::from_secs(60)),
+            "not ready:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Polls GET /v2/health/live until it answers: (status, body).
     fn wait_live(&mut self, base: &str) -> (u16, String) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -243,6 +253,7 @@ fn entrypoint_serve_starts_the_server() {
     );
     let mut server = site.spawn(cmd, "entrypoint.log");
     let (status, body) = server.wait_live(&site.inference);
+    server.wait_ready(&site.inference);
     assert_eq!(status, 200, "{body}");
     let live: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(live["live"], true, "{body}");
@@ -720,7 +731,7 @@ fn configmap_configuration_serves_the_autoscaling_metrics() {
         ],
     );
     let mut server = site.spawn(cmd, "configmap.log");
-    assert_eq!(server.wait_live(&site.inference).0, 200);
+    server.wait_ready(&site.inference);
     let (status, body, _) = get(&format!("{}/v2/health/ready", site.inference));
     assert_eq!(status, 200, "{body}");
     let reference = Reference::load();
@@ -886,7 +897,7 @@ fn kserve_runtime_serves_a_torchserve_configuration() {
     let cmd = site.script("dockerd-entrypoint.sh", &args, &env);
     let mut server = site.spawn(cmd, "kserve.log");
     let base = format!("http://127.0.0.1:{inference_port}");
-    assert_eq!(server.wait_live(&base).0, 200);
+    server.wait_ready(&base);
     for path in ["/v2/health/ready", "/v2/models/sign/ready", "/models"] {
         let (status, body, _) = get(&format!("{base}{path}"));
         assert_eq!(status, 200, "{path}: {body}");

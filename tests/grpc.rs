@@ -110,7 +110,13 @@ fn inference_over_grpc_answers_like_rest() {
         server.metrics
     ));
     assert!(
-        text.contains("model_name=\"sign\",model_version=\"default\"} 4"),
+        text.contains("model_name=\"sign\",model_version=\"default\",hostname="),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "ts_inference_requests_total{model_name=\"sign\",model_version=\"default\","
+        ) && l.ends_with(",} 4.0")),
         "{text}"
     );
 }

@@ -214,6 +214,11 @@ fn prometheus_mode_exposes_torchserves_families_and_ferroserves_own() {
         "{out}"
     );
     assert!(!out.contains("ferroserve_"), "{out}");
+    // TorchServe's own regression suite matches its exposition with this pattern.
+    let full = text_of(&server);
+    let postman =
+        regex::Regex::new(r#"Requests2XX\{Level="Host",Hostname=".*",\} \d+\.\d+"#).unwrap();
+    assert!(postman.is_match(&full), "{full}");
 }
 
 fn text_of(server: &Server) -> String {

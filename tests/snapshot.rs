@@ -70,6 +70,10 @@ fn snapshots_are_written_and_restored() {
         .spawn()
         .unwrap();
     wait_for(&format!("{}/ping", server.inference));
+    assert!(wait_models_ready(
+        &server.inference,
+        Duration::from_secs(60)
+    ));
     let (status, body, _) = get(&format!("{m}/models/snap"));
     let _ = again.kill();
     let _ = again.wait();

@@ -238,7 +238,11 @@ fn single_port_and_unix_socket_listeners() {
     let mut child = serve_in(dir.path());
     let base = format!("http://127.0.0.1:{port}");
     wait_for(&mut child, dir.path(), "single-port listener", || {
-        agent().get(format!("{base}/ping")).call().ok()
+        agent()
+            .get(format!("{base}/v2/health/ready"))
+            .call()
+            .ok()
+            .filter(|r| r.status() == 200)
     });
     let checks = (
         get(&format!("{base}/models")).0,
@@ -361,4 +365,33 @@ fn https_listeners_with_pem_files() {
     let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[]);
     assert_ne!(code, 0);
     assert!(out.contains("Java keystores are not supported"), "{out}");
+
+    // A 1024-bit RSA key in PKCS#1 form, like TorchServe's own test key: it parses, and is
+    // refused by size, not as unreadable.
+    let weak = certs.path().join("weak.pem");
+    let made = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&weak)
+        .arg("1024")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(std::fs::read_to_string(&weak)
+        .unwrap()
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    let dir = config_dir(&format!(
+        "inference_address=https://127.0.0.1:{}\ncertificate_file={}\nprivate_key_file={}",
+        free_port(),
+        cert.display(),
+        weak.display()
+    ));
+    let (code, out) = run_to_exit(dir.path(), &["--foreground"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("an RSA key of 1024 bits is refused as too weak")
+            && out.contains("2048 to 8192 bits")
+            && !out.contains("failed to parse"),
+        "{out}"
+    );
 }

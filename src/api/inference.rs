@@ -106,14 +106,16 @@ fn ping(state: &AppState) -> HttpResponse {
     }
 }
 
-/// KServe/OIP readiness: every model loaded at start-up has its minimum of READY workers.
+/// KServe/OIP readiness: the start-up load is done and every model it loaded has its minimum
+/// of READY workers.
 fn server_ready(state: &AppState) -> HttpResponse {
-    let ready = state
-        .registry
-        .defaults()
-        .iter()
-        .filter(|m| m.loaded_at_startup)
-        .all(|m| m.is_ready());
+    let ready = state.startup.is_done()
+        && state
+            .registry
+            .defaults()
+            .iter()
+            .filter(|m| m.loaded_at_startup)
+            .all(|m| m.is_ready());
     response::json(
         if ready { 200 } else { 503 },
         &serde_json::json!({ "ready": ready }),

@@ -147,13 +147,21 @@ pub(super) async fn scale(
         .map(str::to_string)
         .or_else(|| param(q, "model_version"));
     let m = state.registry.get(model, version.as_deref())?;
-    let min: usize = param(q, "min_worker").unwrap_or(1);
-    let max: usize = param(q, "max_worker").unwrap_or(min);
+    let min: i64 = param(q, "min_worker").unwrap_or(1);
+    let max: i64 = param(q, "max_worker").unwrap_or(min);
     if max < min {
         return Err(ApiError::bad_request(
             "max_worker cannot be less than min_worker.",
         ));
     }
+    // TorchServe fails here with a 500 (an index error inside its scaler) and keeps the
+    // negative counts; the status is kept, the counts are not.
+    let (Ok(min), Ok(max)) = (usize::try_from(min), usize::try_from(max)) else {
+        return Err(ApiError::internal(
+            500,
+            "min_worker and max_worker cannot be negative.",
+        ));
+    };
     if max > crate::worker::MAX_WORKERS {
         return Err(ApiError::bad_request(format!(
             "max_worker cannot be more than {}.",
@@ -187,6 +195,16 @@ pub(super) async fn scale(
         let settled = web::block(move || waiting.pool.wait_started(timeout))
             .await
             .unwrap_or(false);
+        // Settled with fewer workers than asked: one failed to start.
+        if settled && m.pool.ready() < min {
+            return Err(ApiError::internal(
+                500,
+                format!(
+                    "Failed to start workers for model {model} version: {}",
+                    version.as_deref().unwrap_or("null")
+                ),
+            ));
+        }
         if !settled {
             return Ok(response::json(
                 206,
@@ -281,9 +299,10 @@ impl Params {
 /// `POST /models`: TorchServe's parameters, from the query string or a JSON body.
 pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse, ApiError> {
     let settings = state.settings.clone();
-    let url = p
-        .string("url")
-        .ok_or_else(|| ApiError::bad_request("Parameter url is required."))?;
+    let url = p.string("url").ok_or_else(|| match p.0.get("url") {
+        Some(_) => ApiError::new(404, "ModelNotFoundException", "empty url"),
+        None => ApiError::bad_request("Parameter url is required."),
+    })?;
     let runtime_name = p.string("runtime");
     if let Some(rt) = &runtime_name {
         if !matches!(rt.as_str(), "python" | "python3" | "LSP") {
@@ -307,9 +326,10 @@ pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse
             .int("response_timeout")
             .filter(|&v| v > 0)
             .map(|v| v as u64),
+        // 0 is kept, as TorchServe keeps it: workers then have no time to start.
         startup_timeout_s: p
             .int("startup_timeout")
-            .filter(|&v| v > 0)
+            .filter(|&v| v >= 0)
             .map(|v| v as u64),
         workflow: None,
     };

@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Registered workflows (`/workflows`, `/wfpredict`).
     pub workflows: Arc<crate::workflow::Workflows>,
+    /// The start-up models' background load.
+    pub startup: crate::startup::StartupLoad,
 }
 
 impl AppState {
@@ -278,8 +280,18 @@ fn tls_config(settings: &Settings) -> std::io::Result<rustls::ServerConfig> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| invalid(format!("certificate_file {}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| invalid(format!("private_key_file {}: {e}", key.display())))?;
+    let key_path = key;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| invalid(format!("private_key_file {}: {e}", key_path.display())))?;
+    if let Some(bits) = rsa_bits(&key).filter(|b| !(2048..=8192).contains(b)) {
+        return Err(invalid(format!(
+            "private_key_file {}: an RSA key of {bits} bits is refused as too weak: TLS here \
+             signs with RSA keys of 2048 to 8192 bits, ECDSA P-256/P-384 or Ed25519 keys; make \
+             a new pair, e.g. `openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out \
+             certs.pem`",
+            key_path.display()
+        )));
+    }
     rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -288,6 +300,27 @@ fn tls_config(settings: &Settings) -> std::io::Result<rustls::ServerConfig> {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| invalid(format!("certificate_file/private_key_file: {e}")))
+}
+
+/// The modulus size of an RSA private key (PKCS#1 or PKCS#8), to say why rustls' signer would
+/// refuse it: its own error only says the key could not be parsed.
+fn rsa_bits(key: &rustls_pki_types::PrivateKeyDer) -> Option<usize> {
+    use pkcs1::der::Decode;
+    use rustls_pki_types::PrivateKeyDer;
+    let der = match key {
+        PrivateKeyDer::Pkcs1(k) => k.secret_pkcs1_der(),
+        PrivateKeyDer::Pkcs8(k) => {
+            let info = pkcs8::PrivateKeyInfo::from_der(k.secret_pkcs8_der()).ok()?;
+            if info.algorithm.oid != pkcs1::ALGORITHM_OID {
+                return None;
+            }
+            info.private_key
+        }
+        _ => return None,
+    };
+    let modulus = pkcs1::RsaPrivateKey::from_der(der).ok()?.modulus;
+    let bytes = modulus.as_bytes();
+    Some(bytes.len() * 8 - bytes.first().map_or(0, |b| b.leading_zeros() as usize))
 }
 
 /// One listener serving inference, management and metrics, for equal inference and management
@@ -310,9 +343,8 @@ async fn all_route(
 }
 
 /// Binds every listener and serves until all of them stop (SIGINT/SIGTERM).
-pub async fn serve(state: AppState) -> std::io::Result<()> {
+pub async fn serve(state: web::Data<AppState>) -> std::io::Result<()> {
     let settings = state.settings.clone();
-    let state = web::Data::new(state);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // On SIGTERM/SIGINT the listeners stop accepting and in-flight requests get this long.
     let drain = settings.default_response_timeout.clamp(1, 120);
@@ -396,7 +428,6 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         grpc_stop.clone(),
     ));
     println!("Model server started.");
-    state.snapshot("startup");
     // One signal handler for all listeners: each stops gracefully and the process exits only
     // when every in-flight request has its answer (or the drain time ran out).
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use prometheus::proto::MetricType;
 use prometheus::{
     Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, Opts,
     Registry, TextEncoder,
@@ -124,6 +125,78 @@ impl Entry {
             Sink::Counter(c) => Some(Box::new(c.clone())),
             Sink::Gauge(g) => Some(Box::new(g.clone())),
             Sink::Histogram(h) => Some(Box::new(h.clone())),
+        }
+    }
+
+    /// This family in the text TorchServe's Java client (simpleclient 0.9) writes: labels in
+    /// metrics.yaml's order, a comma after the last one, Java's number format, and the HELP
+    /// and TYPE lines even while the family has no samples (unless `names` filters).
+    fn expose(&self, names: &[String], out: &mut String) {
+        let Some(collector) = self.collector() else {
+            return;
+        };
+        let wanted = |sample: &str| names.is_empty() || names.iter().any(|n| n == sample);
+        for family in collector.collect() {
+            let mut samples = String::new();
+            let mut sample = |name: &str, labels: &[(&str, &str)], value: f64| {
+                if !wanted(name) {
+                    return;
+                }
+                samples.push_str(name);
+                samples.push('{');
+                for (k, v) in labels {
+                    samples.push_str(&format!("{k}=\"{}\",", escape_label(v)));
+                }
+                samples.push_str("} ");
+                samples.push_str(&go_double(value));
+                samples.push('\n');
+            };
+            for m in family.get_metric() {
+                let pairs = m.get_label();
+                let mut labels: Vec<(&str, &str)> = self
+                    .dims
+                    .iter()
+                    .filter_map(|d| {
+                        pairs
+                            .iter()
+                            .find(|p| p.name() == d)
+                            .map(|p| (d.as_str(), p.value()))
+                    })
+                    .collect();
+                match family.get_field_type() {
+                    MetricType::COUNTER => sample(&self.name, &labels, m.get_counter().get_value()),
+                    MetricType::GAUGE => sample(&self.name, &labels, m.get_gauge().get_value()),
+                    MetricType::HISTOGRAM => {
+                        let h = m.get_histogram();
+                        let bucket = format!("{}_bucket", self.name);
+                        let count = h.get_sample_count() as f64;
+                        let bounds: Vec<(String, f64)> = h
+                            .get_bucket()
+                            .iter()
+                            .map(|b| (go_double(b.upper_bound()), b.cumulative_count() as f64))
+                            .chain(std::iter::once(("+Inf".to_string(), count)))
+                            .collect();
+                        for (le, n) in &bounds {
+                            labels.push(("le", le));
+                            sample(&bucket, &labels, *n);
+                            labels.pop();
+                        }
+                        sample(&format!("{}_count", self.name), &labels, count);
+                        sample(&format!("{}_sum", self.name), &labels, h.get_sample_sum());
+                    }
+                    _ => {}
+                }
+            }
+            if names.is_empty() || !samples.is_empty() {
+                let kind = match family.get_field_type() {
+                    MetricType::COUNTER => "counter",
+                    MetricType::HISTOGRAM => "histogram",
+                    _ => "gauge",
+                };
+                out.push_str(&format!("# HELP {} {}\n", self.name, family.help()));
+                out.push_str(&format!("# TYPE {} {kind}\n", self.name));
+                out.push_str(&samples);
+            }
         }
     }
 
@@ -554,9 +627,22 @@ impl Metrics {
         }
     }
 
-    /// The exposition. `names` (the `name[]` query) keeps the families whose name, or one of
-    /// whose sample names (`_bucket`, `_sum`, `_count`), is listed; none keeps all.
+    /// The exposition. TorchServe's families (those of metrics.yaml and auto-detected ones)
+    /// are written as TorchServe's Java client writes them, since scrapers and alert rules
+    /// match that text; ferroserve's own families in the standard text format. `names` (the
+    /// `name[]` query) keeps only samples with those names, as TorchServe filters, except
+    /// that a ferroserve family is also kept whole by its family name; none keeps all.
     pub fn render(&self, names: &[String]) -> String {
+        let mut out = String::new();
+        let backend = self.backend.read().ok();
+        let torchserve: Vec<&Entry> = self
+            .frontend
+            .values()
+            .chain(backend.iter().flat_map(|b| b.values()))
+            .collect();
+        for entry in &torchserve {
+            entry.expose(names, &mut out);
+        }
         let wanted = |family: &str| {
             names.is_empty()
                 || names.iter().any(|n| {
@@ -565,15 +651,16 @@ impl Metrics {
                             .is_some_and(|suffix| matches!(suffix, "_bucket" | "_sum" | "_count"))
                 })
         };
-        let families: Vec<_> = self
+        let own: Vec<_> = self
             .registry
             .gather()
             .into_iter()
-            .filter(|f| wanted(f.name()))
+            .filter(|f| wanted(f.name()) && !torchserve.iter().any(|e| e.name == f.name()))
             .collect();
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&families, &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        let mut standard = Vec::new();
+        let _ = TextEncoder::new().encode(&own, &mut standard);
+        out.push_str(&String::from_utf8_lossy(&standard));
+        out
     }
 }
 
@@ -683,6 +770,21 @@ pub fn java_double(v: f64) -> String {
     }
 }
 
+/// The number format of TorchServe's exposition: Java's, with Go's names for the specials.
+fn go_double(v: f64) -> String {
+    match v {
+        f64::INFINITY => "+Inf".into(),
+        f64::NEG_INFINITY => "-Inf".into(),
+        v => java_double(v),
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -712,7 +814,7 @@ mod tests {
         let text = m.render(&[]);
         assert!(text.contains("# HELP ts_inference_requests_total Torchserve prometheus counter metric with unit: Count"), "{text}");
         assert!(
-            text.contains("ts_inference_requests_total{hostname="),
+            text.contains("ts_inference_requests_total{model_name=\"sign\",model_version=\"default\",hostname=\""),
             "{text}"
         );
         assert!(text.contains("Requests5XX{"), "a 3xx counts as 5XX: {text}");
@@ -763,10 +865,73 @@ mod tests {
         let text = m.render(&[]);
         assert!(
             text.contains("# TYPE ts_inference_latency_microseconds histogram")
-                && text.contains("ts_inference_latency_microseconds_count{model_name=\"a\"} 1"),
+                && text.contains("ts_inference_latency_microseconds_count{model_name=\"a\",} 1.0"),
             "{text}"
         );
         assert!(!text.contains("ts_inference_requests_total"), "{text}");
+    }
+
+    #[test]
+    fn torchserve_families_are_written_as_its_java_client_writes_them() {
+        let m = Metrics::with_defaults(Mode::Prometheus);
+        let host = hostname();
+        for _ in 0..6 {
+            m.response(200);
+        }
+        m.inference_request("sign", "default");
+        let text = m.render(&[]);
+        assert!(
+            text.contains(&format!(
+                "# HELP Requests2XX Torchserve prometheus counter metric with unit: Count\n\
+                 # TYPE Requests2XX counter\n\
+                 Requests2XX{{Level=\"Host\",Hostname=\"{host}\",}} 6.0\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ts_inference_requests_total{{model_name=\"sign\",model_version=\"default\",hostname=\"{host}\",}} 1.0\n"
+            )),
+            "{text}"
+        );
+        // A family without samples yet: its HELP and TYPE lines, as TorchServe lists it.
+        assert!(
+            text.contains(
+                "# HELP Requests5XX Torchserve prometheus counter metric with unit: Count\n\
+                 # TYPE Requests5XX counter\n#"
+            ),
+            "{text}"
+        );
+        // `name[]` keeps samples by name; families left empty disappear.
+        let only = m.render(&["Requests2XX".into()]);
+        assert_eq!(
+            only.lines().filter(|l| !l.starts_with('#')).count(),
+            1,
+            "{only}"
+        );
+        assert!(!only.contains("Requests5XX"), "{only}");
+
+        let yaml = "ts_metrics:\n  histogram:\n    - name: QueueTime\n      unit: ms\n      dimensions: [Level, Hostname]\n";
+        let h = Metrics::new(Mode::Prometheus, MetricsConfig::parse(yaml).unwrap(), false);
+        h.frontend("QueueTime", 0.02, Dims::default());
+        let text = h.render(&[]);
+        assert!(
+            text.contains(&format!(
+                "QueueTime_bucket{{Level=\"Host\",Hostname=\"{host}\",le=\"0.025\",}} 1.0\n"
+            )) && text.contains(&format!(
+                "QueueTime_bucket{{Level=\"Host\",Hostname=\"{host}\",le=\"+Inf\",}} 1.0\n"
+            )) && text.contains(&format!(
+                "QueueTime_count{{Level=\"Host\",Hostname=\"{host}\",}} 1.0\n"
+            )),
+            "{text}"
+        );
+        // A histogram's family name is no sample name: TorchServe keeps nothing for it.
+        assert_eq!(h.render(&["QueueTime".into()]), "");
+        assert!(h
+            .render(&["QueueTime_count".into()])
+            .contains("QueueTime_count{"));
+        assert_eq!(go_double(f64::INFINITY), "+Inf");
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
     #[test]

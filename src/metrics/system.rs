@@ -170,7 +170,7 @@ mod tests {
             "DiskUtilization",
         ] {
             assert!(
-                text.contains(&format!("{name}{{Hostname=")),
+                text.contains(&format!("{name}{{Level=\"Host\",Hostname=")),
                 "{name}: {text}"
             );
         }

@@ -26,6 +26,24 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Polls `{base}/v2/health/ready` until it answers 200: the listeners open at once and the
+/// start-up models load behind them. False when `limit` runs out first.
+pub fn wait_models_ready(base: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let agent = agent();
+    while Instant::now() < deadline {
+        let ready = agent
+            .get(format!("{base}/v2/health/ready"))
+            .call()
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -117,8 +135,11 @@ impl Server {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let agent = agent();
+        // The listeners open at once; the start-up models load behind them.
         while Instant::now() < deadline {
-            if agent.get(format!("{}/ping", self.inference)).call().is_ok() {
+            if agent.get(format!("{}/ping", self.inference)).call().is_ok()
+                && self.log_text().contains("start-up models loaded")
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
