@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Creates (once) the Python environment that runs TorchServe's own worker for custom Python
-# handlers: torchserve 0.12.0, what the bundled and test handlers need, and the model and
-# workflow archivers the tests build their `.mar` and `.war` files with. Prints the
-# interpreter's path.
+# handlers: torchserve 0.12.0 and what the bundled and test handlers need; for the tests,
+# the model and workflow archivers (the tests' `.mar` and `.war` files) and grpcio (the
+# differential check's gRPC client). Prints the interpreter's path.
 # Cached under ~/.cache/ferroserve (FERROSERVE_DEPS_DIR); re-run when the requirement list
 # below changes.
 set -euo pipefail
 DEPS_DIR="${FERROSERVE_DEPS_DIR:-$HOME/.cache/ferroserve/deps}"
 VENV="$DEPS_DIR/python-torchserve-0.12.0"
-REQUIREMENTS="torchserve==0.12.0 torch-model-archiver==0.12.0 torch-workflow-archiver==0.2.15 torch==2.13.0 torchvision==0.28.0 captum onnxruntime==1.31.1 numpy pyyaml"
+REQUIREMENTS="torchserve==0.12.0 torch-model-archiver==0.12.0 torch-workflow-archiver==0.2.15 torch==2.13.0 torchvision==0.28.0 captum onnxruntime==1.31.1 numpy pyyaml grpcio==1.85.3 grpcio-tools==1.85.1"
 if [ "$(cat "$VENV/.complete" 2>/dev/null)" != "$REQUIREMENTS" ]; then
   echo "python-env: preparing $VENV ($REQUIREMENTS; once, a few GB)" >&2
   if [ ! -x "$VENV/bin/python" ]; then

@@ -665,3 +665,65 @@ class Described(BaseHandler):
     );
     assert_eq!((status, body.as_str()), (200, "predicted"));
 }
+
+/// The listeners answer while a start-up model is still loading (TorchServe loads workers
+/// behind its listeners too): the handler's module cannot finish importing until the test
+/// creates a file, which it does only after `/ping` has answered.
+#[test]
+fn listeners_answer_while_start_up_models_load() {
+    let gate = tempfile::tempdir().unwrap();
+    let release = gate.path().join("release");
+    let source = format!(
+        "import os, time\nwhile not os.path.exists({release:?}):\n    time.sleep(0.05)\n\
+         def handle(data, context):\n    if data is None:\n        return None\n    \
+         return [\"loaded\"] * len(data)\n",
+        release = release.to_str().unwrap()
+    );
+    let python = test_python();
+    let config = format!(
+        "python={python}\nmodels={{\"gated\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n"
+    );
+    let server = Server::launch(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("gated.mar"),
+                &manifest("gated", "gated:handle"),
+                &[("gated.py", source.as_bytes())],
+            );
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ping = loop {
+        if let Ok(mut r) = agent().get(format!("{}/ping", server.inference)).call() {
+            break (r.status().as_u16(), r.body_mut().read_to_string().unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /ping:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Workers still starting count as healthy, as in TorchServe; readiness waits for them.
+    assert_eq!(ping.0, 200, "{}", ping.1);
+    assert!(ping.1.contains("Healthy"), "{}", ping.1);
+    let (status, body, _) = get(&format!("{}/v2/health/ready", server.inference));
+    assert_eq!((status, body.contains("false")), (503, true), "{body}");
+
+    std::fs::write(&release, b"").unwrap();
+    assert!(
+        wait_models_ready(&server.inference, Duration::from_secs(120)),
+        "{}",
+        server.log_text()
+    );
+    let (status, body, _) = post(
+        &format!("{}/predictions/gated", server.inference),
+        "text/plain",
+        "x",
+    );
+    assert_eq!((status, body.as_str()), (200, "loaded"), "{body}");
+}

@@ -500,6 +500,16 @@ impl Metrics {
             queued.as_secs_f64() * 1e6,
             dims,
         );
+        self.queue_time(model, version, queued);
+    }
+
+    /// How long a request waited for a worker (TorchServe's `QueueTime`, REST and gRPC).
+    pub fn queue_time(&self, model: &str, version: &str, queued: Duration) {
+        let dims = Dims {
+            model,
+            version,
+            ..Dims::default()
+        };
         self.frontend("QueueTime", queued.as_millis() as f64, dims);
     }
 

@@ -78,8 +78,16 @@ impl Server {
         dir.join("model-store")
     }
 
-    /// Prepares the directory and config, then lets `prepare` add files before start.
+    /// Prepares the directory and config, then lets `prepare` add files before start; returns
+    /// once the start-up models have loaded.
     pub fn start_with(setup: Setup, prepare: impl FnOnce(&Path)) -> Server {
+        let server = Self::launch(setup, prepare);
+        server.wait_ready();
+        server
+    }
+
+    /// As `start_with`, but returns as soon as the process runs, before anything answers.
+    pub fn launch(setup: Setup, prepare: impl FnOnce(&Path)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = Self::model_store(dir.path());
         std::fs::create_dir_all(&store).unwrap();
@@ -113,7 +121,7 @@ impl Server {
             setup.env,
             &log,
         );
-        let server = Server {
+        Server {
             pid: child.id(),
             inference: format!("http://127.0.0.1:{ip}"),
             management: format!("http://127.0.0.1:{mp}"),
@@ -123,9 +131,7 @@ impl Server {
             dir,
             child,
             log,
-        };
-        server.wait_ready();
-        server
+        }
     }
 
     pub fn start(setup: Setup) -> Server {

@@ -120,7 +120,7 @@ def main():
         print(f"| {method} {path} | {a[0]} | {b[0]} | {mark} |")
         if not same:
             print(f"|  | `{normal(a[1])}` | `{normal(b[1])}` | |".replace("\n", " "))
-    print(f"\ncompared {len(REQUESTS)}: {equal} equal, {len(REQUESTS) - equal} different")
+    print(f"\ndifferential: {equal} passed, {len(REQUESTS) - equal} failed")
     return 0 if equal == len(REQUESTS) else 1
 
 

@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Opt-in differential test: the same request sequence against TorchServe 0.12 and ferroserve
-# (same model store, model API on, token authorization off), statuses and bodies compared;
-# exits non-zero when any answer differs.
+# Differential test, part of scripts/test.sh: the same requests sent to TorchServe 0.12 and to
+# ferroserve, statuses and bodies compared; exits non-zero when any answer differs beyond
+# what docs/compatibility.md lists.
+#  1. compare.py: model and workflow management, on one pair of servers (same store, model
+#     API on, token authorization off);
+#  2. tests/suite/run.py --server both: TorchServe's own regression suite, each of its suites
+#     on a fresh pair of servers with TorchServe's configuration for it, /metrics compared
+#     after each suite's traffic.
 # Needs Java 17 (installed from Debian if missing) and the Python environment of
-# scripts/python-env.sh (torchserve 0.12.0). Not part of scripts/test.sh.
+# scripts/python-env.sh (torchserve 0.12.0). FERROSERVE_BIN names the binary (default: the
+# debug build, built here if missing).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$ROOT/scripts/env.sh"
 cd "$ROOT"
 command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null; }
 PY=$("$ROOT/scripts/python-env.sh")
-cargo build --release --quiet --bin ferroserve
+bin=${FERROSERVE_BIN:-$CARGO_TARGET_DIR/debug/ferroserve}
+[ -n "${FERROSERVE_BIN:-}" ] || cargo build --quiet --bin ferroserve
 work=$(mktemp -d)
 cleanup() {
   (cd "$work/ts" && PATH="$(dirname "$PY"):$PATH" torchserve --stop >/dev/null 2>&1) || true
-  [ -n "${fpid:-}" ] && kill "$fpid" 2>/dev/null
+  if [ -n "${fpid:-}" ]; then kill "$fpid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -47,7 +54,7 @@ config 18180 18181 18182 "$work/ts/store" > "$work/ts/config.properties"
 config 28180 28181 28182 "$work/fs/store" > "$work/fs/config.properties"
 (cd "$work/ts" && PATH="$(dirname "$PY"):$PATH" TORCH_DEVICE=cpu torchserve --start --ncs --disable-token-auth \
    --enable-model-api --model-store "$work/ts/store" --ts-config "$work/ts/config.properties" >/dev/null 2>&1)
-(cd "$work/fs" && RUST_LOG=warn TMPDIR="$work/fs" exec "$CARGO_TARGET_DIR/release/ferroserve" --foreground --ncs \
+(cd "$work/fs" && RUST_LOG=warn TMPDIR="$work/fs" exec "$bin" --foreground --ncs \
    --disable-token-auth --enable-model-api --python "$PY" --ts-config "$work/fs/config.properties" >/dev/null 2>&1) &
 fpid=$!
 for port in 18181 28181; do
@@ -56,7 +63,19 @@ for port in 18181 28181; do
     sleep 0.2
   done
 done
+status=0
 echo "| request | TorchServe | ferroserve | |"
 echo "|---|---|---|---|"
 "$PY" tests/differential/compare.py http://127.0.0.1:18180 http://127.0.0.1:18181 \
-  http://127.0.0.1:28180 http://127.0.0.1:28181
+  http://127.0.0.1:28180 http://127.0.0.1:28181 || status=$?
+# TorchServe's workers use fixed socket names (/tmp/.ts.sock.9000...): the next TorchServe
+# starts once this one has gone.
+(cd "$work/ts" && PATH="$(dirname "$PY"):$PATH" torchserve --stop >/dev/null 2>&1) || true
+for _ in $(seq 300); do
+  curl -s -o /dev/null http://127.0.0.1:18181/models || break
+  sleep 0.1
+done
+kill "$fpid" 2>/dev/null || true
+wait "$fpid" 2>/dev/null || true
+"$PY" tests/suite/run.py --server both --bin "$bin" --python "$PY" || status=$?
+exit $status

@@ -7,7 +7,9 @@ Placeholders in paths: {dl} is a loopback HTTP server that serves the fixture fo
 in for TorchServe's model-zoo URLs; names it does not have answer 404).
 
 A case is a dict:
-  name, port ("i", "m", "x": inference, management, metrics), method, path,
+  name, port ("i", "m", "x": inference, management, metrics), method, path, headers
+  (optional; {key:NAME} is the server's key NAME from its key_file.json, {key0:NAME} the
+  one it had at start-up),
   file (a fixture sent as the raw body) or body (bytes),
   status (a code or a list of accepted codes),
   check: None | ("text", expected) | ("json", expected) | ("image", tolerance %)
@@ -155,8 +157,107 @@ def management_cases():
          "DELETE", "models/squeezenet1_1/?timeout=true&synchronous=-1", 200),
         ("UnRegister Invalid Model Name", "DELETE", "models/invalid_squeezenet1_1", 404),
     ]
-    return [{"name": n, "port": "m", "method": m, "path": "/" + p, "status": s, "check": None}
-            for n, m, p, s in rows]
+    return [{"name": n, "port": "m", "method": m, "path": "/" + p, "status": s, "check": None,
+             "grpc_status": GRPC_CODES.get(n)} for n, m, p, s in rows]
+
+
+# management_data.json's `grpc_status_code` of each case that has one (TorchServe's
+# test_gRPC_management_apis.py checks them over gRPC), by case name.
+GRPC_CODES = {
+    "Model Re-Registration Densenet161": 13, "Register Model missing url": 3,
+    "Scale Invalid Mnist Handler Model with Min Workers - Synchronous": 13,
+    "Register Model invalid Runtime": 3,
+    "Scale Min Workers for a Valid model but Invalid Version": 5,
+    "Set Default Valid Model Invalid Version": 5, "Set Default Invalid Model valid Version": 5,
+    "Register Model with Additional Params and startup_timeout as 0": 13,
+    "Register Model - Empty URL , Valid Model Name": 3, "Register Model - Invalid URL": 3,
+    "List Model - Invalid Model": 5,
+    "List Model - Valid model name, Invalid Model version": 5,
+    "Update Worker for an invalid/non-existent model": 5,
+    "Update Worker with Invalid Worker Count": 3,
+    "Scale worker by calling Update Worker API with negative min worker Count": 13,
+    "Scale worker by calling Update Worker API with negative max worker Count": 3,
+    "Update Version - Invalid Model": 5,
+    "UnRegister Valid Model name, but Invalid Model version": 5,
+    "UnRegister Invalid Model Name": 5,
+}
+GRPC_INTS = {"min_worker", "max_worker", "initial_workers", "timeout", "number_gpu",
+             "batch_size", "max_batch_delay", "response_timeout", "startup_timeout", "limit",
+             "next_page_token"}
+
+
+def grpc_params(case):
+    """TorchServe's test_gRPC_management_apis.py turns each management_data.json path into
+    gRPC parameters: (rpc, params), or None where it skips the case (a value gRPC's types
+    refuse)."""
+    from urllib import parse
+    url = parse.urlsplit(case["path"].lstrip("/"))
+    query = dict(parse.parse_qsl(url.query))
+    try:
+        for k in list(query):
+            if k in GRPC_INTS:
+                query[k] = int(query[k])
+            if k == "synchronous":
+                query[k] = bool(query[k])
+    except ValueError:
+        return None
+    segs = url.path.split("/")
+    path = {} if len(segs) == 1 else {"model_name": segs[1]}
+    if len(segs) == 3:
+        path["model_version"] = segs[2]
+    method, p = case["method"].upper(), case["path"]
+    if method == "POST":
+        return "RegisterModel", query
+    if method == "DELETE":
+        return "UnregisterModel", path
+    if p.endswith("/set-default"):
+        return "SetDefault", path
+    if method == "PUT":
+        return "ScaleWorker", {**path, **query}
+    if len(segs) == 1:
+        return "ListModels", {**path, **query}
+    return "DescribeModel", path
+
+
+def grpc_management_cases():
+    """management_data.json over gRPC, as TorchServe's test_gRPC_management_apis.py sends it:
+    a case raising an error must raise its `grpc_status_code`."""
+    cases = []
+    for c in management_cases():
+        params = grpc_params(c)
+        if params is None:
+            continue
+        cases.append({"name": c["name"], "port": "grpc", "method": params[0],
+                      "path": c["path"], "grpc": params, "status": c["grpc_status"],
+                      "check": None, "grpc_weak": True})
+    return cases
+
+
+def grpc_inference_cases():
+    """Inference over gRPC (TorchServe's test_gRPC_inference_api.py's calls): health,
+    predictions on a Python image classifier, unknown models and versions."""
+    m = "squeezenet1_1"
+    rows = [
+        ("Ping", "Ping", {}, 0, None),
+        ("Register", "RegisterModel",
+         {"url": f"{m}.mar", "model_name": m, "initial_workers": 1, "synchronous": True}, 0,
+         None),
+        ("Predictions", "Predictions", {"model_name": m, "input": {"data": "kitten.jpg"}}, 0,
+         IMAGE),
+        ("Predictions of a version", "Predictions",
+         {"model_name": m, "model_version": "1.0", "input": {"data": "kitten.jpg"}}, 0, IMAGE),
+        # TorchServe answers an unknown model or version on this call with INTERNAL.
+        ("Predictions of an unknown model", "Predictions",
+         {"model_name": "nope", "input": {"data": "kitten.jpg"}}, 13, None),
+        ("Predictions of an unknown version", "Predictions",
+         {"model_name": m, "model_version": "9.9", "input": {"data": "kitten.jpg"}}, 13, None),
+        ("Describe", "DescribeModel", {"model_name": m}, 0, None),
+        ("List", "ListModels", {}, 0, None),
+        ("Unregister", "UnregisterModel", {"model_name": m}, 0, None),
+        ("Ping after", "Ping", {}, 0, None),
+    ]
+    return [{"name": n, "port": "grpc", "method": rpc, "path": rpc, "grpc": (rpc, params),
+             "status": code, "check": check} for n, rpc, params, code, check in rows]
 
 
 # inference_data.json: (model name, archive URL, input, check). Archive URLs of TorchServe's
@@ -245,6 +346,53 @@ def with_input(models, data, check):
     return [(n, u, data, check) for n, u, _, _ in models]
 
 
+def token_cases():
+    """Token authorization (TorchServe's docs/token_authorization_api.md): each server's own
+    keys from its key_file.json ({key:NAME}), missing, wrong and misplaced keys, rotation."""
+    ok = {"Authorization": "Bearer {key:inference}"}
+    mgmt = {"Authorization": "Bearer {key:management}"}
+    api = {"Authorization": "Bearer {key:API}"}
+    rows = [
+        ("ping without a key", "i", "GET", "/ping", None, 400),
+        ("ping with the inference key", "i", "GET", "/ping", ok, 200),
+        ("ping with the management key", "i", "GET", "/ping", mgmt, 400),
+        ("ping with a lower-case scheme", "i", "GET", "/ping", {"Authorization":
+                                                               "bearer {key:inference}"}, 400),
+        ("ping with a bare key", "i", "GET", "/ping", {"Authorization": "{key:inference}"}, 400),
+        ("ping with a wrong key", "i", "GET", "/ping", {"Authorization": "Bearer nope1234"}, 400),
+        ("models without a key", "m", "GET", "/models", None, 400),
+        ("models with the inference key", "m", "GET", "/models", ok, 400),
+        ("models with the management key", "m", "GET", "/models", mgmt, 200),
+        ("register with the management key", "m", "POST",
+         "/models?url=squeezenet1_1.mar&model_name=squeezenet1_1&initial_workers=1", mgmt, 200),
+        ("predict without a key", "i", "POST", "/predictions/squeezenet1_1", None, 400),
+        ("predict with the management key", "i", "POST", "/predictions/squeezenet1_1", mgmt,
+         400),
+        ("predict with the inference key", "i", "POST", "/predictions/squeezenet1_1", ok, 200),
+        ("describe without a key", "m", "GET", "/models/squeezenet1_1", None, 400),
+        ("metrics need no key", "x", "GET", "/metrics", None, 200),
+        ("API description needs no key", "i", "OPTIONS", "/", None, 200),
+        ("rotation with the management key", "m", "POST", "/token?type=inference", mgmt, 400),
+        ("rotation without a type", "m", "POST", "/token", api, 400),
+        ("rotation with a bad type", "m", "POST", "/token?type=nope", api, 400),
+        ("rotation with the API key", "m", "POST", "/token?type=management", api, 200),
+        ("the management key of start-up after rotation", "m", "GET", "/models",
+         {"Authorization": "Bearer {key0:management}"}, 400),
+        ("the rotated management key", "m", "GET", "/models", mgmt, 200),
+        ("unregister without a key", "m", "DELETE", "/models/squeezenet1_1", None, 400),
+    ]
+    cases = []
+    for n, port, method, path, headers, status in rows:
+        case = {"name": n, "port": port, "method": method, "path": path, "status": status,
+                "check": None, "headers": headers or {}}
+        if path.startswith("/predictions"):
+            case["file"] = "kitten.jpg"
+            if status == 200:
+                case["check"] = IMAGE
+        cases.append(case)
+    return cases
+
+
 # Each suite runs on a fresh server with TorchServe's configuration for it (api_utils.py).
 KF_STEPS = [("Inference", "/v1/models/{m}:predict", ("recorded", "json", 0)),
             ("Explanations", "/v1/models/{m}:explain", ("recorded", "close", 1))]
@@ -274,7 +422,26 @@ SUITES = [
     {"name": "https_kfv2", "tls": True, "config": ["service_envelope=kservev2", *BASE],
      "cases": https_cases("mnist", (5, 6), "/v2/models/{m}/infer", "mnist_v2.json",
                           "/v2/models/{m}/explain")},
+    {"name": "token_authorization", "config": ["enable_model_api=true"],
+     "cases": token_cases()},
+    {"name": "grpc_management", "config": BASE, "cases": grpc_management_cases()},
+    {"name": "grpc_inference", "config": ["metrics_mode=prometheus", *BASE],
+     "cases": grpc_inference_cases()},
     {"name": "explanation", "config": ["metrics_mode=prometheus", *BASE],
      "cases": model_zoo_cases(with_input(MNIST, "0.png", None),
                               [("Explanations", "/explanations/{m}", ("recorded", "close", 1))])},
 ]
+
+
+# Answers whose bodies differ from TorchServe's by choice, each listed in
+# docs/compatibility.md: the differential check compares only their status codes.
+LISTED = {
+    ("OPTIONS", "/"): "OpenAPI documents of ferroserve's own routes",
+    ("PUT", "/models/resnet-18?min_worker=-1"): "a negative min_worker: no Java index error",
+}
+# gRPC codes TorchServe sends without details where ferroserve says what went wrong
+# (docs/compatibility.md): a conflict's UNKNOWN.
+GRPC_SILENT = {2: "a version already registered: UNKNOWN with no message"}
+# Fields of JSON answers that differ between any two runs (worker ids, pids, times, memory)
+# or that ferroserve adds (docs/compatibility.md: describe's `device` and `stats`).
+DYNAMIC = {"startTime", "pid", "id", "memoryUsage", "device", "stats", "gpuUsage"}

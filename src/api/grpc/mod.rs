@@ -65,7 +65,8 @@ pub fn status(e: &ApiError) -> Status {
         401 => Code::Unauthenticated,
         403 => Code::PermissionDenied,
         404 => Code::NotFound,
-        409 => Code::Aborted,
+        // TorchServe's gRPC service answers a conflict (a version already registered) UNKNOWN.
+        409 => Code::Unknown,
         413 | 429 => Code::ResourceExhausted,
         416 => Code::OutOfRange,
         499 => Code::Cancelled,
@@ -103,9 +104,18 @@ fn message(
     use actix_web::body::MessageBody;
     let res = res.map_err(|e| status(&e))?;
     let body = res.into_body().try_into_bytes().unwrap_or_default();
-    Ok(Response::new(ManagementResponse {
-        msg: String::from_utf8_lossy(&body).into_owned(),
-    }))
+    // TorchServe's gRPC service sends a status reply's text alone (`Model "m" unregistered`),
+    // and describe and list replies as the REST JSON.
+    let status_text = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| match v {
+            serde_json::Value::Object(o) if o.len() == 1 => {
+                o.get("status")?.as_str().map(str::to_string)
+            }
+            _ => None,
+        });
+    let msg = status_text.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    Ok(Response::new(ManagementResponse { msg }))
 }
 
 pub(super) fn nonempty(s: &str) -> Option<&str> {
@@ -182,9 +192,10 @@ pub(super) async fn infer(
     let queued = result.as_ref().ok().map(|r| r.queue_time);
     mv.finished(routed.split.as_ref(), code, took, queued);
     let reply = result.map_err(|e| status(&e))?;
+    // TorchServe counts gRPC predictions in QueueTime only: its latency counters are REST's.
     state
         .metrics
-        .inference_done(&mv.name, version_label, took, reply.queue_time);
+        .queue_time(&mv.name, version_label, reply.queue_time);
     if reply.status >= 400 {
         return Err(status(&ApiError::new(
             reply.status,
@@ -315,13 +326,12 @@ impl ManagementApIsService for Management {
     ) -> Result<Response<ManagementResponse>, Status> {
         self.check(&req, false)?;
         let r = req.into_inner();
-        let q: Vec<(String, String)> = [
-            ("limit", positive(r.limit)),
-            ("next_page_token", positive(r.next_page_token)),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| Some((k.to_string(), v?)))
-        .collect();
+        // The proto's values as they are, 0 included: TorchServe pages a ListModels call with
+        // the default request as `?limit=0` (no models, nextPageToken "0").
+        let q = [
+            ("limit".to_string(), r.limit.to_string()),
+            ("next_page_token".to_string(), r.next_page_token.to_string()),
+        ];
         message(management::list(&self.state, &q))
     }
 
