@@ -37,11 +37,12 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --lib --bins --tests 2>&1 | tee "$log" || status=$?
-# TorchServe 0.12's own regression suite (its Postman collections as a table), against the
-# server just built, on archives made by the real torch-model-archiver.
-"$FERROSERVE_TEST_PYTHON" tests/suite/run.py --server ferroserve --bin "$CARGO_TARGET_DIR/debug/ferroserve" \
-  --python "$FERROSERVE_TEST_PYTHON" 2>&1 | tee -a "$log" || status=$?
-# One closing line over every test binary and the suite.
-awk '/^(test result|suite):/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+# TorchServe 0.12's own regression suite (tests/suite: its Postman collections and more as a
+# table, on archives made by the real torch-model-archiver) sent to real TorchServe 0.12 and
+# to the server just built: ferroserve's answers must pass the suite's assertions and equal
+# TorchServe's (tests/differential/run.sh).
+FERROSERVE_BIN="$CARGO_TARGET_DIR/debug/ferroserve" tests/differential/run.sh 2>&1 | tee -a "$log" || status=$?
+# One closing line over every test binary, the suite and the differential check.
+awk '/^(test result|suite|differential):/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit $status

@@ -278,15 +278,26 @@ fn descend_single_dir(dir: PathBuf) -> PathBuf {
     }
 }
 
+/// The archive's manifest; without one, TorchServe's default: a Python model whose handler
+/// comes from the registration (`handler=`) or `default_service_handler`.
 fn read_manifest(dir: &Path, url: &str) -> Result<Manifest, ArchiveError> {
     let path = dir.join(MANIFEST);
-    let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ArchiveError::MissingManifest(url.into()),
-        _ => ArchiveError::InvalidManifest {
-            path: url.into(),
-            reason: e.to_string(),
-        },
-    })?;
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(url, "no {MANIFEST}: a Python model, as TorchServe assumes");
+            return Ok(Manifest {
+                runtime: Some("python".into()),
+                ..Manifest::default()
+            });
+        }
+        Err(e) => {
+            return Err(ArchiveError::InvalidManifest {
+                path: url.into(),
+                reason: e.to_string(),
+            })
+        }
+    };
     serde_json::from_str(&text).map_err(|e| ArchiveError::InvalidManifest {
         path: url.into(),
         reason: e.to_string(),

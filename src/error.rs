@@ -127,8 +127,6 @@ pub enum ArchiveError {
     },
     #[error("model archive {path} is too large when extracted: {reason}")]
     TooLarge { path: String, reason: String },
-    #[error("model archive {0} has no MAR-INF/MANIFEST.json")]
-    MissingManifest(String),
     #[error("invalid MAR-INF/MANIFEST.json in {path}: {reason}")]
     InvalidManifest { path: String, reason: String },
     #[error("invalid model config {file} in {path}: {reason}")]

@@ -77,7 +77,11 @@ fn hostile_archives_are_refused_and_others_keep_serving() {
         ("slip.mar", "path traversal"),
         ("absolute.mar", "absolute path"),
         ("bomb.mar", "decompression bomb"),
-        ("nomanifest.mar", "has no MAR-INF/MANIFEST.json"),
+        // No manifest: a Python model, as TorchServe assumes (here without an interpreter).
+        (
+            "nomanifest.mar",
+            "cannot run the Python interpreter /nonexistent/python3",
+        ),
         ("badmanifest.mar", "invalid MAR-INF/MANIFEST.json"),
         ("corrupt.mar", "corrupt model archive"),
         (

@@ -499,20 +499,36 @@ fn a_workflow_registered_from_a_url() {
 }
 
 #[test]
-fn workflow_registration_needs_the_model_api() {
-    // TorchServe leaves /workflows open even with the model API off; here it follows it.
-    let server = Server::start(Setup {
-        config: "load_models=",
-        ..Setup::default()
-    });
+fn workflow_registration_does_not_need_the_model_api() {
+    // As in TorchServe, whose own workflow suite runs with the model API off: workflows
+    // register and unregister whatever `enable_model_api` says (token authorization, on by
+    // default, guards the management API); models stay behind the switch.
+    let config = format!("python={}\nload_models=", test_python());
+    let server = Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            double_mar(store);
+            war(store, "wf");
+        },
+    );
     let (code, body) = register(&server, "url=wf.war");
+    assert_eq!(code, 200, "{body}");
+    let (code, body, _) = post(
+        &format!("{}/models?url=double.mar", server.management),
+        "text/plain",
+        "",
+    );
     assert_eq!(code, 405, "{body}");
-    assert_error(&body, 405, "MethodNotAllowedException");
+    let (code, body) = wfpredict(&server, "wf", r#"{"values": [1, 2]}"#);
+    assert_eq!(code, 200, "{body}");
     let res = agent()
         .delete(format!("{}/workflows/wf", server.management))
         .call()
         .unwrap();
-    assert_eq!(res.status().as_u16(), 405);
+    assert_eq!(res.status().as_u16(), 200);
     let (code, body, _) = get(&format!("{}/workflows", server.management));
     assert_eq!((code, json(&body)), (200, json!({"workflows": []})));
 }

@@ -19,9 +19,9 @@ use crate::error::ApiError;
 use crate::handler::{Param, RequestInput};
 use crate::workflow::{Context, RegisterRequest, Workflow};
 
-/// `/workflows[/{name}]`. Registering and unregistering are gated by `enable_model_api`, like
-/// models': a workflow registers models and runs its own Python code (TorchServe leaves
-/// this open).
+/// `/workflows[/{name}]`. Registering and unregistering are open whatever `enable_model_api`
+/// says, as in TorchServe (its own workflow suite runs with the model API off); token
+/// authorization guards them with the rest of the management API.
 pub(super) async fn manage(
     req: &HttpRequest,
     payload: web::Payload,
@@ -29,12 +29,11 @@ pub(super) async fn manage(
     name: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
     let method = req.method();
-    let model_api = state.settings.enable_model_api;
     match name {
         None if method == Method::GET => Ok(list(state, &query(req))),
-        None if method == Method::POST && model_api => register(req, payload, state).await,
+        None if method == Method::POST => register(req, payload, state).await,
         Some(name) if method == Method::GET => describe(state, name),
-        Some(name) if method == Method::DELETE && model_api => unregister(state, name),
+        Some(name) if method == Method::DELETE => unregister(state, name),
         _ => Err(ApiError::method_not_allowed()),
     }
 }

@@ -227,7 +227,15 @@ fn python_handler(
         .handler
         .clone()
         .or_else(|| settings.default_service_handler.clone())
-        .ok_or_else(|| LoadError::Invalid("the manifest names no handler".into()))?;
+        .unwrap_or_else(|| {
+            // TorchServe registers such a model and its workers then fail to start; the same
+            // here, with the reason said once.
+            tracing::warn!(
+                model = spec.model_name,
+                "no handler: the manifest names none, and neither the registration (`handler=`) nor `default_service_handler` gives one; its workers will fail to start"
+            );
+            String::new()
+        });
     let ts_home = python::locate_ts(&settings.python)?;
     let deps = match (
         &archive.manifest.model.requirements_file,

@@ -38,11 +38,14 @@ with zipfile.ZipFile(sys.argv[1], "w") as z:
         "runtime": "python", "archiverVersion": "0.12.0",
         "model": {"modelName": "double", "handler": "double.py", "modelVersion": "1.0"}}))
     z.write(sys.argv[2], "double.py")
+# The same handler without a manifest: TorchServe assumes a Python model.
+with zipfile.ZipFile(sys.argv[1].replace("double.mar", "nomanifest.mar"), "w") as z:
+    z.write(sys.argv[2], "double.py")
 PY
 for side in ts fs; do
   mkdir -p "$work/$side/store"
   cp model-store/sign.mar "$work/$side/store/"
-  cp "$work"/*.war "$work/double.mar" "$work/$side/store/"
+  cp "$work"/*.war "$work/double.mar" "$work/nomanifest.mar" "$work/$side/store/"
 done
 config() {
   printf '%s\n' "inference_address=http://127.0.0.1:$1" "management_address=http://127.0.0.1:$2" \

@@ -1,6 +1,7 @@
 """TorchServe 0.12's regression suite as a table: every request of its Postman collections
-(management, inference, increased timeout, KServe v1/v2, explanations, HTTPS), with the status
-and the property each one asserts. The requests and expectations are TorchServe's; the
+(management, inference, increased timeout, KServe v1/v2, explanations, HTTPS, workflows),
+with the status and the property each one asserts, and the gRPC and token-authorization
+requests of its pytest suite. The requests and expectations are TorchServe's; the
 archives are the small ones of fixtures.py.
 
 Placeholders in paths: {dl} is a loopback HTTP server that serves the fixture folder (it stands
@@ -278,12 +279,20 @@ INFERENCE_MODELS = [
     ("resnet152", "resnet-152-batch.mar", "kitten.jpg", IMAGE),
     ("resnet-152-batch_scripted", "{dl}/resnet-152-batch_scripted.mar", "kitten.jpg", IMAGE),
 ]
-# Entries of inference_data.json left out, and why: their handlers need pretrained detection,
-# segmentation or BERT weights from TorchServe's model zoo or the Hugging Face hub, which this
-# machine cannot fetch.
-LEFT_OUT = ["fastrcnn", "maskrcnn", "fcn_resnet_101", "fcn_resnet_101_scripted",
-            "deeplabv3_resnet_101_eager", "deeplabv3_resnet_101_scripted",
-            "distill_bert_qa_eager", "bert_token_classification_no_torchscript",
+# Detection and segmentation: the collection asserts the status only.
+INFERENCE_MODELS += [
+    ("fastrcnn", "fastrcnn.mar", "persons.jpg", None),
+    ("maskrcnn", "maskrcnn.mar", "persons.jpg", None),
+    ("fcn_resnet_101", "fcn_resnet_101.mar", "persons.jpg", None),
+    ("fcn_resnet_101_scripted", "{dl}/fcn_resnet_101_scripted.mar", "persons.jpg", None),
+    ("deeplabv3_resnet_101_eager", "deeplabv3_resnet_101_eager.mar", "persons.jpg", None),
+    ("deeplabv3_resnet_101_scripted", "{dl}/deeplabv3_resnet_101_scripted.mar", "persons.jpg",
+     None),
+]
+# Entries of inference_data.json left out, and why: their custom handlers need the
+# `transformers` package and BERT weights from the Hugging Face hub, which this machine cannot
+# fetch.
+LEFT_OUT = ["distill_bert_qa_eager", "bert_token_classification_no_torchscript",
             "bert_seqc_without_torchscript"]
 
 
@@ -393,6 +402,51 @@ def token_cases():
     return cases
 
 
+def workflow_cases():
+    """workflow_data.json, with its .war files served by {dl}."""
+    rows = [
+        ("Register Densenet Workflow - Happy Path", "POST", "/workflows?url={dl}/densenet_wf.war",
+         200),
+        ("List Workflow - Happy Path", "GET", "/workflows", 200),
+        ("Describe Workflow - Happy Path", "GET", "/workflows/densenet", 200),
+        ("Re Register Densenet Workflow - Conflict", "POST",
+         "/workflows?url={dl}/densenet_wf.war", 500),
+        ("Unregister Workflow - Happy Path", "DELETE", "/workflows/densenet", 200),
+        ("Register Densenet Workflow - Invalid URL", "POST",
+         "/workflows?url={dl}/does_not_exist.war", 400),
+        ("Describe Workflow - Invalid Workflow", "GET", "/workflows/does_not_exist", 404),
+        ("Unregister Workflow - Invalid Workflow", "DELETE", "/workflows/does_not_exist", 404),
+        ("Register Densenet Workflow - Malformed URL", "POST", "/workflows?url=malformed_url,?",
+         404),
+        ("Register Workflow - Custom Python Dependency", "POST",
+         "/workflows?url={dl}/custom_python_dep.war", 500),
+        ("Register Workflow - Loading Memory Error", "POST",
+         "/workflows?url={dl}/loading-memory-error.war", 500),
+    ]
+    return [{"name": n, "port": "m", "method": m, "path": p, "status": st, "check": None}
+            for n, m, p, st in rows]
+
+
+def workflow_inference_cases():
+    """workflow_inference_collection.json over workflow_inference_data.json: register the
+    workflow, run it on the input, unregister."""
+    rows = [("{dl}/densenet_wf.war", "densenet", 200, IMAGE),
+            ("{dl}/timeout-retry-test.war", "densenet", 500, None),
+            ("{dl}/dog_breed_wf.war", "dog_breed_wf", 200, IMAGE)]
+    cases = []
+    for url, name, status, check in rows:
+        cases += [
+            {"name": f"Register Workflow {url}", "port": "m", "method": "POST",
+             "path": f"/workflows?url={url}", "status": 200, "check": None},
+            {"name": f"Workflow Inference {name}", "port": "i", "method": "POST",
+             "path": f"/wfpredict/{name}", "file": "kitten.jpg", "status": status,
+             "check": check},
+            {"name": f"Unregister Workflow {name}", "port": "m", "method": "DELETE",
+             "path": f"/workflows/{name}", "status": [200, 201, 202], "check": None},
+        ]
+    return cases
+
+
 # Each suite runs on a fresh server with TorchServe's configuration for it (api_utils.py).
 KF_STEPS = [("Inference", "/v1/models/{m}:predict", ("recorded", "json", 0)),
             ("Explanations", "/v1/models/{m}:explain", ("recorded", "close", 1))]
@@ -422,6 +476,10 @@ SUITES = [
     {"name": "https_kfv2", "tls": True, "config": ["service_envelope=kservev2", *BASE],
      "cases": https_cases("mnist", (5, 6), "/v2/models/{m}/infer", "mnist_v2.json",
                           "/v2/models/{m}/explain")},
+    {"name": "workflow", "config": ["disable_token_authorization=true"], "workflow_store": True,
+     "cases": workflow_cases()},
+    {"name": "workflow_inference", "config": ["disable_token_authorization=true"],
+     "workflow_store": True, "cases": workflow_inference_cases()},
     {"name": "token_authorization", "config": ["enable_model_api=true"],
      "cases": token_cases()},
     {"name": "grpc_management", "config": BASE, "cases": grpc_management_cases()},
@@ -438,6 +496,10 @@ SUITES = [
 LISTED = {
     ("OPTIONS", "/"): "OpenAPI documents of ferroserve's own routes",
     ("PUT", "/models/resnet-18?min_worker=-1"): "a negative min_worker: no Java index error",
+}
+# The same, by case name where the request is also sent in cases that must match.
+LISTED_NAMES = {
+    "Re Register Densenet Workflow - Conflict": "a workflow file already in the store",
 }
 # gRPC codes TorchServe sends without details where ferroserve says what went wrong
 # (docs/compatibility.md): a conflict's UNKNOWN.

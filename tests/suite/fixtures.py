@@ -76,6 +76,158 @@ class DigitClassifier(ImageClassifier):
 '''
 
 
+# Detection and segmentation models for TorchServe's object_detector and image_segmenter
+# handlers, eager (a model file and its state dict, one nn.Module class each, as the handlers
+# load them) or TorchScript: small heads on colour statistics, with the output shapes those
+# handlers read (torchvision's detection dicts; segmentation logits under "out").
+DETECTOR = '''
+import torch
+from torch import nn
+
+
+class Detector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 12)
+
+    def forward(self, images):
+        out = []
+        for image in images:
+            v = self.fc(image.mean(dim=(1, 2)))
+            out.append({"boxes": v[:8].reshape(2, 4).abs() * 100,
+                        "labels": torch.tensor([1, 2]),
+                        "scores": torch.sigmoid(v[8:10] * 4)})
+        return out
+'''
+SEGMENTER = '''
+from typing import Dict
+
+import torch
+from torch import nn
+
+
+class Segmenter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+
+    def forward(self, x) -> Dict[str, torch.Tensor]:
+        return {"out": self.pool(self.conv(x)) * 3}
+'''
+# (archive name, handler, model source, TorchScript?)
+VISION = [("fastrcnn", "object_detector", DETECTOR, False),
+          ("maskrcnn", "object_detector", DETECTOR, False),
+          ("fcn_resnet_101", "image_segmenter", SEGMENTER, False),
+          ("fcn_resnet_101_scripted", "image_segmenter", SEGMENTER, True),
+          ("deeplabv3_resnet_101_eager", "image_segmenter", SEGMENTER, False),
+          ("deeplabv3_resnet_101_scripted", "image_segmenter", SEGMENTER, True)]
+
+
+def vision_archives(work, out, labels):
+    for i, (name, handler, source, scripted) in enumerate(VISION):
+        folder = os.path.join(work, "vision-" + name)
+        os.makedirs(folder, exist_ok=True)
+        model_file = os.path.join(folder, "model.py")
+        with open(model_file, "w") as f:
+            f.write(source)
+        namespace = {}
+        exec(compile(source, model_file, "exec"), namespace)
+        cls = next(v for k, v in namespace.items()
+                   if isinstance(v, type) and issubclass(v, nn.Module) and v is not nn.Module)
+        torch.manual_seed(200 + i)
+        model = cls().eval()
+        weights = os.path.join(folder, f"{name}.pt")
+        if scripted:
+            torch.jit.script(model).save(weights)
+            extra = []
+        else:
+            torch.save(model.state_dict(), weights)
+            extra = ["--model-file", model_file]
+        archiver("--model-name", name, "--version", "1.0", "--serialized-file", weights,
+                 "--handler", handler, "--extra-files", labels, *extra, "--export-path", out)
+
+
+# Workflows for the workflow collections (their model-zoo .war files, rebuilt on the same
+# handlers): spec, handler source and workflow name, by file name.
+WORKFLOW_FUNCTIONS = '''
+import time
+
+
+def pre(data, context):
+    """Passes each request's body on to the model."""
+    if data is None:
+        return None
+    return [row.get("data") if row.get("data") is not None else row.get("body") for row in data]
+
+
+def slow(data, context):
+    """Slower than its node's timeout."""
+    if data is None:
+        return None
+    time.sleep(3)
+    return pre(data, context)
+'''
+WORKFLOWS = {
+    "densenet_wf": ("densenet", WORKFLOW_FUNCTIONS, """
+models:
+  min-workers: 1
+  max-workers: 1
+  batch-size: 1
+  densenet161:
+    url: densenet161.mar
+dag:
+  pre: [densenet161]
+"""),
+    "timeout-retry-test": ("densenet", WORKFLOW_FUNCTIONS, """
+models:
+  min-workers: 1
+  max-workers: 1
+  timeout-ms: 500
+  retry-attempts: 1
+  densenet161:
+    url: densenet161.mar
+dag:
+  slow: [densenet161]
+"""),
+    "dog_breed_wf": ("dog_breed_wf", WORKFLOW_FUNCTIONS, """
+models:
+  min-workers: 1
+  max-workers: 1
+  dog_breed:
+    url: resnet-18.mar
+dag:
+  pre: [dog_breed]
+"""),
+    # A handler needing a package that is not installed.
+    "custom_python_dep": ("custom_python_dep", "import ferroserve_suite_missing_package\n"
+                          + WORKFLOW_FUNCTIONS, "models:\n  min-workers: 1\ndag:\n  pre: []\n"),
+    # A function that runs out of memory as it loads.
+    "loading-memory-error": ("loading_memory_error", '''
+def big(data, context):
+    raise MemoryError("the model does not fit")
+''', "models:\n  min-workers: 1\ndag:\n  big: []\n"),
+}
+
+
+def workflow_archives(work, out):
+    tool = os.path.join(os.path.dirname(sys.executable), "torch-workflow-archiver")
+    for file, (name, source, spec) in WORKFLOWS.items():
+        folder = os.path.join(work, "wf-" + file)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "spec.yaml"), "w") as f:
+            f.write(spec)
+        with open(os.path.join(folder, "handler.py"), "w") as f:
+            f.write(source)
+        # The archiver stages in $TMPDIR/<name> and names the file after the workflow.
+        env = dict(os.environ, TMPDIR=folder)
+        subprocess.run([tool, "--workflow-name", name, "--spec-file",
+                        os.path.join(folder, "spec.yaml"), "--handler",
+                        os.path.join(folder, "handler.py"), "--export-path", folder, "-f"],
+                       check=True, env=env)
+        shutil.move(os.path.join(folder, f"{name}.war"), os.path.join(out, f"{file}.war"))
+
+
 def archiver(*args):
     tool = os.path.join(os.path.dirname(sys.executable), "torch-model-archiver")
     subprocess.run([tool, *args, "--force"], check=True)
@@ -117,11 +269,18 @@ def main(out):
     # The model zoo's name for the same eager archive, fetched by URL in the inference suite.
     shutil.copy(os.path.join(out, "mnist.mar"), os.path.join(out, "mnist_v2.mar"))
 
+    workflow_archives(work, out)
+    vision_archives(work, out, labels)
+
     # Inputs: a cat-coloured picture (the collections' kitten.jpg) and a hand-drawn zero.
     kitten = Image.new("RGB", (320, 240))
     kitten.putdata([((x * 3) % 256, (y * 2 + x) % 256, (x * y) % 256)
                     for y in range(240) for x in range(320)])
     kitten.save(os.path.join(out, "kitten.jpg"), quality=90)
+    persons = Image.new("RGB", (256, 192))
+    persons.putdata([((x * y) % 256, (x * 5) % 256, (y * 3) % 256)
+                     for y in range(192) for x in range(256)])
+    persons.save(os.path.join(out, "persons.jpg"), quality=90)
     digit = Image.new("L", (28, 28))
     ImageDraw.Draw(digit).ellipse((7, 4, 20, 23), outline=255, width=3)
     digit.save(os.path.join(out, "0.png"))
