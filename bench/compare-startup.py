@@ -29,6 +29,8 @@ INPUT = {"squeezenet1_1": "kitten.jpg", "mnist": "0.png"}
 def status(url, body=None):
     try:
         req = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+        if body:
+            req.add_header("Content-Type", "application/octet-stream")
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
@@ -61,7 +63,7 @@ def one(kind, args, fixtures):
     first = healthy = ready = None
     inputs = {m: open(os.path.join(fixtures, INPUT[m]), "rb").read() for m in MODELS}
     try:
-        while time.monotonic() - t0 < 300 and ready is None:
+        while time.monotonic() - t0 < 180 and ready is None:
             code, body = status(f"http://127.0.0.1:{i}/ping")
             now = time.monotonic() - t0
             if code is not None and first is None:
@@ -94,6 +96,7 @@ def main():
         order = ["ferroserve", "torchserve"] if r % 2 == 0 else ["torchserve", "ferroserve"]
         for kind in order:
             results[kind].append(one(kind, args, fixtures))
+            print(f"run {r + 1} {kind}: {results[kind][-1]}", file=sys.stderr, flush=True)
     shutil.rmtree(fixtures, ignore_errors=True)
     print("| server | first /ping answer (s) | first Healthy (s) | both models predict (s) |")
     print("|---|---|---|---|")

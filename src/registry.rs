@@ -817,7 +817,11 @@ impl Registry {
         })
         .map_err(|e| LoadError::Invalid(format!("cannot start worker threads: {e}")))?;
         // Native workers start at once; slower ones (Python) go on loading in the background.
-        pool.wait_started(STARTUP_WAIT);
+        // Start-up models do not wait at all: their workers all start together, and
+        // readiness reports when they are up.
+        if !at_startup {
+            pool.wait_started(STARTUP_WAIT);
+        }
         Ok(ModelVersion {
             name,
             version,
