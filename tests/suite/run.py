@@ -158,6 +158,14 @@ class Target:
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
+    def settle(self, path):
+        """Waits (up to a minute) until `path` on the management API answers 404."""
+        deadline = time.monotonic() + 60
+        while self.call("GET", "m", path, None)[0] != 404:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind}: {path} still there after a minute")
+            time.sleep(0.1)
+
     def grpc_call(self, case, fixtures, dl):
         """A gRPC case: its parameters ({dl} and fixture names filled in) sent over gRPC."""
         if self.grpc is None:
@@ -344,6 +352,9 @@ def main():
                         answers = {k: t.call(case["method"], case["port"], path, body,
                                              content_type, case.get("headers"))
                                    for k, t in targets.items()}
+                    if case.get("settle"):
+                        for t in targets.values():
+                            t.settle(case["settle"])
                     status, answer = answers[judged]
                     key = f"{suite['name']}/{i}"
                     if case["check"] and case["check"][0] == "recorded":
