@@ -409,28 +409,28 @@ impl Metrics {
         }
         let mut backend = HashMap::new();
         for (kind, mut spec) in config.backend {
+            if let Err(e) = usable_name(&frontend, &spec.name) {
+                tracing::error!("metric not exposed: {e}");
+                continue;
+            }
             spec.dimensions.push("Hostname".into());
             if let Some(entry) = Entry::new(kind, spec, mode == Mode::Prometheus, LogTo::Model) {
                 backend.insert(entry.name.clone(), entry);
             }
         }
+        // The registry holds ferroserve's own families only: TorchServe's are written from
+        // their entries, in TorchServe's text.
         let extras = Extras::new();
-        let mut collectors: Vec<_> = frontend
-            .values()
-            .chain(backend.values())
-            .filter_map(Entry::collector)
-            .collect();
         if mode == Mode::Prometheus {
-            collectors.extend(extras.collectors());
+            for c in extras.collectors() {
+                if let Err(e) = registry.register(c) {
+                    tracing::error!("metric not exposed: {e}");
+                }
+            }
             extras
                 .build_info
                 .with_label_values(&[env!("CARGO_PKG_VERSION"), "0.12"])
                 .set(1.0);
-        }
-        for c in collectors {
-            if let Err(e) = registry.register(c) {
-                tracing::error!("metric not exposed: {e}");
-            }
         }
         Self {
             mode,
@@ -551,15 +551,11 @@ impl Metrics {
             let Ok(mut backend) = self.backend.write() else {
                 return;
             };
-            if !backend.contains_key(&m.name) {
-                if let Some(c) = entry.collector() {
-                    if let Err(e) = self.registry.register(c) {
-                        tracing::warn!("backend metric {} not exposed: {e}", m.name);
-                        return;
-                    }
-                }
-                backend.insert(m.name.clone(), entry);
+            if let Err(e) = usable_name(&self.frontend, &m.name) {
+                tracing::warn!("backend metric not exposed: {e}");
+                return;
             }
+            backend.entry(m.name.clone()).or_insert(entry);
         }
         let Ok(backend) = self.backend.read() else {
             return;
@@ -645,12 +641,11 @@ impl Metrics {
     pub fn render(&self, names: &[String]) -> String {
         let mut out = String::new();
         let backend = self.backend.read().ok();
-        let torchserve: Vec<&Entry> = self
+        for entry in self
             .frontend
             .values()
             .chain(backend.iter().flat_map(|b| b.values()))
-            .collect();
-        for entry in &torchserve {
+        {
             entry.expose(names, &mut out);
         }
         let wanted = |family: &str| {
@@ -665,7 +660,7 @@ impl Metrics {
             .registry
             .gather()
             .into_iter()
-            .filter(|f| wanted(f.name()) && !torchserve.iter().any(|e| e.name == f.name()))
+            .filter(|f| wanted(f.name()))
             .collect();
         let mut standard = Vec::new();
         let _ = TextEncoder::new().encode(&own, &mut standard);
@@ -778,6 +773,15 @@ pub fn java_double(v: f64) -> String {
     } else {
         format!("{s}.0")
     }
+}
+
+/// A backend metric's name must not be a server metric's, nor in ferroserve's own namespace:
+/// each family is written once.
+fn usable_name(frontend: &HashMap<String, Entry>, name: &str) -> Result<(), String> {
+    if frontend.contains_key(name) || name.starts_with("ferroserve_") {
+        return Err(format!("{name} is already a metric of the server"));
+    }
+    Ok(())
 }
 
 /// The number format of TorchServe's exposition: Java's, with Go's names for the specials.
