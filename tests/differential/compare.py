@@ -1,10 +1,14 @@
 """Sends the same management and inference requests to TorchServe 0.12 and to ferroserve and
 compares status codes and bodies (ids, timestamps, pids and ferroserve's extra describe fields
 left out). Usage: compare.py TS_INFERENCE TS_MANAGEMENT FS_INFERENCE FS_MANAGEMENT"""
-import json
+import os
 import sys
 import urllib.error
 import urllib.request
+
+# The suite's answer normalisation (its DYNAMIC fields left out), so both checks compare alike.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "suite"))
+from run import normal  # noqa: E402
 
 REQUESTS = [
     ("GET", "i", "/ping", None),
@@ -84,17 +88,6 @@ REQUESTS = [
     ("GET", "m", "/workflows", None),
 ]
 
-DYNAMIC = {"startTime", "pid", "id", "memoryUsage", "device", "stats"}
-
-
-def strip(value):
-    if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if k not in DYNAMIC}
-    if isinstance(value, list):
-        return [strip(v) for v in value]
-    return value
-
-
 def call(base, method, path, body):
     req = urllib.request.Request(base + path, data=body, method=method)
     if body is not None:
@@ -104,13 +97,6 @@ def call(base, method, path, body):
             return res.status, res.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def normal(raw):
-    try:
-        return strip(json.loads(raw))
-    except ValueError:
-        return raw.decode(errors="replace")
 
 
 def main():
