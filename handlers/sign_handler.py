@@ -58,7 +58,10 @@ class SignHandler:
             providers = ["CPUExecutionProvider"]
             if self.device.startswith("cuda"):
                 providers.insert(0, "CUDAExecutionProvider")
-            self.session = ort.InferenceSession(path, providers=providers)
+            # The same thread count as torch (OMP_NUM_THREADS); ONNX Runtime ignores it.
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+            self.session = ort.InferenceSession(path, options, providers=providers)
             self.input_name = self.session.get_inputs()[0].name
         else:
             import torch
@@ -73,17 +76,26 @@ class SignHandler:
         landmarks = body.get("landmarks")
         if not isinstance(landmarks, list) or not landmarks:
             raise ValueError("'landmarks' must be a non-empty list of frames")
-        out = np.zeros((self.frames, self.features), dtype=np.float32)
-        for i, frame in enumerate(landmarks[: self.frames]):
-            flat = np.asarray(
-                [v for p in frame for v in (p if isinstance(p, list) else [p])], dtype=np.float32
+        kept = landmarks[: self.frames]
+        try:
+            # One numpy conversion for the whole sequence; frames of points ([x, y, z] ...)
+            # become a 3-d array, flattened per frame.
+            flat = np.asarray(kept, dtype=np.float32)
+            flat = flat.reshape(flat.shape[0], -1)
+        except ValueError:
+            # Ragged points (a last point shorter than the others): flatten frame by frame.
+            rows = [[v for p in f for v in (p if isinstance(p, list) else [p])] for f in kept]
+            sizes = {len(r) for r in rows}
+            if len(sizes) != 1:
+                raise ValueError(f"frames differ in length: {sorted(sizes)}") from None
+            flat = np.asarray(rows, dtype=np.float32)
+        if flat.shape[1] != self.features:
+            raise ValueError(
+                f"a frame has {flat.shape[1]} features, expected {self.features} "
+                f"(input shape [<= {self.frames}, {self.features}])"
             )
-            if flat.size != self.features:
-                raise ValueError(
-                    f"frame {i} has {flat.size} features, expected {self.features} "
-                    f"(input shape [<= {self.frames}, {self.features}])"
-                )
-            out[i] = flat
+        out = np.zeros((self.frames, self.features), dtype=np.float32)
+        out[: flat.shape[0]] = flat
         return out, int(body.get("topk", 5))
 
     def handle(self, data, context):

@@ -1,7 +1,8 @@
 """Regenerates the bundled sign models and the reference outputs the tests compare against.
 
-Needs full torch, onnx, onnxruntime and torch-model-archiver (scripts/gen_models.sh sets up a
-venv with them). Neither the server nor the tests need any of that: they use the committed files.
+Needs torch, onnx, onnxruntime and torch-model-archiver: the environment of
+scripts/python-env.sh has all but onnx (`pip install --target DIR onnx`, then PYTHONPATH=DIR).
+Neither the server nor the tests need any of that: they use the committed files.
 
 Outputs:
   model-store/sign.mar        TorchScript sign model (64 frames x 469 features -> 100 classes)
@@ -10,6 +11,10 @@ Outputs:
   tests/fixtures/sign_reference.json  inputs (by formula) and expected logits
   tests/fixtures/probe.mar    test-only TorchScript model: slow, failing and batch-revealing on
                               request (see Probe)
+  tests/fixtures/noop.mar, tests/fixtures/noop_onnx.mar
+                              an identity model (TorchScript, ONNX) for the native json_tensor
+                              handler (TorchServe's BaseHandler contract; handlers/tensor_handler.py
+                              on TorchServe): the no-op case of the benchmarks
   tests/fixtures/image_classifier.mar + tests/fixtures/image.png
                               a tiny TorchScript image model for TorchServe's built-in
                               image_classifier handler, and a picture to classify
@@ -101,6 +106,40 @@ def probe_archive(tmp):
     )
 
 
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def noop_archives(tmp):
+    ts_path = os.path.join(tmp, "noop.pt")
+    torch.jit.script(Identity()).save(ts_path)
+    onnx_path = os.path.join(tmp, "noop.onnx")
+    torch.onnx.export(
+        Identity(), (torch.zeros(2, 8),), onnx_path, input_names=["x"], output_names=["y"],
+        dynamic_axes={"x": {0: "batch", 1: "n"}, "y": {0: "batch", 1: "n"}}, dynamo=False,
+    )
+    cfg_dir = os.path.join(tmp, "noop-cfg")
+    os.makedirs(cfg_dir)
+    config = os.path.join(cfg_dir, "model-config.yaml")
+    with open(config, "w") as f:
+        f.write(
+            "# Served natively by ferroserve; TorchServe runs handlers/tensor_handler.py.\n"
+            "ferroserve:\n  native_handler: json_tensor\nminWorkers: 1\nmaxWorkers: 1\n"
+        )
+    for name, path in (("noop", ts_path), ("noop_onnx", onnx_path)):
+        subprocess.run(
+            [
+                sys.executable, "-m", "model_archiver.model_packaging",
+                "--model-name", name, "--version", "1.0", "--serialized-file", path,
+                "--handler", os.path.join(ROOT, "handlers", "tensor_handler.py"),
+                "--config-file", config,
+                "--export-path", os.path.join(ROOT, "tests", "fixtures"), "--force",
+            ],
+            check=True,
+        )
+
+
 class TinyImageModel(nn.Module):
     """[B, 3, H, W] -> 10 classes from the mean colour: small, but a real vision model shape."""
 
@@ -165,9 +204,48 @@ def archive(name, serialized, tmp, extra, config="model-config.yaml", export="mo
     )
 
 
+def sensitive(model):
+    """Scales the embedding (so the input, not the positions, dominates the encoder) and the
+    classifier (logits spread over ~20 units, a peaked softmax), so that a wrong handling of
+    the input moves the answer far beyond the tests' tolerance."""
+    with torch.no_grad():
+        for layer, scale in ((model.embedding, 8.0), (model.classifier, 16.0)):
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
+    return model
+
+
+def check_sensitivity(model, cases, logits):
+    """Fails the generation unless the reference cases have different answers and every
+    input-handling mistake a server could make changes some logit by well over 0.1 (the
+    tests' tolerance is 1e-5 relative)."""
+    tops = {int(np.argmax(row)) for row in logits}
+    assert len(tops) >= 2, f"reference cases share one top class: {tops}"
+    frames = formula_frames(cases[1]["seed"], cases[1]["frames"])
+    longer = formula_frames(cases[2]["seed"], cases[2]["frames"])
+    wrong = {
+        "frames reversed": pad(frames[::-1].copy()),
+        "last frame dropped": pad(frames[:-1]),
+        "shifted by a frame": pad(np.concatenate([np.zeros((1, FEATURES), np.float32), frames])),
+        "padding not zero": pad(frames) + np.pad(np.full((FRAMES - len(frames), FEATURES), 1e-3, np.float32), ((len(frames), 0), (0, 0))),
+        "kept the last frames": pad(longer[-FRAMES:]),
+        "features transposed": pad(frames.reshape(len(frames), -1, 7).transpose(0, 2, 1).reshape(len(frames), FEATURES)),
+    }
+    with torch.inference_mode():
+        for name, x in wrong.items():
+            row = 2 if name == "kept the last frames" else 1
+            got = model(torch.from_numpy(x).unsqueeze(0)).numpy()[0]
+            moved = float(np.abs(got - logits[row]).max())
+            print(f"{name}: max |logit change| = {moved:.3f}")
+            assert moved > 0.1, name
+    spread = float((logits.max(1) - logits.min(1)).min())
+    print("top classes", sorted(tops), "smallest logit range", round(spread, 1))
+    assert spread > 10
+
+
 def main():
-    torch.manual_seed(7)
-    model = SignTransformer().eval()
+    torch.manual_seed(13)
+    model = sensitive(SignTransformer().eval())
     tmp = tempfile.mkdtemp()
     try:
         ts_path = os.path.join(tmp, "sign.pt")
@@ -214,9 +292,11 @@ def main():
         sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
         onnx_logits = sess.run(None, {"landmarks": batch.numpy()})[0]
         print("max |torch - onnx| =", float(np.abs(onnx_logits - logits).max()))
+        check_sensitivity(model, cases, logits)
         for c, row in zip(cases, logits):
             c["logits"] = [float(v) for v in row]
         probe_archive(tmp)
+        noop_archives(tmp)
         image_classifier_archive(tmp)
         ref = {"frames": FRAMES, "features": FEATURES, "classes": CLASSES, "labels": labels, "cases": cases}
         with open(os.path.join(ROOT, "tests", "fixtures", "sign_reference.json"), "w") as f:

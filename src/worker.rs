@@ -430,15 +430,34 @@ mod tests {
     use tokio::sync::oneshot;
 
     /// Records batch sizes; answers each request with its own first value, or misbehaves.
+    /// A batch led by a negative value is held until the test opens the gate.
     struct Recorder {
         sizes: Mutex<Vec<usize>>,
         mode: &'static str,
+        held: AtomicU32,
+        gate: (Mutex<bool>, std::sync::Condvar),
+    }
+
+    impl Recorder {
+        fn open(&self) {
+            *self.gate.0.lock().unwrap() = true;
+            self.gate.1.notify_all();
+        }
+    }
+
+    /// Waits until `f` holds; fails after a minute.
+    fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn value(p: &Prepared) -> f32 {
         match p {
             Prepared::Tensor { tensor, .. } => tensor[0],
-            Prepared::Request(_) => unreachable!(),
+            Prepared::Request(_) | Prepared::Array(_) => unreachable!(),
         }
     }
 
@@ -464,7 +483,11 @@ mod tests {
         ) -> Result<Vec<Reply>, EngineError> {
             self.0.sizes.lock().unwrap().push(batch.len());
             if value(&batch[0]) < 0.0 {
-                std::thread::sleep(Duration::from_millis(400));
+                self.0.held.fetch_add(1, Ordering::SeqCst);
+                let (open, opened) = &self.0.gate;
+                let _open = opened
+                    .wait_while(open.lock().unwrap(), |open| !*open)
+                    .unwrap();
             }
             match self.0.mode {
                 "panic" => panic!("boom"),
@@ -494,6 +517,8 @@ mod tests {
             let handler = Arc::new(Recorder {
                 sizes: Mutex::new(Vec::new()),
                 mode,
+                held: AtomicU32::new(0),
+                gate: Default::default(),
             });
             let config = WorkerConfig {
                 label: "t".into(),
@@ -603,22 +628,20 @@ mod tests {
         h.scale(1);
         let first = wait_all(h.submit([1.0]));
         assert_eq!(first[0].as_ref().unwrap_err().message, "Worker died.");
-        std::thread::sleep(Duration::from_millis(100));
+        let state = || h.pool.with_workers(|w| w[0].state());
+        until("backing off", || state() == WorkerState::BackingOff);
         h.pool.with_workers(|w| {
-            assert_eq!(w[0].state(), WorkerState::BackingOff);
             assert_eq!(w[0].status(), "UNLOADING");
             assert_eq!(w[0].restarts(), 1);
         });
         assert_eq!(h.pool.healthy(), 1, "backing off still counts as healthy");
-        // After TorchServe's first back-off (1 s) the worker takes the next job.
-        let start = Instant::now();
-        let second = wait_all(h.submit([2.0]));
-        assert!(second[0].is_err());
-        assert!(
-            start.elapsed() >= Duration::from_millis(800),
-            "{:?}",
-            start.elapsed()
-        );
+        // A job waits in the queue while the worker backs off, and is taken after.
+        let second = h.submit([2.0]);
+        assert_eq!(h.queue.pending(), 1);
+        assert!(wait_all(second)[0].is_err());
+        until("a second restart", || {
+            h.pool.with_workers(|w| w[0].restarts()) == 2
+        });
     }
 
     #[test]
@@ -626,9 +649,9 @@ mod tests {
         let h = Harness::with_retry("panic", 1, Duration::ZERO);
         h.scale(1);
         assert!(wait_all(h.submit([1.0])).pop().unwrap().is_err());
-        std::thread::sleep(Duration::from_millis(100));
-        h.pool
-            .with_workers(|w| assert_eq!(w[0].state(), WorkerState::Dead));
+        until("dead", || {
+            h.pool.with_workers(|w| w[0].state()) == WorkerState::Dead
+        });
         assert_eq!(
             h.pool.healthy(),
             0,
@@ -642,17 +665,26 @@ mod tests {
         let h = Harness::new("ok", 1);
         h.scale(3);
         assert_eq!(h.pool.ready(), 3);
-        // Three slow jobs occupy all three workers, then two workers are retired.
+        // Three held jobs occupy all three workers, then two workers are retired.
         let rxs = h.submit([-1.0, -2.0, -3.0]);
-        std::thread::sleep(Duration::from_millis(100));
+        until("three jobs held", || {
+            h.handler.held.load(Ordering::SeqCst) == 3
+        });
         h.scale(1);
+        h.handler.open();
         for r in wait_all(rxs) {
             assert!(r.is_ok(), "a retired worker finishes its batch");
         }
-        std::thread::sleep(Duration::from_millis(300));
-        h.pool.with_workers(|w| {
-            let ids: Vec<_> = w.iter().filter(|w| w.running()).map(|w| w.id).collect();
-            assert_eq!(ids, vec![9000], "the newest workers are retired first");
+        let running = || {
+            h.pool.with_workers(|w| {
+                w.iter()
+                    .filter(|w| w.running())
+                    .map(|w| w.id)
+                    .collect::<Vec<_>>()
+            })
+        };
+        until("the newest workers retired first", || {
+            running() == vec![9000]
         });
         h.scale(2);
         assert_eq!(h.pool.ready(), 2);
@@ -663,19 +695,19 @@ mod tests {
     fn stuck_workers_are_replaced() {
         let h = Harness::new("ok", 1);
         h.scale(1);
-        let slow = h.submit([-1.0]);
-        std::thread::sleep(Duration::from_millis(150));
-        h.pool.replace_stuck(Duration::from_millis(100), &|| {
-            h.ids.fetch_add(1, Ordering::SeqCst)
+        let mut slow = h.submit([-1.0]);
+        until("the job held", || {
+            h.handler.held.load(Ordering::SeqCst) == 1
         });
-        // The replacement serves while the stuck one is still busy.
-        let start = Instant::now();
+        until("a replacement worker", || {
+            h.pool
+                .replace_stuck(Duration::ZERO, &|| h.ids.fetch_add(1, Ordering::SeqCst));
+            h.pool.with_workers(|w| w.iter().any(|w| w.id == 9001))
+        });
+        // The replacement serves while the stuck one is still held.
         assert!(wait_all(h.submit([7.0])).pop().unwrap().is_ok());
-        assert!(
-            start.elapsed() < Duration::from_millis(200),
-            "{:?}",
-            start.elapsed()
-        );
+        assert!(slow[0].try_recv().is_err(), "the held job is still running");
+        h.handler.open();
         assert!(wait_all(slow).pop().unwrap().is_ok());
     }
 

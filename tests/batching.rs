@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -37,16 +37,31 @@ fn probe(server: &Server, work: u32) -> (u16, String, Vec<(String, String)>) {
     )
 }
 
-/// Work units that take about `target` on this machine (measured after TorchScript's first,
-/// slower runs, as speed varies between machines).
-fn calibrate(server: &Server, target: Duration) -> u32 {
-    for _ in 0..3 {
-        assert_eq!(probe(server, 50).0, 200);
-    }
-    let start = Instant::now();
-    assert_eq!(probe(server, 500).0, 200);
-    let per_unit = start.elapsed().as_secs_f64() / 500.0;
-    ((target.as_secs_f64() / per_unit) as u32).max(1)
+/// Work units no machine finishes within a minute (each unit is a 256x256 matmul).
+const FOREVER: u32 = 200_000;
+
+/// A server with the gate model (one worker) and `config`.
+fn gated(gate: &Gate, config: &str) -> Server {
+    let config = format!(
+        "python={}\nmodels={{\"gate\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n{config}",
+        test_python()
+    );
+    Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| gate.write_mar(store),
+    )
+}
+
+fn ask_gate(server: &Server, body: &str) -> u16 {
+    post(
+        &format!("{}/predictions/gate", server.inference),
+        "text/plain",
+        body,
+    )
+    .0
 }
 
 fn describe(server: &Server, model: &str) -> serde_json::Value {
@@ -111,44 +126,39 @@ fn a_lone_request_with_batch_size_one_never_waits() {
 
 #[test]
 fn a_full_queue_answers_503_at_once_and_queued_requests_complete() {
-    let server = Arc::new(Server::start(Setup {
-        archives: &["probe.mar"],
-        config: "job_queue_size=2",
-        ..Setup::default()
-    }));
-    let slow = calibrate(&server, Duration::from_millis(1500));
-    // One request occupies the worker, two more fill the queue.
+    let gate = Gate::default();
+    let server = Arc::new(gated(&gate, "job_queue_size=2"));
+    // One request holds the worker, two more fill the queue.
     let s = server.clone();
-    let busy = std::thread::spawn(move || {
-        concurrently(3, {
-            let s = s.clone();
-            move |i| {
-                std::thread::sleep(Duration::from_millis(100 * i as u64));
-                (probe(&s, if i == 0 { slow } else { 0 }).0, Instant::now())
-            }
+    let holder = std::thread::spawn(move || ask_gate(&s, "hold"));
+    gate.wait_held(1);
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let s = server.clone();
+            std::thread::spawn(move || ask_gate(&s, "quick"))
         })
+        .collect();
+    eventually("two requests queued", || {
+        describe(&server, "gate")["jobQueueStatus"]["pendingRequests"] == 2
     });
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(
-        describe(&server, "probe")["jobQueueStatus"]["pendingRequests"],
-        2
+    let (status, body, headers) = post(
+        &format!("{}/predictions/gate", server.inference),
+        "text/plain",
+        "quick",
     );
-    let (status, body, headers) = probe(&server, 0);
-    let refused_at = Instant::now();
     assert_eq!(status, 503, "{body}");
     let msg = assert_error(&body, 503, "ServiceUnavailableException");
     assert!(
-        msg.starts_with("Model \"probe\" has no worker to serve inference request."),
+        msg.starts_with("Model \"gate\" has no worker to serve inference request."),
         "{msg}"
     );
     assert_eq!(header(&headers, "retry-after"), Some("1"));
-    let busy = busy.join().unwrap();
-    assert_eq!(
-        busy.iter().map(|b| b.0).collect::<Vec<_>>(),
-        vec![200, 200, 200]
-    );
-    // Refused at once: before the request holding the worker was answered.
-    assert!(busy.iter().all(|b| refused_at < b.1), "not refused at once");
+    // Refused at once: the gate is still closed, so nothing ahead of it was answered.
+    assert!(!holder.is_finished() && queued.iter().all(|q| !q.is_finished()));
+    gate.open();
+    assert_eq!(holder.join().unwrap(), 200);
+    let queued: Vec<u16> = queued.into_iter().map(|q| q.join().unwrap()).collect();
+    assert_eq!(queued, vec![200, 200]);
 }
 
 #[test]
@@ -158,8 +168,7 @@ fn a_request_past_the_response_timeout_fails_and_the_next_succeeds() {
         config: "models={\"probe\": {\"1.0\": {\"responseTimeout\": 1}}}",
         ..Setup::default()
     });
-    let slow = calibrate(&server, Duration::from_secs(4));
-    let (status, body, _) = probe(&server, slow);
+    let (status, body, _) = probe(&server, FOREVER);
     // The timeout's answer, not the computation's.
     assert_eq!(status, 500, "{body}");
     assert_eq!(
@@ -245,13 +254,23 @@ fn scaling_under_load_loses_no_request() {
     assert_eq!(probe(&server, 0).0, 200);
 
     let s = server.clone();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
     let load = std::thread::spawn(move || {
         concurrently(6, {
-            let s = s.clone();
-            move |_| (0..25).map(|_| probe(&s, 20).0).collect::<Vec<_>>()
+            let (s, count) = (s.clone(), count.clone());
+            move |_| {
+                (0..25)
+                    .map(|_| {
+                        let status = probe(&s, 20).0;
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        status
+                    })
+                    .collect::<Vec<_>>()
+            }
         })
     });
-    for (query, expected) in [
+    for (step, (query, expected)) in [
         (
             "min_worker=3&synchronous=true",
             (200, "Workers scaled to 3 for model: probe"),
@@ -261,8 +280,15 @@ fn scaling_under_load_loses_no_request() {
             "min_worker=2&max_worker=4&synchronous=true",
             (200, "Workers scaled to 2 for model: probe"),
         ),
-    ] {
-        std::thread::sleep(Duration::from_millis(300));
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Each change lands while requests are being answered.
+        let after = 20 * (step + 1);
+        eventually(&format!("{after} requests answered"), || {
+            answered.load(std::sync::atomic::Ordering::SeqCst) >= after
+        });
         let (status, body, _) = agent_put(&format!("{m}/models/probe?{query}"));
         assert_eq!(status, expected.0, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -271,19 +297,27 @@ fn scaling_under_load_loses_no_request() {
     let statuses: Vec<u16> = load.join().unwrap().into_iter().flatten().collect();
     assert_eq!(statuses.len(), 150);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    let ready = |d: &serde_json::Value| {
+        d["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["status"] == "READY")
+            .count()
+    };
+    eventually("two workers READY", || {
+        ready(&describe(&server, "probe")) == 2
+    });
     let d = describe(&server, "probe");
     assert_eq!(
-        (d["minWorkers"].as_u64(), d["maxWorkers"].as_u64()),
-        (Some(2), Some(4))
+        (
+            d["minWorkers"].as_u64(),
+            d["maxWorkers"].as_u64(),
+            ready(&d)
+        ),
+        (Some(2), Some(4), 2),
+        "{d}"
     );
-    let ready = d["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["status"] == "READY")
-        .count();
-    assert_eq!(ready, 2, "{d}");
     let (status, body, _) = agent_put(&format!(
         "{m}/models/probe/1.0?min_worker=1&synchronous=true"
     ));
@@ -296,51 +330,64 @@ fn scaling_under_load_loses_no_request() {
 
 #[test]
 fn requests_whose_client_left_are_dropped_before_the_model() {
-    let server = Arc::new(Server::start(Setup {
-        archives: &["probe.mar"],
-        ..Setup::default()
-    }));
-    let slow = calibrate(&server, Duration::from_millis(1500));
+    let gate = Gate::default();
+    let server = Arc::new(gated(&gate, "metrics_mode=prometheus"));
     let s = server.clone();
-    let busy = std::thread::spawn(move || probe(&s, slow).0);
-    std::thread::sleep(Duration::from_millis(300));
+    let holder = std::thread::spawn(move || ask_gate(&s, "hold"));
+    gate.wait_held(1);
     // This client gives up while its request waits in the queue.
     let impatient = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_millis(300)))
         .build()
         .new_agent();
     let gave_up = impatient
-        .post(format!("{}/predictions/probe", server.inference))
-        .header("Content-Type", "application/json")
-        .send(probe_body(0, false).as_str());
+        .post(format!("{}/predictions/gate", server.inference))
+        .header("Content-Type", "text/plain")
+        .send("quick");
     assert!(gave_up.is_err());
-    assert_eq!(busy.join().unwrap(), 200);
-    assert_eq!(probe(&server, 0).0, 200);
-    let d = describe(&server, "probe");
+    // The server has noticed once it answered the request as a client error.
+    eventually("the departure noticed", || {
+        get(&format!("{}/metrics", server.metrics))
+            .1
+            .lines()
+            .any(|l| {
+                l.starts_with("ferroserve_inference_responses_total{")
+                    && l.contains("code=\"4xx\"")
+                    && l.contains("model_name=\"gate\"")
+                    && l.ends_with(" 1")
+            })
+    });
+    gate.open();
+    assert_eq!(holder.join().unwrap(), 200);
+    assert_eq!(ask_gate(&server, "quick"), 200);
+    let d = describe(&server, "gate");
     assert_eq!(d["stats"]["droppedRequests"], 1, "{d}");
-    assert_eq!(
-        d["stats"]["requests"], 6,
-        "calibration (4), the slow one and the last: {d}"
-    );
+    assert_eq!(d["stats"]["requests"], 2, "the held one and the last: {d}");
 }
 
 #[test]
 fn sigterm_drains_accepted_requests() {
-    let mut server = Server::start(Setup {
-        archives: &["probe.mar"],
-        config: "models={\"probe\": {\"1.0\": {\"minWorkers\": 2, \"maxWorkers\": 2}}}",
-        ..Setup::default()
-    });
-    let slow = calibrate(&server, Duration::from_millis(800));
-    let url = format!("{}/predictions/probe", server.inference);
+    let gate = Gate::default();
+    let mut server = gated(&gate, "");
+    let url = format!("{}/predictions/gate", server.inference);
+    // One held in the worker, three queued behind it.
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || post(&url, "application/json", &probe_body(slow, false)).0)
+            std::thread::spawn(move || post(&url, "text/plain", "hold").0)
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let status = server.terminate();
+    gate.wait_held(1);
+    eventually("three requests queued", || {
+        describe(&server, "gate")["jobQueueStatus"]["pendingRequests"] == 3
+    });
+    server.signal_term();
+    eventually("the drain begins", || {
+        server.log_text().contains("draining in-flight requests")
+    });
+    assert!(clients.iter().all(|c| !c.is_finished()));
+    gate.open();
+    let status = server.wait_exit();
     assert!(status.success(), "exit status {status:?}");
     let answers: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert_eq!(answers, vec![200; 4]);

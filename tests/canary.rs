@@ -44,7 +44,10 @@ fn ask(server: &Server, path: &str, key: Option<&str>) -> (u16, String, String) 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body = res.body_mut().read_to_string().unwrap_or_default();
+    let body = res
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("unreadable body: {e}"));
     let label = serde_json::from_str::<Value>(&body)
         .ok()
         .and_then(|v| v["predictions"][0]["label"].as_str().map(str::to_string))
@@ -65,7 +68,10 @@ fn management(server: &Server, method: &str, path: &str, body: &str) -> (u16, Va
     };
     let mut res = res.unwrap();
     let status = res.status().as_u16();
-    let text = res.body_mut().read_to_string().unwrap_or_default();
+    let text = res
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("unreadable body: {e}"));
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 

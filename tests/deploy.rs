@@ -283,7 +283,7 @@ fn torchserve_shim_serves_in_the_foreground_until_sigterm() {
     let mut server = site.spawn(cmd, "shim.log");
     let (status, body) = server.wait_live(&site.inference);
     assert_eq!(status, 200, "{body}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The process started is the one answering: exec all the way down.
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "the launcher returned: {}",
@@ -294,6 +294,12 @@ fn torchserve_shim_serves_in_the_foreground_until_sigterm() {
         comm.trim(),
         "ferroserve",
         "the started process is not the server"
+    );
+    // The listeners open before the start-up models have loaded.
+    assert!(
+        wait_models_ready(&site.inference, Duration::from_secs(60)),
+        "{}",
+        server.log_text()
     );
     let (status, body, _) = get(&format!("{}/models/sign", site.management));
     assert_eq!(status, 200, "{body}");

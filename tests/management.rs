@@ -22,7 +22,9 @@ fn request(method: &str, url: &str, json: Option<&str>) -> (u16, String) {
     let mut res = res.unwrap();
     (
         res.status().as_u16(),
-        res.body_mut().read_to_string().unwrap_or_default(),
+        res.body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("unreadable body: {e}")),
     )
 }
 
@@ -55,6 +57,14 @@ fn register_versions_set_default_and_unregister() {
                 .unwrap()
                 .replace("\"1.0\"", "\"2.0\"");
             std::fs::write(manifest, text).unwrap();
+            // Its own labels, so an answer says which version gave it.
+            let labels = dir.join("index_to_name.json");
+            let mut names: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&std::fs::read_to_string(&labels).unwrap()).unwrap();
+            for name in names.values_mut() {
+                *name = format!("v2 {}", name.as_str().unwrap()).into();
+            }
+            std::fs::write(labels, serde_json::Value::Object(names).to_string()).unwrap();
             // A copy without worker counts in model-config.yaml (those would win over the API's).
             let idle = store.join("sign_idle");
             let file = std::fs::File::open(Path::new(REPO).join("model-store/sign.mar")).unwrap();
@@ -69,6 +79,18 @@ fn register_versions_set_default_and_unregister() {
     let m = &server.management;
     let reference = Reference::load();
     let sign_body = request_body(&reference.cases()[0], reference.features(), 1);
+    let best = reference.label(argmax(&reference.logits(&reference.cases()[0])));
+    // The label a path answers with (version 2.0's labels start with "v2 ").
+    let label_of = |path: &str| {
+        let (code, body, _) = post(
+            &format!("{}/predictions/{path}", server.inference),
+            "application/json",
+            &sign_body,
+        );
+        assert_eq!(code, 200, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["predictions"][0]["label"].as_str().unwrap().to_string()
+    };
 
     let (code, body) = request("POST", &format!("{m}/models"), None);
     assert_eq!(
@@ -113,15 +135,7 @@ fn register_versions_set_default_and_unregister() {
         status_of(&body),
         "Model \"s2\" Version: 1.0 registered with 1 initial workers"
     );
-    assert_eq!(
-        post(
-            &format!("{}/predictions/s2", server.inference),
-            "application/json",
-            &sign_body
-        )
-        .0,
-        200
-    );
+    assert_eq!(label_of("s2"), best);
     let (code, body) = request(
         "POST",
         &format!("{m}/models?url=sign.mar&model_name=s2&initial_workers=1"),
@@ -152,14 +166,10 @@ fn register_versions_set_default_and_unregister() {
         ),
         (Some(2), Some(false))
     );
+    let v2 = format!("v2 {best}");
     assert_eq!(
-        post(
-            &format!("{}/predictions/s2/2.0", server.inference),
-            "application/json",
-            &sign_body
-        )
-        .0,
-        200
+        (label_of("s2/2.0"), label_of("s2/1.0"), label_of("s2")),
+        (v2.clone(), best.clone(), best.clone())
     );
     let (_, body) = request("GET", &format!("{m}/models"), None);
     assert!(body.contains("\"modelUrl\": \"sign.mar\""), "{body}");
@@ -172,6 +182,10 @@ fn register_versions_set_default_and_unregister() {
     );
     let (_, body) = request("GET", &format!("{m}/models"), None);
     assert!(body.contains("\"modelUrl\": \"sign_v2\""), "{body}");
+    assert_eq!(
+        (label_of("s2"), label_of("s2/1.0")),
+        (v2.clone(), best.clone())
+    );
     let (code, body) = request("PUT", &format!("{m}/models/s2/9.9/set-default"), None);
     assert_eq!(code, 404);
     assert_eq!(
@@ -190,6 +204,7 @@ fn register_versions_set_default_and_unregister() {
         (code, status_of(&body)),
         (200, "Model \"s2\" unregistered".to_string())
     );
+    assert_eq!(label_of("s2"), v2);
     let (code, _) = request("DELETE", &format!("{m}/models/s2/1.0"), None);
     assert_eq!(code, 404);
     let (code, _) = request("DELETE", &format!("{m}/models/s2"), None);

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// A class handler using the context API: response status, content type and headers,
-/// request headers, batches; "raise" fails the batch, "sleep:N" sleeps N seconds.
+/// request headers, batches; "raise" fails the batch, "sleep:N" sleeps N seconds, "mark:PATH"
+/// creates PATH and then stalls.
 const ECHO: &str = r#"
 import time
 
@@ -29,6 +30,9 @@ class EchoHandler:
                 raise ValueError("asked to fail")
             if isinstance(body, str) and body.startswith("sleep:"):
                 time.sleep(float(body[6:]))
+            if isinstance(body, str) and body.startswith("mark:"):
+                open(body[5:], "w").close()
+                time.sleep(3600)
             if isinstance(body, str) and body.startswith("status:"):
                 context.set_response_status(int(body[7:]), "Custom Phrase", i)
             context.set_response_content_type(i, "application/x-echo")
@@ -223,24 +227,16 @@ fn sign_model_python_path_matches_native() {
     });
     let reference = Reference::load();
     for case in reference.cases() {
-        let body = request_body(case, reference.features(), 100);
-        let answer = |model: &str| {
+        let body = request_body(case, reference.features(), reference.classes());
+        for model in ["sign", "sign_py"] {
             let (status, text, _) = post(
                 &format!("{}/predictions/{model}", server.inference),
                 "application/json",
                 &body,
             );
             assert_eq!(status, 200, "{model}: {text}");
-            confidences(&serde_json::from_str(&text).unwrap())
-        };
-        let (native, python) = (answer("sign"), answer("sign_py"));
-        assert_eq!(native.len(), 100);
-        for (label, p) in &native {
-            assert!(
-                (p - python[label]).abs() < 1e-4,
-                "{label}: native {p} python {}",
-                python[label]
-            );
+            let answer = serde_json::from_str(&text).unwrap();
+            reference.assert_answer(&answer, case, &format!("{model} seed {}", case["seed"]));
         }
     }
 }
@@ -294,14 +290,16 @@ fn python_worker_failures_recover() {
     };
     let before = pid_of("echo");
     let s = server.clone();
+    let marker = server.dir.path().join("in-handler");
+    let body = format!("mark:{}", marker.display());
     let in_flight = std::thread::spawn(move || {
         post(
             &format!("{}/predictions/echo", s.inference),
             "text/plain",
-            "sleep:5",
+            &body,
         )
     });
-    std::thread::sleep(Duration::from_millis(500));
+    eventually("the request reached the handler", || marker.exists());
     // SAFETY: kill(2) on the worker process this test's server started.
     unsafe { libc::kill(before as i32, libc::SIGKILL) };
     let (status, body, _) = in_flight.join().unwrap();
@@ -447,9 +445,11 @@ fn python_load_failures_are_reported() {
 #[test]
 fn builtin_handler_envelope_and_requirements() {
     const IDENTITY: &str = "def handle(data, context):\n    return data\n";
+    // Doubles each KServe v2 input (triples it when asked to explain).
+    const SCALE: &str = "import numpy as np\n\ndef handle(data, context):\n    if data is None:\n        return None\n    k = 3 if context.get_request_header(0, \"explain\") == \"True\" else 2\n    return [np.asarray(i[\"data\"]) * k for i in data]\n";
     const SIX: &str = "import six\n\ndef handle(data, context):\n    if data is None:\n        return None\n    return [{\"six\": six.__version__, \"from\": six.__file__} for _ in data]\n";
     let config = python_config(
-        "install_py_dep_per_model=true\nmodels={\"image_classifier\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"kecho\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"deps\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}",
+        "install_py_dep_per_model=true\nmodels={\"image_classifier\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"kecho\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"kscale\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}, \"deps\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}",
     );
     let server = Server::start_with(
         Setup {
@@ -463,6 +463,12 @@ fn builtin_handler_envelope_and_requirements() {
                 &store.join("kecho.mar"),
                 kserve,
                 &[("identity.py", IDENTITY.as_bytes())],
+            );
+            let v2 = r#"{"runtime": "python", "model": {"modelName": "kscale", "handler": "scale:handle", "modelVersion": "1.0", "envelope": "kservev2"}}"#;
+            write_mar(
+                &store.join("kscale.mar"),
+                v2,
+                &[("scale.py", SCALE.as_bytes())],
             );
             let deps = r#"{"runtime": "python", "model": {"modelName": "deps", "handler": "six_handler:handle", "modelVersion": "1.0", "requirementsFile": "requirements.txt"}}"#;
             write_mar(
@@ -504,21 +510,32 @@ fn builtin_handler_envelope_and_requirements() {
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v, serde_json::json!({"predictions": [{"a": 1}, {"a": 2}]}));
-    let (_, body, _) = post(
+    let (status, body, _) = post(
         &format!("{base}/v1/models/kecho:explain"),
         "application/json",
         instances,
     );
-    assert!(
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["explanations"].is_array(),
-        "{body}"
-    );
-    let (status, _, _) = post(
-        &format!("{base}/v2/models/kecho/infer"),
-        "application/json",
-        instances,
-    );
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v, serde_json::json!({"explanations": [{"a": 1}, {"a": 2}]}));
+    // KServe v2: the request's id and inputs in, the envelope's outputs back.
+    let v2 = r#"{"id": "r1", "inputs": [{"name": "x", "shape": [2, 2], "datatype": "INT32", "data": [1, 2, 3, 4]}]}"#;
+    for (verb, k) in [("infer", 2), ("explain", 3)] {
+        let (status, body, _) = post(
+            &format!("{base}/v2/models/kscale/{verb}"),
+            "application/json",
+            v2,
+        );
+        assert_eq!(status, 200, "{verb}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "r1", "model_name": "kscale", "model_version": "1.0",
+                "outputs": [{"name": "x", "datatype": "INT64", "shape": [4],
+                    "data": [k, 2 * k, 3 * k, 4 * k]}]}),
+            "{verb}"
+        );
+    }
 
     let (status, body, _) = post(&format!("{base}/predictions/deps"), "text/plain", "x");
     assert_eq!(status, 200, "{body}");
@@ -537,46 +554,52 @@ fn builtin_handler_envelope_and_requirements() {
 /// A worker killed while it loads its model is started again; other models never notice.
 #[test]
 fn worker_killed_during_load_recovers() {
-    const SLOW_INIT: &str = "import time\n\nclass H:\n    def initialize(self, context):\n        time.sleep(3)\n\n    def handle(self, data, context):\n        return [\"loaded\" for _ in data]\n";
     let config =
         python_config("models={\"slowinit\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}");
-    let server = Server::start_with(
+    let server = Server::launch(
         Setup {
             archives: &["sign.mar"],
             config: &config,
             ..Setup::default()
         },
         |store| {
+            // The first load marks that it started, then stalls; the next one loads at once.
+            let marker = store.join("first-load");
+            let source = format!(
+                "import os, time\n\nclass H:\n    def initialize(self, context):\n        \
+                 if not os.path.exists({marker:?}):\n            \
+                 open({marker:?}, 'w').close()\n            time.sleep(3600)\n\n    \
+                 def handle(self, data, context):\n        return [\"loaded\" for _ in data]\n",
+                marker = marker.to_str().unwrap()
+            );
             write_mar(
                 &store.join("slowinit.mar"),
                 &manifest("slowinit", "slow_init.py"),
-                &[("slow_init.py", SLOW_INIT.as_bytes())],
+                &[("slow_init.py", source.as_bytes())],
             );
         },
     );
+    let marker = Server::model_store(server.dir.path()).join("first-load");
+    eventually("the first load began", || marker.exists());
     // The worker process listening on a socket in this server's temp dir.
     let socket_dir = server.dir.path().to_string_lossy().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pid = loop {
-        let found = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| {
-                let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                let cmd = String::from_utf8_lossy(&cmd).to_string();
-                (cmd.contains("model_service_worker.py") && cmd.contains(&socket_dir))
-                    .then_some(pid)
-            })
-            .next();
-        if let Some(pid) = found {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no worker process found");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::thread::sleep(Duration::from_millis(1500));
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).to_string();
+            (cmd.contains("model_service_worker.py") && cmd.contains(&socket_dir)).then_some(pid)
+        })
+        .next()
+        .expect("no worker process found");
     // SAFETY: kill(2) on the worker process this test's server started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        wait_models_ready(&server.inference, Duration::from_secs(120)),
+        "the model never loaded after its worker was killed:\n{}",
+        server.log_text()
+    );
     let reference = Reference::load();
     let sign_body = request_body(&reference.cases()[0], reference.features(), 1);
     assert_eq!(
@@ -588,23 +611,12 @@ fn worker_killed_during_load_recovers() {
         .0,
         200
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body, _) = post(
-            &format!("{}/predictions/slowinit", server.inference),
-            "text/plain",
-            "x",
-        );
-        if status == 200 {
-            assert_eq!(body, "loaded");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the model never loaded after its worker was killed"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (status, body, _) = post(
+        &format!("{}/predictions/slowinit", server.inference),
+        "text/plain",
+        "x",
+    );
+    assert_eq!((status, body.as_str()), (200, "loaded"));
     assert!(
         server.log_text().contains("worker failed to start"),
         "{}",
@@ -726,4 +738,69 @@ fn listeners_answer_while_start_up_models_load() {
         "x",
     );
     assert_eq!((status, body.as_str()), (200, "loaded"), "{body}");
+}
+
+/// The identity archive served natively (`json_tensor`) and the same model through
+/// TorchServe's worker and its BaseHandler (handlers/tensor_handler.py) give the same bytes,
+/// batched or not.
+#[test]
+fn json_tensor_native_answers_as_the_base_handler_does() {
+    let config = python_config(
+        "models={\"noop\": {\"1.0\": {\"batchSize\": 2, \"maxBatchDelay\": 600000}}, \
+         \"noop_py\": {\"1.0\": {\"batchSize\": 2, \"maxBatchDelay\": 600000, \"minWorkers\": 1, \"maxWorkers\": 1}}}",
+    );
+    let server = Server::start_with(
+        Setup {
+            archives: &["noop.mar"],
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            // The same model and handler file, without the native selection.
+            let src = Path::new(REPO).join("tests/fixtures/noop.mar");
+            let mut zip = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
+            let mut read = |name: &str| {
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut zip.by_name(name).unwrap(), &mut data).unwrap();
+                data
+            };
+            let (model, handler) = (read("noop.pt"), read("tensor_handler.py"));
+            write_mar(
+                &store.join("noop_py.mar"),
+                r#"{"runtime": "python", "model": {"modelName": "noop_py", "serializedFile": "noop.pt", "handler": "tensor_handler.py", "modelVersion": "1.0"}}"#,
+                &[("noop.pt", &model), ("tensor_handler.py", &handler)],
+            );
+        },
+    );
+    assert!(wait_models_ready(
+        &server.inference,
+        Duration::from_secs(120)
+    ));
+    let pairs = [
+        ("[0.1, 2, -3.75, 1e-05]", "[1e16, 0, 123456.789, -0.5]"),
+        ("[[1, 2, 3]]", "[[4, 5, 6]]"),
+        ("7", "8.25"),
+    ];
+    for (a, b) in pairs {
+        let answers: Vec<Vec<(u16, String)>> = ["noop", "noop_py"]
+            .iter()
+            .map(|model| {
+                let url = format!("{}/predictions/{model}", server.inference);
+                // Two at once: a batch of two on both.
+                let handles: Vec<_> = [a, b]
+                    .iter()
+                    .map(|body| {
+                        let (url, body) = (url.clone(), body.to_string());
+                        std::thread::spawn(move || {
+                            let (status, text, _) = post(&url, "application/json", &body);
+                            (status, text)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+            .collect();
+        assert_eq!(answers[0], answers[1], "{a} / {b}");
+        assert!(answers[0].iter().all(|(s, _)| *s == 200), "{answers:?}");
+    }
 }

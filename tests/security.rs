@@ -62,7 +62,9 @@ fn register(server: &Server, query: &str) -> (u16, String) {
         .unwrap();
     (
         res.status().as_u16(),
-        res.body_mut().read_to_string().unwrap_or_default(),
+        res.body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("unreadable body: {e}")),
     )
 }
 
@@ -216,7 +218,10 @@ fn exposed_listeners_without_tokens_are_warned_about() {
     }
     // Loopback (the default) draws no warning.
     let quiet = Server::start(Setup::default());
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The warnings come before this line, once the listeners are bound.
+    eventually("the server started", || {
+        quiet.log_text().contains("Model server started.")
+    });
     assert!(
         !quiet.log_text().contains("SECURITY:"),
         "{}",

@@ -13,7 +13,11 @@ use common::*;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    /// Totals over the server's process tree.
     rss_mib: f64,
+    processes: usize,
+    /// Register/scale/unregister cycles done when the sample was taken.
+    cycles: usize,
     fds: usize,
     threads: usize,
     tmp_files: usize,
@@ -44,12 +48,44 @@ fn count_files(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The server and every process below it (its Python workers and anything they start).
+fn process_tree(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid ...": the name may hold spaces, so split after it.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    tree
+}
+
 fn sample(server: &Server) -> Sample {
-    let pid = server.pid;
+    let tree = process_tree(server.pid);
+    let sum = |f: &dyn Fn(u32) -> f64| tree.iter().map(|p| f(*p)).sum::<f64>();
     Sample {
-        rss_mib: status_field(pid, "VmRSS:") / 1024.0,
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
-        threads: status_field(pid, "Threads:") as usize,
+        rss_mib: sum(&|p| status_field(p, "VmRSS:")) / 1024.0,
+        fds: sum(&|p| std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count()) as f64)
+            as usize,
+        threads: sum(&|p| status_field(p, "Threads:")) as usize,
+        processes: tree.len(),
+        cycles: 0,
         // The server's TMPDIR is its directory: extracted archives (models/), worker
         // sockets (ferroserve-<pid>/) and downloads live there.
         tmp_files: std::fs::read_dir(server.dir.path())
@@ -64,6 +100,19 @@ fn sample(server: &Server) -> Sample {
             })
             .unwrap_or(0),
     }
+}
+
+/// Bytes of the serialized model inside an archive (its weights).
+fn serialized_size(archive: &str) -> f64 {
+    let file = std::fs::File::open(std::path::Path::new(REPO).join(archive)).unwrap();
+    let mut zip = zip::ZipArchive::new(file).unwrap();
+    let manifest: serde_json::Value = {
+        let entry = zip.by_name("MAR-INF/MANIFEST.json").unwrap();
+        serde_json::from_reader(entry).unwrap()
+    };
+    let name = manifest["model"]["serializedFile"].as_str().unwrap();
+    let size = zip.by_name(name).unwrap().size();
+    size as f64
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -123,8 +172,10 @@ fn soak_without_growth() {
         }));
     }
     // Management churn: register, scale, predict, unregister, again and again.
+    let done_cycles = Arc::new(AtomicUsize::new(0));
     let churn = {
         let (stop, m, inference) = (stop.clone(), m.clone(), server.inference.clone());
+        let done_cycles = done_cycles.clone();
         let body = request_body(&reference.cases()[1], reference.features(), 1);
         std::thread::spawn(move || {
             let mut cycles = 0;
@@ -154,6 +205,7 @@ fn soak_without_growth() {
                 let gone = agent().delete(format!("{m}/models/{name}")).call().unwrap();
                 assert_eq!(gone.status(), 200);
                 cycles += 1;
+                done_cycles.store(cycles, Ordering::SeqCst);
             }
             cycles
         })
@@ -163,7 +215,10 @@ fn soak_without_growth() {
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_secs(2));
-        samples.push(sample(&server));
+        samples.push(Sample {
+            cycles: done_cycles.load(Ordering::SeqCst),
+            ..sample(&server)
+        });
     }
     stop.store(true, Ordering::SeqCst);
     for t in load {
@@ -185,11 +240,19 @@ fn soak_without_growth() {
         med(first, |s| s.tmp_files as f64),
         med(last, |s| s.tmp_files as f64),
     );
+    let between = (med(last, |s| s.cycles as f64) - med(first, |s| s.cycles as f64)).max(1.0);
+    // A cycle loads the model for one worker, then for a second: leaking one load per
+    // cycle would grow the tree by at least the weights each time.
+    let weights_mib = serialized_size("model-store/sign.mar") / (1024.0 * 1024.0);
+    let per_cycle = (rss.1 - rss.0) / between;
     println!(
         "soak {secs} s: {} requests served, {} failed, {cycles} register/scale/unregister cycles; \
-         RSS {:.0} -> {:.0} MiB, fds {} -> {}, threads {} -> {}, temp files {} -> {}",
+         process tree ({} processes) RSS {:.1} -> {:.1} MiB over {between} cycles \
+         ({per_cycle:.3} MiB per cycle; one load of the weights is {weights_mib:.2} MiB), \
+         fds {} -> {}, threads {} -> {}, temp files {} -> {}",
         served.load(Ordering::SeqCst),
         failed.load(Ordering::SeqCst),
+        samples.last().map_or(0, |s| s.processes),
         rss.0,
         rss.1,
         fds.0,
@@ -205,7 +268,14 @@ fn soak_without_growth() {
         "requests failed under churn"
     );
     assert!(cycles >= 3, "only {cycles} management cycles");
-    assert!(rss.1 <= rss.0 * 1.25 + 40.0, "RSS grew: {rss:?}");
+    assert!(
+        between >= 10.0,
+        "only {between} cycles between the first and last quarter"
+    );
+    assert!(
+        per_cycle < weights_mib / 4.0,
+        "the process tree's RSS grew {per_cycle:.3} MiB per cycle: {rss:?}"
+    );
     assert!(fds.1 <= fds.0 + 16.0, "descriptors grew: {fds:?}");
     assert!(threads.1 <= threads.0 + 16.0, "threads grew: {threads:?}");
     assert!(tmp.1 <= tmp.0 + 64.0, "temporary files grew: {tmp:?}");

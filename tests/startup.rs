@@ -228,7 +228,7 @@ fn single_port_and_unix_socket_listeners() {
     let port = free_port();
     let dir = config_dir(&format!(
         "inference_address=http://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{port}\n\
-         metrics_address=http://127.0.0.1:{port}\nload_models=sign.mar"
+         metrics_address=http://127.0.0.1:{port}\nmetrics_mode=prometheus\nload_models=sign.mar"
     ));
     std::fs::copy(
         std::path::Path::new(REPO).join("model-store/sign.mar"),
@@ -244,32 +244,52 @@ fn single_port_and_unix_socket_listeners() {
             .ok()
             .filter(|r| r.status() == 200)
     });
-    let checks = (
-        get(&format!("{base}/models")).0,
-        get(&format!("{base}/models/sign/1.0")).0,
-        get(&format!("{base}/metrics")).0,
+    let (models, describe, metrics) = (
+        get(&format!("{base}/models")),
+        get(&format!("{base}/models/sign/1.0")),
+        get(&format!("{base}/metrics")),
     );
     // KServe's readiness route is the management API's, on the shared port too.
     let ready = get(&format!("{base}/v1/models/sign"));
     let reference = Reference::load();
-    let body = request_body(&reference.cases()[0], reference.features(), 1);
+    let case = &reference.cases()[0];
+    let body = request_body(case, reference.features(), reference.classes());
     let predicted = post(
         &format!("{base}/predictions/sign"),
         "application/json",
         &body,
-    )
-    .0;
+    );
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(checks, (200, 200, 200));
+    let listed: serde_json::Value = serde_json::from_str(&models.1).unwrap();
+    assert_eq!(
+        (models.0, &listed["models"][0]["modelName"]),
+        (200, &serde_json::json!("sign")),
+        "{}",
+        models.1
+    );
+    let described: serde_json::Value = serde_json::from_str(&describe.1).unwrap();
+    assert_eq!(
+        (describe.0, &described[0]["modelVersion"]),
+        (200, &serde_json::json!("1.0")),
+        "{}",
+        describe.1
+    );
+    assert_eq!(metrics.0, 200);
+    assert!(
+        metrics.1.contains("ferroserve_build_info{"),
+        "{}",
+        metrics.1
+    );
     assert_eq!(
         (ready.0, ready.1.contains("\"ready\": true")),
         (200, true),
         "{}",
         ready.1
     );
-
-    assert_eq!(predicted, 200);
+    assert_eq!(predicted.0, 200, "{}", predicted.1);
+    let answer = serde_json::from_str(&predicted.1).unwrap();
+    reference.assert_answer(&answer, case, "single port");
 
     let socket_dir = tempfile::tempdir().unwrap();
     let socket = socket_dir.path().join("inference.sock");

@@ -5,6 +5,7 @@
 //! model-config.yaml, else a manifest `handler` that names a native handler. Any other handler
 //! is Python code, which needs TorchServe's Python worker.
 
+pub mod json_tensor;
 pub mod python;
 pub mod tensor_classifier;
 
@@ -96,6 +97,8 @@ impl Reply {
 pub enum Prepared {
     /// A native handler's decoded input, shaped for the batch (no batch dimension).
     Tensor { tensor: Vec<f32>, topk: usize },
+    /// A request's own array, of its own shape (no batch dimension).
+    Array(backend::Tensor),
     /// The request as TorchServe's frontend hands it to a Python worker.
     Request(RequestInput),
 }
@@ -140,7 +143,7 @@ pub enum EngineError {
 }
 
 /// Names of the handlers implemented natively.
-pub const NATIVE_HANDLERS: &[&str] = &[tensor_classifier::NAME];
+pub const NATIVE_HANDLERS: &[&str] = &[tensor_classifier::NAME, json_tensor::NAME];
 
 /// Which native handler, if any, serves this archive.
 pub fn native_handler_name(archive: &ModelArchive) -> Option<String> {
@@ -186,34 +189,42 @@ pub fn load(archive: &ModelArchive, spec: &HandlerSpec) -> Result<Arc<dyn Handle
         return python_handler(archive, spec);
     };
     match name.as_str() {
-        tensor_classifier::NAME => {
-            let file = archive
-                .manifest
-                .model
-                .serialized_file
-                .as_deref()
-                .ok_or_else(|| LoadError::Invalid("the manifest names no serializedFile".into()))?;
-            let path = crate::archive::safe_join(&archive.dir, file).ok_or_else(|| {
-                LoadError::Invalid(format!(
-                    "serializedFile {file:?} escapes the model directory"
-                ))
-            })?;
-            if !path.is_file() {
-                return Err(LoadError::Invalid(format!(
-                    "serializedFile {file} is missing from the archive"
-                )));
-            }
-            let model = backend::load(&path, spec.runtime)?;
-            Ok(Arc::new(tensor_classifier::TensorClassifier::new(
-                archive,
-                Arc::from(model),
-            )?))
-        }
+        tensor_classifier::NAME => Ok(Arc::new(tensor_classifier::TensorClassifier::new(
+            archive,
+            native_model(archive, spec)?,
+        )?)),
+        json_tensor::NAME => Ok(Arc::new(json_tensor::JsonTensor::new(native_model(
+            archive, spec,
+        )?))),
         other => Err(LoadError::Unsupported(format!(
             "unknown native handler {other:?} (known: {})",
             NATIVE_HANDLERS.join(", ")
         ))),
     }
+}
+
+/// The archive's serialized model, loaded by the runtime its file calls for.
+fn native_model(
+    archive: &ModelArchive,
+    spec: &HandlerSpec,
+) -> Result<Arc<dyn backend::Backend>, LoadError> {
+    let file = archive
+        .manifest
+        .model
+        .serialized_file
+        .as_deref()
+        .ok_or_else(|| LoadError::Invalid("the manifest names no serializedFile".into()))?;
+    let path = crate::archive::safe_join(&archive.dir, file).ok_or_else(|| {
+        LoadError::Invalid(format!(
+            "serializedFile {file:?} escapes the model directory"
+        ))
+    })?;
+    if !path.is_file() {
+        return Err(LoadError::Invalid(format!(
+            "serializedFile {file} is missing from the archive"
+        )));
+    }
+    Ok(Arc::from(backend::load(&path, spec.runtime)?))
 }
 
 fn python_handler(

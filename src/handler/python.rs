@@ -409,10 +409,9 @@ impl Engine for PythonWorker {
             .iter()
             .map(|p| match p {
                 Prepared::Request(r) => Ok(r),
-                Prepared::Tensor { .. } => Err(EngineError::Batch(ApiError::internal(
-                    500,
-                    "unexpected input for a Python handler",
-                ))),
+                Prepared::Tensor { .. } | Prepared::Array(_) => Err(EngineError::Batch(
+                    ApiError::internal(500, "unexpected input for a Python handler"),
+                )),
             })
             .collect::<Result<_, _>>()?;
         let tail = self.tail.clone();
@@ -768,13 +767,9 @@ mod tests {
             },
             1 << 20,
         );
+        // Without the deadline the trickle would end in an end of file two seconds later.
         let e = reply.err().expect("no reply can be whole");
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
         drop((reader, ours));
         trickle.join().unwrap();
     }

@@ -603,10 +603,13 @@ impl Metrics {
 
     /// A version's share of its model's unversioned traffic under a split.
     pub fn canary_weight(&self, model: &str, version: &str, percent: f64) {
-        self.extras
-            .canary_weight
+        let e = &self.extras;
+        e.canary_weight
             .with_label_values(&[model, version])
             .set(percent);
+        // The rollback counter exists from the split on, at 0, so `increase()` over it has
+        // data before the first rollback.
+        e.canary_rollbacks.with_label_values(&[model, version]);
     }
 
     pub fn canary_rollback(&self, model: &str, version: &str) {

@@ -161,8 +161,17 @@ impl Server {
 impl Server {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.child.wait().unwrap()
+    }
+
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn signal_term(&self) {
         // SAFETY: kill(2) on the child this harness started.
         unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
     }
 }
@@ -243,6 +252,71 @@ impl Reference {
             .unwrap()
             .to_string()
     }
+
+    pub fn classes(&self) -> usize {
+        self.json["classes"].as_u64().unwrap() as usize
+    }
+
+    /// The logits torch computed for a case.
+    pub fn logits(&self, case: &serde_json::Value) -> Vec<f64> {
+        let row = case["logits"].as_array().unwrap();
+        row.iter().map(|v| v.as_f64().unwrap()).collect()
+    }
+
+    /// The logits an answer with every class implies: ln(confidence), shifted so that the
+    /// class torch ranks first has torch's logit (a softmax loses only that constant).
+    pub fn answer_logits(&self, answer: &serde_json::Value, case: &serde_json::Value) -> Vec<f64> {
+        let logits = self.logits(case);
+        let got = confidences(answer);
+        let ln = |class: usize| {
+            let label = self.label(class);
+            let p = got
+                .get(&label)
+                .unwrap_or_else(|| panic!("{label} missing: {answer}"));
+            p.ln()
+        };
+        let best = argmax(&logits);
+        let shift = logits[best] - ln(best);
+        (0..logits.len()).map(|c| ln(c) + shift).collect()
+    }
+
+    /// The largest relative difference between an answer's logits and torch's.
+    pub fn logit_error(&self, answer: &serde_json::Value, case: &serde_json::Value) -> f64 {
+        let logits = self.logits(case);
+        relative_error(&self.answer_logits(answer, case), &logits)
+    }
+
+    /// An answer carries torch's logits within 1e-5 relative and its five best labels in
+    /// torch's order.
+    pub fn assert_answer(&self, answer: &serde_json::Value, case: &serde_json::Value, what: &str) {
+        let error = self.logit_error(answer, case);
+        assert!(
+            error < 1e-5,
+            "{what}: logits off by {error} (relative): {answer}"
+        );
+        let logits = self.logits(case);
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
+        let expected: Vec<String> = order[..5].iter().map(|c| self.label(*c)).collect();
+        let labels: Vec<&str> = answer["predictions"].as_array().unwrap()[..5]
+            .iter()
+            .map(|p| p["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(labels, expected, "{what}");
+    }
+}
+
+pub fn argmax(v: &[f64]) -> usize {
+    (0..v.len()).max_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap()
+}
+
+/// max |a - b| / max(1, |b|) over the elements.
+pub fn relative_error(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .fold(0.0, f64::max)
 }
 
 /// The same formula as scripts/gen_models.py, computed in f64 then rounded to f32.
@@ -278,13 +352,6 @@ pub fn request_body(case: &serde_json::Value, features: usize, topk: usize) -> S
     serde_json::json!({"landmarks": landmarks, "topk": topk}).to_string()
 }
 
-pub fn softmax(logits: &[f64]) -> Vec<f64> {
-    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = logits.iter().map(|v| (v - max).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
-}
-
 /// POST a body; returns (status, body text, headers as lower-case pairs).
 pub fn post(url: &str, content_type: &str, body: &str) -> (u16, String, Vec<(String, String)>) {
     let res = agent()
@@ -318,7 +385,7 @@ pub fn into_parts(
         .with_config()
         .limit(64 << 20)
         .read_to_string()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("unreadable body ({status}): {e}"));
     (status, body, headers)
 }
 
@@ -470,4 +537,74 @@ pub fn probe_archive(path: &Path, version: &str, label: &str, model_config: &str
             ("model-config.yaml", model_config.as_bytes()),
         ],
     );
+}
+
+/// A Python model (`gate`) that holds every request whose body is `hold` until the test
+/// opens the gate, so tests order events by state instead of by sleeping: each held
+/// request leaves a file in `entered/` when it reaches the handler. Other bodies are
+/// answered at once with "done".
+pub struct Gate {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("entered")).unwrap();
+        Gate { dir }
+    }
+}
+
+impl Gate {
+    /// Writes `gate.mar` into a model store.
+    pub fn write_mar(&self, store: &Path) {
+        let source = format!(
+            "import os, time, uuid\n\n\
+             def handle(data, context):\n    \
+                 if data is None:\n        return None\n    \
+                 for row in data:\n        \
+                     body = row.get('body') or row.get('data') or b''\n        \
+                     if body in ('hold', b'hold', bytearray(b'hold')):\n            \
+                         open(os.path.join({entered:?}, uuid.uuid4().hex), 'w').close()\n            \
+                         while not os.path.exists({open:?}):\n                \
+                             time.sleep(0.02)\n    \
+                 return ['done'] * len(data)\n",
+            entered = self.dir.path().join("entered").to_str().unwrap(),
+            open = self.dir.path().join("open").to_str().unwrap(),
+        );
+        let manifest = r#"{"runtime": "python", "model": {"modelName": "gate", "handler": "gate:handle", "modelVersion": "1.0"}}"#;
+        write_mar(
+            &store.join("gate.mar"),
+            manifest,
+            &[("gate.py", source.as_bytes())],
+        );
+    }
+
+    /// Waits (a minute at most, then fails) until `n` held requests are in the handler.
+    pub fn wait_held(&self, n: usize) {
+        let entered = self.dir.path().join("entered");
+        let count = || std::fs::read_dir(&entered).unwrap().count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} held requests reached the handler",
+                count()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn open(&self) {
+        std::fs::write(self.dir.path().join("open"), b"").unwrap();
+    }
+}
+
+/// Waits (a minute at most, then fails naming `what`) until `f` holds.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,322 @@
+//! `json_tensor`: TorchServe's `BaseHandler` contract, natively. A request's body is a JSON
+//! array of numbers (nested to any depth, rectangular) or one number; the batch's requests
+//! are stacked into one tensor (`torch.as_tensor`), the model runs once, and each request
+//! gets its row of the output back (`tolist()`), written as TorchServe's Python worker
+//! writes a handler's list: `json.dumps(row, indent=2)`, Python's float spelling included.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
+use crate::backend::{Backend, Tensor};
+use crate::device::Device;
+use crate::error::ApiError;
+
+pub const NAME: &str = "json_tensor";
+/// The most numbers one request may carry (64 MiB of f32).
+const MAX_ELEMENTS: usize = 1 << 24;
+/// Nesting deeper than any tensor a model takes is refused before it is walked.
+const MAX_RANK: usize = 16;
+
+pub struct JsonTensor {
+    model: Arc<dyn Backend>,
+}
+
+impl JsonTensor {
+    pub fn new(model: Arc<dyn Backend>) -> Self {
+        Self { model }
+    }
+}
+
+impl Handler for JsonTensor {
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError> {
+        let param = input
+            .param("data")
+            .or_else(|| input.param("body"))
+            .ok_or_else(|| ApiError::bad_request("missing request body"))?;
+        Ok(Prepared::Array(parse_array(&param.value)?))
+    }
+
+    fn start_worker(self: Arc<Self>, _id: u32) -> Result<Box<dyn Engine>, String> {
+        // Called on the worker's own thread.
+        self.model.prepare_thread();
+        Ok(Box::new(SharedModel(self)))
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
+    }
+}
+
+struct SharedModel(Arc<JsonTensor>);
+
+impl Engine for SharedModel {
+    fn infer(
+        &mut self,
+        batch: &[Prepared],
+        _partial: &mut dyn FnMut(usize, Reply),
+    ) -> Result<Vec<Reply>, EngineError> {
+        let arrays = batch
+            .iter()
+            .map(|p| match p {
+                Prepared::Array(t) => Ok(t),
+                _ => Err(ApiError::internal(
+                    500,
+                    "unexpected input for a native handler",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(EngineError::Batch)?;
+        // Requests of one shape run as one forward pass; a batch mixing shapes (which
+        // `torch.as_tensor` would refuse whole) runs one pass per run of equal shapes.
+        let mut replies = Vec::with_capacity(batch.len());
+        for group in arrays.chunk_by(|a, b| a.shape == b.shape) {
+            let rows = self.0.run(group).map_err(EngineError::Batch)?;
+            replies.extend(rows);
+        }
+        Ok(replies)
+    }
+}
+
+impl JsonTensor {
+    fn run(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ApiError> {
+        let n = group.len();
+        let mut shape = vec![n];
+        shape.extend_from_slice(&group[0].shape);
+        let data = group.iter().flat_map(|t| t.data.iter().copied()).collect();
+        let output = self
+            .model
+            .forward(Tensor::new(shape, data))
+            .map_err(|e| ApiError::internal(503, format!("Prediction failed: {e}")))?;
+        if output.shape.first() != Some(&n) {
+            return Err(ApiError::internal(
+                503,
+                format!("model returned shape {:?} for a batch of {n}", output.shape),
+            ));
+        }
+        let row_shape = &output.shape[1..];
+        let per_row = row_shape.iter().product::<usize>();
+        Ok(output
+            .data
+            .chunks(per_row.max(1))
+            .take(n)
+            .map(|row| {
+                let mut text = String::with_capacity(row.len() * 12);
+                write_nested(&mut text, row_shape, row, 0);
+                Reply::new(200, None, Vec::new(), Bytes::from(text))
+            })
+            .collect())
+    }
+}
+
+/// A JSON body as a tensor: its nesting is the shape, which must be rectangular.
+pub fn parse_array(body: &[u8]) -> Result<Tensor, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    let mut shape = Vec::new();
+    let mut level = &value;
+    while let serde_json::Value::Array(items) = level {
+        shape.push(items.len());
+        if shape.len() > MAX_RANK {
+            return Err(ApiError::bad_request(format!(
+                "invalid request: more than {MAX_RANK} levels of nesting"
+            )));
+        }
+        match items.first() {
+            Some(first) => level = first,
+            None => break,
+        }
+    }
+    let count = shape.iter().product::<usize>();
+    if count > MAX_ELEMENTS {
+        return Err(ApiError::bad_request(format!(
+            "invalid request: more than {MAX_ELEMENTS} numbers"
+        )));
+    }
+    let mut data = Vec::with_capacity(count);
+    flatten(&value, &shape, &mut data)?;
+    Ok(Tensor::new(shape, data))
+}
+
+fn flatten(value: &serde_json::Value, shape: &[usize], out: &mut Vec<f32>) -> Result<(), ApiError> {
+    match (value, shape.split_first()) {
+        (serde_json::Value::Number(n), None) => {
+            out.push(n.as_f64().unwrap_or(f64::NAN) as f32);
+            Ok(())
+        }
+        (serde_json::Value::Array(items), Some((&len, rest))) if items.len() == len => {
+            items.iter().try_for_each(|item| flatten(item, rest, out))
+        }
+        (serde_json::Value::Array(items), Some((&len, _))) => Err(ApiError::bad_request(format!(
+            "invalid request: not rectangular: a list of {} where the first has {len}",
+            items.len()
+        ))),
+        _ => Err(ApiError::bad_request(format!(
+            "invalid request: expected numbers nested {} deep, found {value}",
+            shape.len()
+        ))),
+    }
+}
+
+/// `json.dumps(row.tolist(), indent=2)`.
+fn write_nested(out: &mut String, shape: &[usize], data: &[f32], depth: usize) {
+    let Some((&len, rest)) = shape.split_first() else {
+        push_py_float(out, f64::from(data[0]));
+        return;
+    };
+    if len == 0 {
+        out.push_str("[]");
+        return;
+    }
+    let step = rest.iter().product::<usize>();
+    out.push('[');
+    for (i, chunk) in data.chunks(step.max(1)).take(len).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', 2 * (depth + 1)));
+        write_nested(out, rest, chunk, depth + 1);
+    }
+    out.push('\n');
+    out.extend(std::iter::repeat_n(' ', 2 * depth));
+    out.push(']');
+}
+
+/// A float as Python's `repr` writes it (which `json.dumps` uses): the shortest digits that
+/// read back to the same value, in positional notation for exponents -4 to 15, else
+/// scientific with a signed exponent of at least two digits.
+pub fn push_py_float(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+        return;
+    }
+    if v.is_infinite() {
+        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+        return;
+    }
+    if v == 0.0 {
+        out.push_str(if v.is_sign_negative() { "-0.0" } else { "0.0" });
+        return;
+    }
+    // Rust's `{:e}` gives the same shortest round-trip digits.
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    out.push_str(sign);
+    if (-4..16).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&digits);
+        } else {
+            let point = exp as usize + 1;
+            if digits.len() <= point {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', point - digits.len()));
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..point]);
+                out.push('.');
+                out.push_str(&digits[point..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn py(v: f64) -> String {
+        let mut s = String::new();
+        push_py_float(&mut s, v);
+        s
+    }
+
+    /// The spellings are Python 3's `repr` of the same values.
+    #[test]
+    fn floats_are_spelled_as_python_spells_them() {
+        let cases = [
+            (1.0, "1.0"),
+            (-2.5, "-2.5"),
+            (100.0, "100.0"),
+            (0.1, "0.1"),
+            (f64::from(0.1f32), "0.10000000149011612"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (123456789012345.0, "123456789012345.0"),
+            (1e16, "1e+16"),
+            (1.25e20, "1.25e+20"),
+            (-0.0, "-0.0"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Infinity"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(py(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn bodies_become_tensors_of_their_shape() {
+        let t = parse_array(b"[[1, 2, 3], [4, 5, 6]]").unwrap();
+        assert_eq!(
+            (t.shape, t.data),
+            (vec![2, 3], vec![1., 2., 3., 4., 5., 6.])
+        );
+        let t = parse_array(b"7.5").unwrap();
+        assert_eq!((t.shape, t.data), (vec![], vec![7.5]));
+        for (bad, why) in [
+            (&b"[[1, 2], [3]]"[..], "not rectangular"),
+            (b"[1, [2]]", "expected numbers"),
+            (b"[\"a\"]", "expected numbers"),
+            (b"{\"a\": 1}", "expected numbers"),
+            (b"[1, 2", "invalid request"),
+        ] {
+            let e = parse_array(bad).unwrap_err();
+            assert!(
+                e.message.contains(why),
+                "{}: {}",
+                String::from_utf8_lossy(bad),
+                e.message
+            );
+        }
+        let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        assert!(parse_array(deep.as_bytes()).is_err());
+    }
+
+    /// `json.dumps([[1.0, 2.0], [3.0, 4.0]], indent=2)` and `json.dumps(1.0, indent=2)`.
+    #[test]
+    fn rows_are_written_as_json_dumps_with_indent_2() {
+        let mut s = String::new();
+        write_nested(&mut s, &[2, 2], &[1.0, 2.0, 3.0, 4.0], 0);
+        assert_eq!(
+            s,
+            "[\n  [\n    1.0,\n    2.0\n  ],\n  [\n    3.0,\n    4.0\n  ]\n]"
+        );
+        let mut s = String::new();
+        write_nested(&mut s, &[], &[1.0], 0);
+        assert_eq!(s, "1.0");
+        let mut s = String::new();
+        write_nested(&mut s, &[0], &[], 0);
+        assert_eq!(s, "[]");
+    }
+}
