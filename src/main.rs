@@ -208,17 +208,24 @@ fn run(cli: &Cli) -> Result<(), String> {
     });
     // The listeners open while the start-up models load.
     let loading = state.clone();
-    std::thread::Builder::new()
+    let loader = std::thread::Builder::new()
         .name("startup-load".into())
         .spawn(move || {
             let s = &loading;
             startup::load(&s.registry, &s.settings, &s.runtime, models, &s.startup);
-            s.snapshot("startup");
+            // A load cut short by a shutdown must not become the newest snapshot.
+            if !s.startup.is_cancelled() {
+                s.snapshot("startup");
+            }
         })
         .map_err(|e| format!("cannot start loading the models: {e}"))?;
     let result = actix_web::rt::System::new()
-        .block_on(api::serve(state))
+        .block_on(api::serve(state.clone()))
         .map_err(|e| e.to_string());
+    // The process must not exit while a model is being loaded: the runtimes' static
+    // destructors would run under the loading thread (a crash at exit).
+    state.startup.cancel();
+    let _ = loader.join();
     if running_pid() == Some(std::process::id() as i32) {
         let _ = std::fs::remove_file(pid_file());
     }

@@ -10,10 +10,11 @@ use crate::backend::RuntimeOptions;
 use crate::config::Settings;
 use crate::registry::{self, Registration, Registry};
 
-/// Whether the start-up load is still running.
+/// Whether the start-up load is still running, and whether it should stop early.
 #[derive(Default)]
 pub struct StartupLoad {
     done: AtomicBool,
+    cancelled: AtomicBool,
 }
 
 impl StartupLoad {
@@ -23,6 +24,15 @@ impl StartupLoad {
 
     fn finish(&self) {
         self.done.store(true, Ordering::Release);
+    }
+
+    /// Asks the load to stop after the model it is loading (the server is shutting down).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
     }
 }
 
@@ -90,6 +100,10 @@ pub fn load(
     let total = entries.len();
     let mut loaded = 0;
     for entry in entries {
+        if state.is_cancelled() {
+            tracing::info!("shutting down: the remaining start-up models are not loaded");
+            break;
+        }
         let result = registry
             .load(settings, runtime, &entry.url, &entry.registration, true)
             .map_err(|e| e.to_string())

@@ -159,11 +159,12 @@ class Target:
             return e.code, e.read()
 
     def settle(self, path):
-        """Waits (up to a minute) until `path` on the management API answers 404."""
-        deadline = time.monotonic() + 60
+        """Waits (up to five minutes: TorchServe unregisters in the background, slowly on a
+        busy machine) until `path` on the management API answers 404."""
+        deadline = time.monotonic() + 300
         while self.call("GET", "m", path, None)[0] != 404:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.kind}: {path} still there after a minute")
+                raise RuntimeError(f"{self.kind}: {path} still there after five minutes")
             time.sleep(0.1)
 
     def grpc_call(self, case, fixtures, dl):
