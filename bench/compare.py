@@ -1,18 +1,29 @@
 """ferroserve vs TorchServe 0.12, side by side in one run (driven by bench/compare.sh).
 
-Both servers get the same archives from one store, one worker per model, the same wrk load
-(DURATION seconds per case), and run one after the other on the same cores. Writes a Markdown
-report to stdout.
+Both servers get the same archives from one store and the same settings: one worker per
+model, one intra-op thread (OMP_NUM_THREADS=1 and intra_op_threads=1), the same batch size
+and delay for every model (batch 1, then batch 8 with maxBatchDelay 5 ms). They run one
+after the other on the same cores, alternating which goes first, REPS times each; every
+case is measured once per repetition after a warm-up, and the tables give the median and
+the range. wrk's non-2xx answers and socket errors are counted as errors and left out of
+the throughput. Each case's answer is checked before and after its load.
 
-Archives: echo.mar (Python handler on both), sign_py.mar (the sign model through
-handlers/sign_handler.py on both), sign.mar and sign_onnx.mar (native TorchScript / ONNX on
-ferroserve; on TorchServe their manifest's handler, handlers/sign_handler.py, in Python).
+Archives: echo (a Python handler on both), sign_py (the sign model through
+handlers/sign_handler.py on both), sign and sign_onnx (native TorchScript / ONNX on
+ferroserve; their manifest's handler, handlers/sign_handler.py, on TorchServe), noop and
+noop_onnx (an identity model: native json_tensor on ferroserve, TorchServe's BaseHandler
+contract in handlers/tensor_handler.py on TorchServe) with 64-byte bodies. A bare actix-web
+echo server (bench/bare_echo.rs) answers the same 64-byte body in the same run: the limit of
+the HTTP stack itself.
 """
 import json
+import math
 import os
 import re
 import shutil
 import signal
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,27 +31,34 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DURATION = int(os.environ.get("DURATION", "5"))
-CONCURRENCY = [int(c) for c in os.environ.get("CONNECTIONS", "1 8 32").split()]
-BIN, BENCH, PY = sys.argv[1], sys.argv[2], sys.argv[3]
+DURATION = int(os.environ.get("DURATION", "4"))
+REPS = int(os.environ.get("REPS", "3"))
+CONNECTIONS = {1: [1, 8, 32], 8: [8, 32]}
+BATCH_DELAY_MS = 5
+BIN, BENCH, BARE, PY = sys.argv[1:5]
 VENV_BIN = os.path.dirname(PY)
 CLK = os.sysconf("SC_CLK_TCK")
+SERVERS = ("torchserve", "ferroserve")
 
-# (model, body file, content type)
-CASES = [
-    ("echo", "echo.txt", "text/plain"),
-    ("sign_py", "sign.json", "application/json"),
-    ("sign", "sign.json", "application/json"),
-    ("sign_onnx", "sign.json", "application/json"),
-]
-BATCHED = ["sign", "sign_onnx"]  # also run with batch_size 8 (maxBatchDelay 5 ms)
+# model → (archive in the repository, body file, content type, TorchServe side, ferroserve side)
+MODELS = {
+    "echo": (None, "echo.txt", "text/plain", "Python", "Python"),
+    "sign_py": ("examples/sign_py.mar", "sign.json", "application/json", "Python", "Python"),
+    "sign": ("model-store/sign.mar", "sign.json", "application/json", "Python", "native TorchScript"),
+    "sign_onnx": ("model-store/sign_onnx.mar", "sign.json", "application/json", "Python", "native ONNX"),
+    "noop": ("tests/fixtures/noop.mar", "noop.json", "application/json", "Python BaseHandler", "native TorchScript"),
+    "noop_onnx": ("tests/fixtures/noop_onnx.mar", "noop.json", "application/json", "Python BaseHandler", "native ONNX"),
+}
+# Twelve numbers, 64 bytes of JSON.
+NOOP_VALUES = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3]
 
 
-def prepare_store(work):
+def prepare(work):
     store = os.path.join(work, "store")
     os.makedirs(store)
-    for mar in ["model-store/sign.mar", "model-store/sign_onnx.mar", "examples/sign_py.mar"]:
-        shutil.copy(os.path.join(ROOT, mar), store)
+    for model, (mar, *_rest) in MODELS.items():
+        if mar:
+            shutil.copy(os.path.join(ROOT, mar), os.path.join(store, f"{model}.mar"))
     import zipfile
 
     echo = (
@@ -52,18 +70,34 @@ def prepare_store(work):
         manifest = {"runtime": "python", "model": {"modelName": "echo", "handler": "echo_handler.py", "modelVersion": "1.0"}}
         z.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
         z.writestr("echo_handler.py", echo)
-    import math
-
+    # The reference case of seed 0, 64 frames: the sign model's expected best label.
     frames = [[math.sin((f * 469 + j) * 0.001) * 0.5 for j in range(469)] for f in range(64)]
     with open(os.path.join(work, "sign.json"), "w") as f:
         json.dump({"landmarks": frames}, f)
     with open(os.path.join(work, "echo.txt"), "w") as f:
         f.write("hello")
-    return store
+    noop = json.dumps(NOOP_VALUES)
+    assert len(noop) == 64, len(noop)
+    with open(os.path.join(work, "noop.json"), "w") as f:
+        f.write(noop)
+    with open(os.path.join(ROOT, "tests/fixtures/sign_reference.json")) as f:
+        ref = json.load(f)
+    case = next(c for c in ref["cases"] if c["seed"] == 0 and c["frames"] == 64)
+    best = max(range(len(case["logits"])), key=lambda i: case["logits"][i])
+    f32 = [struct.unpack("f", struct.pack("f", v))[0] for v in NOOP_VALUES]
+    expected = {
+        "echo": lambda body: body == "hello",
+        "noop": lambda body: body == json.dumps(f32, indent=2),
+    }
+    label = ref["labels"][str(best)]
+    for m in ("sign", "sign_py", "sign_onnx"):
+        expected[m] = lambda body, label=label: json.loads(body)["predictions"][0]["label"] == label
+    expected["noop_onnx"] = expected["noop"]
+    return store, expected
 
 
 def config(work, name, base, store, batch):
-    models = {m: {"1.0": {"minWorkers": 1, "maxWorkers": 1, "batchSize": batch if m in BATCHED else 1, "maxBatchDelay": 5}} for m, _, _ in CASES}
+    models = {m: {"1.0": {"minWorkers": 1, "maxWorkers": 1, "batchSize": batch, "maxBatchDelay": BATCH_DELAY_MS}} for m in MODELS}
     text = "\n".join([
         f"inference_address=http://127.0.0.1:{base}",
         f"management_address=http://127.0.0.1:{base + 1}",
@@ -71,21 +105,22 @@ def config(work, name, base, store, batch):
         f"grpc_inference_port={base + 3}",
         f"grpc_management_port={base + 4}",
         f"model_store={store}",
-        "load_models=" + ",".join(f"{m}.mar" for m, _, _ in CASES),
+        "load_models=" + ",".join(f"{m}.mar" for m in MODELS),
         "disable_token_authorization=true",
         "default_workers_per_model=1",
         "intra_op_threads=1",
         "models=" + json.dumps(models),
     ])
-    path = os.path.join(work, f"{name}.properties")
+    path = os.path.join(work, f"{name}-{batch}.properties")
     with open(path, "w") as f:
         f.write(text + "\n")
     return path
 
 
-def get(url):
+def request(url, body=None, ctype=None):
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype} if ctype else {})
+        with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read().decode()
     except Exception:
         return None, ""
@@ -137,15 +172,12 @@ def rss_mib(pids):
 def wait_ready(base, started):
     """(first /ping, all models READY) seconds after start."""
     ping = None
-    deadline = started + 180
+    deadline = started + 300
     while time.time() < deadline:
-        if ping is None and get(f"http://127.0.0.1:{base}/ping")[0] == 200:
+        if ping is None and request(f"http://127.0.0.1:{base}/ping")[0] == 200:
             ping = time.time() - started
-        ready = 0
-        for m, _, _ in CASES:
-            _, body = get(f"http://127.0.0.1:{base + 1}/models/{m}")
-            ready += '"READY"' in body
-        if ping is not None and ready == len(CASES):
+        ready = sum('"READY"' in request(f"http://127.0.0.1:{base + 1}/models/{m}")[1] for m in MODELS)
+        if ping is not None and ready == len(MODELS):
             return ping, time.time() - started
         time.sleep(0.05)
     raise SystemExit("a server did not get its workers ready")
@@ -157,7 +189,7 @@ def to_ms(text):
     return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
 
 
-def wrk(work, url, body, ctype, connections, root_pid):
+def wrk(work, url, body, ctype, connections, root_pid, seconds=DURATION):
     script = os.path.join(work, "post.lua")
     with open(script, "w") as f:
         f.write(f'local f = assert(io.open("{os.path.join(work, body)}", "rb")); wrk.method = "POST"; wrk.body = f:read("*a"); f:close()\n')
@@ -165,27 +197,29 @@ def wrk(work, url, body, ctype, connections, root_pid):
     pids = tree(root_pid)
     cpu0 = cpu_seconds(pids)
     out = subprocess.run(
-        ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{DURATION}s", "--latency", "-s", script, url],
+        ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script, url],
         capture_output=True, text=True, check=True,
     ).stdout
     cpu = cpu_seconds(pids) - cpu0
     total = int(re.search(r"(\d+) requests in", out).group(1))
+    took = to_ms(re.search(r"requests in ([\d.]+(?:us|ms|s))", out).group(1)) / 1000
     pct = {p: to_ms(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M)}
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    good = max(total - non2xx, 0)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": pct.get("50"), "p90": pct.get("90"), "p99": pct.get("99"),
-        "errors": errors,
-        "cpu_per_1k": cpu * 1000 / max(total, 1),
+        "rps": good / took,
+        "p50": pct.get("50"), "p99": pct.get("99"),
+        "errors": non2xx + socket,
+        "cpu_per_1k": cpu * 1000 / max(good, 1),
     }
 
 
-def run_server(name, work, store, batch):
+def start(name, work, store, batch):
     base = 18080 if name == "torchserve" else 28080
-    cfg = config(work, f"{name}-{batch}", base, store, batch)
+    cfg = config(work, name, base, store, batch)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TORCH_DEVICE="cpu", RUST_LOG="warn", TMPDIR=work)
-    log = open(os.path.join(work, f"{name}-{batch}.log"), "w")
+    log = open(os.path.join(work, f"{name}-{batch}.log"), "a")
     started = time.time()
     if name == "torchserve":
         env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
@@ -193,67 +227,158 @@ def run_server(name, work, store, batch):
                        cwd=work, env=env, stdout=log, stderr=log, check=True)
         ping, ready = wait_ready(base, started)
         root = int(subprocess.run(["pgrep", "-f", "org.pytorch.serve.ModelServer"], capture_output=True, text=True).stdout.split()[0])
+        stop = lambda: subprocess.run(["torchserve", "--stop"], cwd=work, env=env, stdout=log, stderr=log)
     else:
         proc = subprocess.Popen([BIN, "--foreground", "--python", PY, "--ts-config", cfg], cwd=work, env=env, stdout=log, stderr=log)
         ping, ready = wait_ready(base, started)
         root = proc.pid
-    time.sleep(1)
-    rss = rss_mib(tree(root))
-    results = {}
-    cases = [c for c in CASES if batch == 1 or c[0] in BATCHED]
-    for model, body, ctype in cases:
-        for c in CONCURRENCY if batch == 1 else [c for c in CONCURRENCY if c > 1]:
-            url = f"http://127.0.0.1:{base}/predictions/{model}"
+
+        def stop():
+            os.kill(root, signal.SIGTERM)
+            proc.wait(timeout=60)
+    return base, root, stop, ping, ready
+
+
+def run_server(name, work, store, batch, expected):
+    base, root, stop, ping, ready = start(name, work, store, batch)
+    rss_start = rss_mib(tree(root))
+    front_start = rss_mib([root])
+    # Warm-up: every model under the heaviest load of the run.
+    for model, (_, body, ctype, *_sides) in MODELS.items():
+        wrk(work, f"http://127.0.0.1:{base}/predictions/{model}", body, ctype, max(CONNECTIONS[batch]), root, seconds=1)
+    results, checked, wrong = {}, 0, []
+    for model, (_, body, ctype, *_sides) in MODELS.items():
+        url = f"http://127.0.0.1:{base}/predictions/{model}"
+        with open(os.path.join(work, body), "rb") as f:
+            payload = f.read()
+
+        def check():
+            nonlocal checked
+            checked += 1
+            status, text = request(url, payload, ctype)
+            if status != 200 or not expected[model](text):
+                wrong.append(f"{model}: {status} {text[:200]!r}")
+
+        for c in CONNECTIONS[batch]:
+            check()
             results[(model, c)] = wrk(work, url, body, ctype, c, root)
-    if name == "torchserve":
-        subprocess.run(["torchserve", "--stop"], cwd=work, env=env, stdout=log, stderr=log)
-    else:
-        os.kill(root, signal.SIGTERM)
-        proc.wait(timeout=60)
+            check()
+    rss_load = rss_mib(tree(root))
+    front_load = rss_mib([root])
+    stop()
     time.sleep(2)
-    return {"ping": ping, "ready": ready, "rss": rss, "results": results}
+    return {"ping": ping, "ready": ready, "rss_start": rss_start, "rss_load": rss_load,
+            "front_start": front_start, "front_load": front_load,
+            "results": results, "checked": checked, "wrong": wrong}
+
+
+def bare_echo(work, port=38080):
+    proc = subprocess.Popen([BARE, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while request(f"http://127.0.0.1:{port}/", b"x", "text/plain")[0] != 200:
+            if time.time() > deadline:
+                raise SystemExit("the bare echo server did not answer")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/"
+        wrk(work, url, "noop.json", "application/json", 32, proc.pid, seconds=1)
+        with open(os.path.join(work, "noop.json"), "rb") as f:
+            payload = f.read()
+        out = {}
+        for c in CONNECTIONS[1]:
+            out[c] = wrk(work, url, "noop.json", "application/json", c, proc.pid)
+            assert request(url, payload, "application/json") == (200, payload.decode())
+        return out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def med(values):
+    return statistics.median(values)
+
+
+def spread(values, fmt="{:.0f}"):
+    return f"{fmt.format(med(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
 def main():
     work = tempfile.mkdtemp(prefix="ferroserve-compare-")
+    runs = {(s, b): [] for s in SERVERS for b in CONNECTIONS}
+    bare = []
+    orders = []
     try:
-        store = prepare_store(work)
+        store, expected = prepare(work)
         raw = subprocess.run([BENCH, BIN, "raw", "1"], capture_output=True, text=True, check=True).stdout.split()
-        raw8 = subprocess.run([BENCH, BIN, "raw", "8"], capture_output=True, text=True, check=True).stdout.split()
         decode = subprocess.run([BENCH, BIN, "decode"], capture_output=True, text=True, check=True).stdout.strip()
-        runs = {}
-        for batch in (1, 8):
-            for name in ("torchserve", "ferroserve"):
-                runs[(name, batch)] = run_server(name, work, store, batch)
+        for batch in CONNECTIONS:
+            for rep in range(REPS):
+                order = SERVERS if rep % 2 == 0 else SERVERS[::-1]
+                orders.append(f"batch {batch}, run {rep + 1}: {' then '.join(order)}")
+                for name in order:
+                    print(f"batch {batch} run {rep + 1}: {name}", file=sys.stderr)
+                    runs[(name, batch)].append(run_server(name, work, store, batch, expected))
+                if batch == 1:
+                    bare.append(bare_echo(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     print(f"# ferroserve vs TorchServe 0.12 — {time.strftime('%Y-%m-%d')}\n")
     print(f"Machine: {os.cpu_count()} cores ({cpu}), {os.uname().machine}, loopback; wrk and the server share the cores. "
-          f"One worker per model, 1 intra-op thread (OMP_NUM_THREADS=1 for TorchServe's workers), "
-          f"wrk -t2 for {DURATION} s per case, servers run one after the other. Command: `bench/compare.sh`.\n")
-    print("Baselines, in process, 1 thread (p50): "
-          f"raw forward batch 1: TorchScript {raw[0]} µs, ONNX {raw[1]} µs; batch 8: {raw8[0]} µs / {raw8[1]} µs; "
-          f"JSON body decode (64×469): {decode} µs.\n")
-    print("| server | start → first /ping | start → all models ready | RSS after start (server + workers) |")
-    print("|---|---|---|---|")
-    for name in ("torchserve", "ferroserve"):
-        r = runs[(name, 1)]
-        print(f"| {name} | {r['ping']:.2f} s | {r['ready']:.2f} s | {r['rss']:.0f} MiB |")
+          f"Both servers: the same archives, one worker per model, 1 intra-op thread (OMP_NUM_THREADS=1, "
+          f"intra_op_threads=1; handlers/sign_handler.py and handlers/tensor_handler.py give ONNX Runtime the same count), "
+          f"every model at batch 1, then every model at batch 8 with maxBatchDelay {BATCH_DELAY_MS} ms. "
+          f"wrk -t2 (-t1 at 1 connection), {DURATION} s per case after a 1 s warm-up of every model; "
+          f"{REPS} runs per server, alternating which starts first; cells are the median (min–max) of the runs. "
+          f"Throughput counts 2xx answers only; errors are non-2xx answers and socket errors, summed over the runs. "
+          f"Command: `bench/compare.sh`.\n")
+    print("Run order: " + "; ".join(orders) + ".\n")
+    print("In-process baselines, 1 thread (p50): "
+          f"raw forward batch 1: TorchScript {raw[0]} µs, ONNX {raw[1]} µs; JSON body decode (64×469): {decode} µs.\n")
+    wrong = [w for runs_ in runs.values() for r in runs_ for w in r["wrong"]]
+    checked = sum(r["checked"] for runs_ in runs.values() for r in runs_)
+    print(f"Answers checked before and after every case: {checked - len(wrong)} of {checked} as expected"
+          + (": " + "; ".join(wrong[:5]) if wrong else "") + ".\n")
+    print("## Start-up and memory (all six models, batch-1 runs)\n")
+    print("RSS of the whole process tree (the server and its Python workers) and of the front end alone "
+          "(TorchServe's JVM, ferroserve's process): all six models run in Python workers on TorchServe, "
+          "two (echo, sign_py) on ferroserve.\n")
+    print("| server | start → first /ping s | start → all models ready s | RSS after start MiB: all / front end | RSS after the load MiB: all / front end |")
+    print("|---|---|---|---|---|")
+    for name in SERVERS:
+        rs = runs[(name, 1)]
+        print(f"| {name} | {spread([r['ping'] for r in rs], '{:.2f}')} | {spread([r['ready'] for r in rs], '{:.2f}')} "
+              f"| {spread([r['rss_start'] for r in rs])} / {spread([r['front_start'] for r in rs])} "
+              f"| {spread([r['rss_load'] for r in rs])} / {spread([r['front_load'] for r in rs])} |")
     print()
-    print("| model (TorchServe side → ferroserve side) | batch | conns | TorchServe req/s | ferroserve req/s | ratio | TorchServe p50 / p90 / p99 ms | ferroserve p50 / p90 / p99 ms | p50 ratio | errors TS / fs | server CPU s per 1k req TS / fs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    sides = {"echo": "Python → Python", "sign_py": "Python → Python", "sign": "Python → native TorchScript", "sign_onnx": "Python → native ONNX"}
-    for batch in (1, 8):
-        ts, fs = runs[("torchserve", batch)]["results"], runs[("ferroserve", batch)]["results"]
-        for key in ts:
-            a, b = ts[key], fs[key]
-            model, c = key
-            fmt = lambda r: f"{r['p50']:.2f} / {r['p90']:.2f} / {r['p99']:.2f}"
-            print(f"| {model} ({sides[model]}) | {batch} | {c} | {a['rps']:.0f} | {b['rps']:.0f} | {b['rps'] / max(a['rps'], 1e-9):.1f}× "
-                  f"| {fmt(a)} | {fmt(b)} | {a['p50'] / max(b['p50'], 1e-9):.1f}× | {a['errors']} / {b['errors']} "
-                  f"| {a['cpu_per_1k']:.2f} / {b['cpu_per_1k']:.2f} |")
+    print("## Throughput and latency\n")
+    print("| model (TorchServe side → ferroserve side) | batch | conns | TorchServe req/s | ferroserve req/s | ratio | TorchServe p50 ms | ferroserve p50 ms | errors TS / fs | server CPU s per 1k req TS / fs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for batch in CONNECTIONS:
+        for model, (_, _, _, ts_side, fs_side) in MODELS.items():
+            for c in CONNECTIONS[batch]:
+                ts = [r["results"][(model, c)] for r in runs[("torchserve", batch)]]
+                fs = [r["results"][(model, c)] for r in runs[("ferroserve", batch)]]
+                ratio = med([x["rps"] for x in fs]) / max(med([x["rps"] for x in ts]), 1e-9)
+                print(f"| {model} ({ts_side} → {fs_side}) | {batch} | {c} | {spread([x['rps'] for x in ts])} | {spread([x['rps'] for x in fs])} "
+                      f"| {ratio:.1f}× | {spread([x['p50'] for x in ts], '{:.2f}')} | {spread([x['p50'] for x in fs], '{:.2f}')} "
+                      f"| {sum(x['errors'] for x in ts)} / {sum(x['errors'] for x in fs)} "
+                      f"| {med([x['cpu_per_1k'] for x in ts]):.2f} / {med([x['cpu_per_1k'] for x in fs]):.2f} |")
+    print()
+    print("## The no-op model against the HTTP stack's limit\n")
+    print("64-byte JSON bodies at batch 1: ferroserve's native identity model (json_tensor) next to a bare actix-web "
+          "server that returns the body (bench/bare_echo.rs), measured in the same run.\n")
+    print("| conns | bare actix-web echo req/s | ferroserve noop TorchScript req/s | ferroserve / bare | ferroserve noop ONNX req/s | ferroserve / bare | TorchServe noop TorchScript req/s |")
+    print("|---|---|---|---|---|---|---|")
+    for c in CONNECTIONS[1]:
+        b = [x[c]["rps"] for x in bare]
+        fs_ts = [r["results"][("noop", c)]["rps"] for r in runs[("ferroserve", 1)]]
+        fs_onnx = [r["results"][("noop_onnx", c)]["rps"] for r in runs[("ferroserve", 1)]]
+        ts = [r["results"][("noop", c)]["rps"] for r in runs[("torchserve", 1)]]
+        print(f"| {c} | {spread(b)} | {spread(fs_ts)} | {med(fs_ts) / med(b):.2f} | {spread(fs_onnx)} | {med(fs_onnx) / med(b):.2f} | {spread(ts)} |")
+    if wrong:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
