@@ -33,6 +33,7 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo build --examples --quiet
+[ fuzz/Cargo.lock -nt Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock; cargo fmt --manifest-path fuzz/Cargo.toml -- --check; cargo build --manifest-path fuzz/Cargo.toml --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

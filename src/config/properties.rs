@@ -9,21 +9,36 @@ use crate::error::ConfigError;
 /// continuations, `\uXXXX` escapes; later duplicates win), then expands `$$NAME$$` references
 /// to environment variables as TorchServe does.
 pub fn read_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
-    let file = std::fs::File::open(path).map_err(|e| ConfigError::File {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::File {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let map =
-        java_properties::read(std::io::BufReader::new(file)).map_err(|e| ConfigError::File {
+    parse(&bytes)
+        .map_err(|reason| ConfigError::File {
             path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    map.into_iter()
+            reason,
+        })?
+        .into_iter()
         .map(|(k, v)| {
             let v = expand_env(&k, &v, |name| std::env::var(name).ok())?;
             Ok((k, v))
         })
         .collect()
+}
+
+/// The properties of a file's bytes: windows-1252 unless a byte-order mark says otherwise,
+/// decoded whole before parsing. (java_properties' own streaming decoder panics at the end of
+/// a file whose last bytes decode to a character only at the end, such as an odd byte after a
+/// UTF-16 mark.)
+fn parse(bytes: &[u8]) -> Result<HashMap<String, String>, String> {
+    let (text, _, _) = encoding_rs::WINDOWS_1252.decode(bytes);
+    let mut map = HashMap::new();
+    java_properties::PropertiesIter::new_with_encoding(text.as_bytes(), encoding_rs::UTF_8)
+        .read_into(|k, v| {
+            map.insert(k, v);
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(map)
 }
 
 /// Replaces every `$$NAME$$` with the value of environment variable `NAME`; an unset variable
@@ -82,7 +97,26 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> HashMap<String, String> {
-        java_properties::read(text.as_bytes()).unwrap()
+        super::parse(text.as_bytes()).unwrap()
+    }
+
+    /// Found by fuzzing: a UTF-16 byte-order mark and an odd last byte made the streaming
+    /// decoder panic; the bytes are now decoded whole. Marks are still honoured, and other
+    /// bytes read as windows-1252.
+    #[test]
+    fn byte_order_marks_and_stray_bytes_never_panic() {
+        let mut odd = b"\xfe\xff".to_vec();
+        odd.extend("a=1\n".encode_utf16().flat_map(|u| u.to_be_bytes()));
+        odd.push(0xf9);
+        let m = super::parse(&odd).unwrap();
+        assert_eq!(m["a"], "1");
+        let crash =
+            b"\xfe\xff\xff\xff\xff\xff\xff\xf6inference_address=http://127.0.0.1:8080\n\xf9";
+        assert!(super::parse(crash).is_ok());
+        let utf8 = super::parse("\u{feff}k=caf\u{e9}\n".as_bytes()).unwrap();
+        assert_eq!(utf8["k"], "café");
+        let latin = super::parse(b"k=caf\xe9\n").unwrap();
+        assert_eq!(latin["k"], "café");
     }
 
     #[test]
