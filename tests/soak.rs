@@ -211,9 +211,19 @@ fn soak_without_growth() {
         })
     };
 
+    // At least the duration asked for and enough cycles for a per-cycle bound to mean
+    // something on a slow machine; five minutes at most.
+    const MIN_CYCLES: usize = 80;
     let started = Instant::now();
     let mut samples = Vec::new();
-    while started.elapsed() < Duration::from_secs(secs) {
+    while started.elapsed() < Duration::from_secs(secs)
+        || done_cycles.load(Ordering::SeqCst) < MIN_CYCLES
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(secs.max(300)),
+            "only {} management cycles",
+            done_cycles.load(Ordering::SeqCst)
+        );
         std::thread::sleep(Duration::from_secs(2));
         samples.push(Sample {
             cycles: done_cycles.load(Ordering::SeqCst),
@@ -246,10 +256,11 @@ fn soak_without_growth() {
     let weights_mib = serialized_size("model-store/sign.mar") / (1024.0 * 1024.0);
     let per_cycle = (rss.1 - rss.0) / between;
     println!(
-        "soak {secs} s: {} requests served, {} failed, {cycles} register/scale/unregister cycles; \
+        "soak {:.0} s: {} requests served, {} failed, {cycles} register/scale/unregister cycles; \
          process tree ({} processes) RSS {:.1} -> {:.1} MiB over {between} cycles \
          ({per_cycle:.3} MiB per cycle; one load of the weights is {weights_mib:.2} MiB), \
          fds {} -> {}, threads {} -> {}, temp files {} -> {}",
+        started.elapsed().as_secs_f64(),
         served.load(Ordering::SeqCst),
         failed.load(Ordering::SeqCst),
         samples.last().map_or(0, |s| s.processes),
@@ -267,14 +278,11 @@ fn soak_without_growth() {
         0,
         "requests failed under churn"
     );
-    assert!(cycles >= 3, "only {cycles} management cycles");
+    // Allocators and the Python worker settle by a few MiB whatever the cycles; a leaked load
+    // per cycle adds the weights each time, well past a quarter of them.
     assert!(
-        between >= 10.0,
-        "only {between} cycles between the first and last quarter"
-    );
-    assert!(
-        per_cycle < weights_mib / 4.0,
-        "the process tree's RSS grew {per_cycle:.3} MiB per cycle: {rss:?}"
+        rss.1 - rss.0 < 8.0 + between * weights_mib / 4.0,
+        "the process tree's RSS grew {per_cycle:.3} MiB per cycle over {between} cycles: {rss:?}"
     );
     assert!(fds.1 <= fds.0 + 16.0, "descriptors grew: {fds:?}");
     assert!(threads.1 <= threads.0 + 16.0, "threads grew: {threads:?}");
