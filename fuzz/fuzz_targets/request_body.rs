@@ -1,6 +1,6 @@
 //! Request bodies: the native handlers' JSON-to-tensor decoding (json_tensor_classifier at two
-//! model shapes, json_tensor's nested arrays), form bodies and query strings, request paths (TorchServe's path split), and the traffic-split
-//! JSON documents.
+//! model shapes, json_tensor's nested arrays), form bodies and query strings, request paths
+//! (TorchServe's path split), and the traffic-split JSON documents.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
