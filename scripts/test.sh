@@ -31,6 +31,8 @@ if ! command -v hadolint >/dev/null; then
 fi
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
+# No module imports another that imports it back (directly or around a circle).
+python3 scripts/module-cycles.py
 cargo clippy --all-targets --quiet -- -D warnings
 cargo build --examples --quiet
 [ fuzz/Cargo.lock -nt Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock; cargo fmt --manifest-path fuzz/Cargo.toml -- --check; cargo build --manifest-path fuzz/Cargo.toml --quiet

@@ -12,8 +12,6 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
     Inference,
@@ -31,24 +29,6 @@ pub struct Tokens {
     keys: RwLock<[Key; 3]>,
     file: PathBuf,
     lifetime: Duration,
-}
-
-/// TorchServe's answer to a missing, wrong or expired key.
-pub fn denied() -> ApiError {
-    ApiError::new(
-        400,
-        "InvalidKeyException",
-        "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
-    )
-}
-
-/// TorchServe's answer to a refused key rotation (its wording differs from `denied`).
-pub fn rotation_denied() -> ApiError {
-    ApiError::new(
-        400,
-        "InvalidKeyException",
-        "Token Authentication failed. Token either incorrect, expired, or not provided correctly",
-    )
 }
 
 /// Six random bytes, URL-safe base64: eight characters, as TorchServe's keys.

@@ -6,20 +6,17 @@
 //! more are taken until `max_batch_delay` after the first was taken. A batch of one never waits.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
-use crate::error::ApiError;
+use crate::error::ServeError;
 use crate::handler::{Engine, EngineError, Prepared, Reply};
 
-pub type JobResult = Result<Reply, ApiError>;
-
-/// How often an idle worker looks up from the queue to see whether it was told to stop.
-const STOP_POLL: Duration = Duration::from_millis(100);
+pub type JobResult = Result<Reply, ServeError>;
 
 pub struct Job {
     pub input: Prepared,
@@ -28,6 +25,8 @@ pub struct Job {
     pub solo: bool,
     /// When it was queued.
     pub enqueued: Instant,
+    /// The request's span: the worker runs the batch inside it.
+    pub span: tracing::Span,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -54,32 +53,47 @@ pub struct Stats {
 
 /// The receiving side, shared by the workers of one model version.
 pub struct Intake {
-    rx: Mutex<Receiver<Job>>,
+    rx: Receiver<Job>,
+    /// The right to gather a batch: one token, taken by the worker that assembles the next
+    /// batch (TorchServe's model-wide lock), given back when its batch is cut.
+    gather: (Sender<Gathering>, Receiver<Gathering>),
     pending: AtomicUsize,
-    /// A solo job met while a batch was being gathered: it starts the next batch.
-    held: Mutex<Option<Job>>,
+    /// Signalled whenever the queue runs empty (draining waits on it).
+    emptied: (Mutex<()>, Condvar),
+}
+
+/// What the gathering worker holds: a solo job met while a batch was being gathered starts
+/// the next batch.
+#[derive(Default)]
+struct Gathering {
+    held: Option<Job>,
 }
 
 pub struct JobQueue {
-    tx: SyncSender<Job>,
+    tx: Sender<Job>,
     intake: Arc<Intake>,
     capacity: usize,
 }
 
-/// The most jobs one queue holds. The channel allocates every slot up front, so an archive's
-/// `jobQueueSize` of a trillion would abort the process.
+/// The most jobs one queue holds.
 pub const MAX_QUEUE_SIZE: usize = 100_000;
 
 impl JobQueue {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.min(MAX_QUEUE_SIZE);
-        let (tx, rx) = mpsc::sync_channel(capacity);
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let gather = crossbeam_channel::bounded(1);
+        gather
+            .0
+            .send(Gathering::default())
+            .expect("the gather token fits");
         Self {
             tx,
             intake: Arc::new(Intake {
-                rx: Mutex::new(rx),
+                rx,
+                gather,
                 pending: AtomicUsize::new(0),
-                held: Mutex::new(None),
+                emptied: Default::default(),
             }),
             capacity,
         }
@@ -88,7 +102,7 @@ impl JobQueue {
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         self.intake.pending.fetch_add(1, Ordering::SeqCst);
         self.tx.try_send(job).map_err(|e| {
-            self.intake.pending.fetch_sub(1, Ordering::SeqCst);
+            self.intake.taken(1);
             match e {
                 TrySendError::Full(_) => SubmitError::Full,
                 TrySendError::Disconnected(_) => SubmitError::Closed,
@@ -107,47 +121,76 @@ impl JobQueue {
     pub fn intake(&self) -> Arc<Intake> {
         self.intake.clone()
     }
+
+    /// Waits until no job is pending, at most until `deadline`; true when none is.
+    pub fn wait_empty(&self, deadline: Instant) -> bool {
+        let (lock, cond) = &self.intake.emptied;
+        let mut guard = lock.lock().expect("queue lock");
+        while self.pending() > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = cond
+                .wait_timeout(guard, deadline - now)
+                .expect("queue lock")
+                .0;
+        }
+        true
+    }
 }
 
 impl Intake {
-    /// Blocks for the first job, then gathers more within the delay. `None` when the queue
-    /// closed or `stop` was raised while waiting.
-    pub fn next_batch(&self, settings: BatchSettings, stop: &AtomicBool) -> Option<Vec<Job>> {
-        let rx = self.rx.lock().ok()?;
-        let held = self.held.lock().ok()?.take();
-        let first = match held {
+    /// `n` jobs left the queue.
+    fn taken(&self, n: usize) {
+        if self.pending.fetch_sub(n, Ordering::SeqCst) == n {
+            let _guard = self.emptied.0.lock();
+            self.emptied.1.notify_all();
+        }
+    }
+
+    /// Waits for the right to gather, then for the first job, then gathers more within the
+    /// delay. `None` when the queue closed or `stop` disconnected while waiting.
+    pub fn next_batch(&self, settings: BatchSettings, stop: &Receiver<()>) -> Option<Vec<Job>> {
+        let mut gathering = select! {
+            recv(self.gather.1) -> token => token.ok()?,
+            recv(stop) -> _ => return None,
+        };
+        let batch = self.gather_batch(&mut gathering, settings, stop);
+        // Someone else may gather now; the channel has room for the one token.
+        let _ = self.gather.0.send(gathering);
+        let batch = batch?;
+        self.taken(batch.len());
+        Some(batch)
+    }
+
+    fn gather_batch(
+        &self,
+        gathering: &mut Gathering,
+        settings: BatchSettings,
+        stop: &Receiver<()>,
+    ) -> Option<Vec<Job>> {
+        let first = match gathering.held.take() {
             Some(job) => job,
-            None => loop {
-                if stop.load(Ordering::SeqCst) {
-                    return None;
-                }
-                match rx.recv_timeout(STOP_POLL) {
-                    Ok(job) => break job,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                }
+            None => select! {
+                recv(self.rx) -> job => job.ok()?,
+                recv(stop) -> _ => return None,
             },
         };
         let solo = first.solo;
         let mut batch = vec![first];
         let deadline = Instant::now() + settings.max_batch_delay;
         while !solo && batch.len() < settings.batch_size {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match rx.recv_timeout(deadline - now) {
+            match self.rx.recv_deadline(deadline) {
                 Ok(job) if job.solo => {
                     // Kept for the next batch, which it will have to itself.
-                    *self.held.lock().ok()? = Some(job);
+                    gathering.held = Some(job);
                     break;
                 }
                 Ok(job) => batch.push(job),
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        drop(rx);
-        self.pending.fetch_sub(batch.len(), Ordering::SeqCst);
         Some(batch)
     }
 }
@@ -162,7 +205,9 @@ pub enum Outcome {
 
 /// Answers of one batch on their way to the waiting requests; a streamed answer switches a
 /// request from its one-shot reply to a chunk channel.
-struct Delivery {
+struct Delivery<'a> {
+    /// Where the chunk channels' timers run.
+    runtime: &'a tokio::runtime::Handle,
     /// Each request's wait in the queue, reported with its reply.
     queued: Vec<Duration>,
     replies: Vec<Option<oneshot::Sender<JobResult>>>,
@@ -178,29 +223,27 @@ const STREAM_STALL: Duration = Duration::from_secs(30);
 
 type Chunk = Result<bytes::Bytes, std::io::Error>;
 
-/// Sends a chunk, waiting up to `stall` for room; false when the client is gone or stalled.
-fn send_chunk(tx: &tokio::sync::mpsc::Sender<Chunk>, chunk: Chunk, stall: Duration) -> bool {
-    use tokio::sync::mpsc::error::TrySendError;
-    let deadline = Instant::now() + stall;
-    let mut chunk = chunk;
-    loop {
-        match tx.try_send(chunk) {
-            Ok(()) => return true,
-            Err(TrySendError::Closed(_)) => return false,
-            Err(TrySendError::Full(_)) if Instant::now() >= deadline => return false,
-            Err(TrySendError::Full(back)) => {
-                chunk = back;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
+/// Sends a chunk from a worker thread, waiting up to `stall` for room; false when the client
+/// is gone or stalled.
+fn send_chunk(
+    runtime: &tokio::runtime::Handle,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+    chunk: Chunk,
+    stall: Duration,
+) -> bool {
+    runtime.block_on(async {
+        matches!(
+            tokio::time::timeout(stall, tx.send(chunk)).await,
+            Ok(Ok(()))
+        )
+    })
 }
 
-impl Delivery {
+impl Delivery<'_> {
     fn partial(&mut self, i: usize, mut part: Reply) {
         part.queue_time = self.queued[i];
         if let Some(tx) = &self.streams[i] {
-            if !send_chunk(tx, Ok(part.body), STREAM_STALL) {
+            if !send_chunk(self.runtime, tx, Ok(part.body), STREAM_STALL) {
                 tracing::warn!(
                     "streamed answer cut: its client took no chunk for {STREAM_STALL:?} or left"
                 );
@@ -219,17 +262,17 @@ impl Delivery {
     fn finish(&mut self, i: usize, mut last: Reply) {
         last.queue_time = self.queued[i];
         if let Some(tx) = self.streams[i].take() {
-            send_chunk(&tx, Ok(last.body), STREAM_STALL);
+            send_chunk(self.runtime, &tx, Ok(last.body), STREAM_STALL);
         } else if let Some(reply) = self.replies[i].take() {
             let _ = reply.send(Ok(last));
         }
     }
 
-    fn fail(&mut self, error: &ApiError) {
+    fn fail(&mut self, error: &ServeError) {
         for (reply, stream) in self.replies.iter_mut().zip(self.streams.iter_mut()) {
             if let Some(tx) = stream.take() {
-                let failed = std::io::Error::other(error.message.clone());
-                send_chunk(&tx, Err(failed), STREAM_STALL);
+                let failed = std::io::Error::other(error.to_string());
+                send_chunk(self.runtime, &tx, Err(failed), STREAM_STALL);
             } else if let Some(reply) = reply.take() {
                 let _ = reply.send(Err(error.clone()));
             }
@@ -243,11 +286,25 @@ pub fn run_batch(
     batch: Vec<Job>,
     stats: &Stats,
     metrics: &crate::metrics::VersionMetrics,
+    runtime: &tokio::runtime::Handle,
 ) -> Outcome {
     let total = batch.len();
     let dispatched = Instant::now();
     // Requests whose client went away are dropped before they reach the model.
     let live: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    // A batch of one runs in its request's span; a larger one in a span that follows all of
+    // theirs, so every log line of the engine names the requests it serves.
+    let span = match live.as_slice() {
+        [one] => one.span.clone(),
+        jobs => {
+            let span = tracing::info_span!("batch", size = jobs.len());
+            for job in jobs {
+                span.follows_from(&job.span);
+            }
+            span
+        }
+    };
+    let _entered = span.enter();
     let queued = live.iter().map(|j| dispatched - j.enqueued).collect();
     let (inputs, replies): (Vec<Prepared>, Vec<Option<oneshot::Sender<JobResult>>>) =
         live.into_iter().map(|j| (j.input, Some(j.reply))).unzip();
@@ -262,6 +319,7 @@ pub fn run_batch(
         .requests
         .fetch_add(inputs.len() as u64, Ordering::Relaxed);
     let mut delivery = Delivery {
+        runtime,
         queued,
         streams: (0..replies.len()).map(|_| None).collect(),
         replies,
@@ -284,14 +342,14 @@ pub fn run_batch(
             return Outcome::Done;
         }
         Ok(Ok(_)) => (
-            ApiError::internal(503, "number of batch response mismatched"),
+            ServeError::PredictionFailed("number of batch response mismatched".into()),
             Outcome::Done,
         ),
         Ok(Err(EngineError::Batch(e))) => (e, Outcome::Done),
         Ok(Err(EngineError::Died(e))) => (e, Outcome::Died),
         Err(_) => {
             tracing::error!("a handler panicked; the batch failed");
-            (ApiError::internal(500, "Worker died."), Outcome::Died)
+            (ServeError::WorkerDied, Outcome::Died)
         }
     };
     stats.failed_batches.fetch_add(1, Ordering::Relaxed);
@@ -306,21 +364,35 @@ mod tests {
     /// A client that stops reading holds the worker for `stall` at most; one that left, not at all.
     #[test]
     fn a_chunk_waits_for_room_only_so_long() {
+        // A multi-threaded runtime drives its timers itself (a current-thread one only
+        // inside its own block_on).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let rt = runtime.handle();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(1);
         let stall = Duration::from_millis(50);
-        assert!(send_chunk(&tx, Ok("a".into()), stall));
+        assert!(send_chunk(rt, &tx, Ok("a".into()), stall));
         assert!(
-            !send_chunk(&tx, Ok("b".into()), stall),
+            !send_chunk(rt, &tx, Ok("b".into()), stall),
             "the channel is full"
         );
         // Room again: the chunk goes through.
         assert_eq!(rx.try_recv().unwrap().unwrap(), "a");
-        assert!(send_chunk(&tx, Ok("c".into()), stall));
+        assert!(send_chunk(rt, &tx, Ok("c".into()), stall));
         drop(rx);
         // A closed stream fails at once: waiting out this stall would outlast the deadline.
         let (done, finished) = std::sync::mpsc::channel();
+        let rt = rt.clone();
         std::thread::spawn(move || {
-            let _ = done.send(send_chunk(&tx, Ok("d".into()), Duration::from_secs(3600)));
+            let _ = done.send(send_chunk(
+                &rt,
+                &tx,
+                Ok("d".into()),
+                Duration::from_secs(3600),
+            ));
         });
         let sent = finished
             .recv_timeout(Duration::from_secs(60))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::ServeError;
 
 /// What an operator asks for (the management API's JSON body, `models=`, model-config.yaml
 /// and snapshots all use it).
@@ -74,11 +74,11 @@ pub struct Shadow {
     pub percent: f64,
 }
 
-fn bad(message: String) -> ApiError {
-    ApiError::new(400, "BadRequestException", message)
+fn bad(message: String) -> ServeError {
+    ServeError::BadInput(message)
 }
 
-fn percent(what: &str, v: f64) -> Result<(), ApiError> {
+fn percent(what: &str, v: f64) -> Result<(), ServeError> {
     if v.is_finite() && (0.0..=100.0).contains(&v) {
         Ok(())
     } else {
@@ -94,8 +94,8 @@ impl SplitSpec {
         model: &str,
         default: &str,
         exists: &dyn Fn(&str) -> bool,
-    ) -> Result<(), ApiError> {
-        let missing = |v: &str| ApiError::version_not_found(model, v);
+    ) -> Result<(), ServeError> {
+        let missing = |v: &str| ServeError::version_not_found(model, v);
         if self.canaries.is_empty() && self.shadow.is_none() {
             return Err(bad(format!(
                 "A split for model {model} needs at least one canary or a shadow version"
@@ -555,15 +555,21 @@ mod tests {
         let check = |json: &str| spec(json).validate("m", "1.0", &exists);
         assert!(check(r#"{"canaries": {"2.0": 10, "3.0": 20}}"#).is_ok());
         let e = check(r#"{"canaries": {"2.0": 150}}"#).unwrap_err();
-        assert_eq!(e.code, 400);
-        assert!(e.message.contains("between 0 and 100"), "{}", e.message);
+        assert!(
+            matches!(&e, ServeError::BadInput(m) if m.contains("between 0 and 100")),
+            "{e}"
+        );
         let e = check(r#"{"canaries": {"2.0": 60, "3.0": 50}}"#).unwrap_err();
-        assert!(e.message.contains("add up to 110"), "{}", e.message);
-        assert_eq!(check(r#"{"canaries": {"9.9": 5}}"#).unwrap_err().code, 404);
-        assert_eq!(check(r#"{"canaries": {"1.0": 5}}"#).unwrap_err().code, 400);
-        assert_eq!(check(r#"{}"#).unwrap_err().code, 400);
+        assert!(e.to_string().contains("add up to 110"), "{e}");
+        assert!(matches!(
+            check(r#"{"canaries": {"9.9": 5}}"#).unwrap_err(),
+            ServeError::VersionNotFound { .. }
+        ));
+        for bad in [r#"{"canaries": {"1.0": 5}}"#, r#"{}"#] {
+            assert!(matches!(check(bad).unwrap_err(), ServeError::BadInput(_)));
+        }
         let steps = r#"{"canaries": {"2.0": 0}, "rollout": {"steps": [50, 25], "dwellSec": 1}}"#;
-        assert!(check(steps).unwrap_err().message.contains("increase"));
+        assert!(check(steps).unwrap_err().to_string().contains("increase"));
         assert!(serde_json::from_str::<SplitSpec>(r#"{"canary": {}}"#).is_err());
     }
 

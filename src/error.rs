@@ -1,108 +1,144 @@
-//! Error types shared across layers, and the one place that maps them to TorchServe's
-//! `{"code", "type", "message"}` bodies and status codes.
+//! The domain's errors. [`ServeError`] is what the service, the registry, the handlers and the
+//! queue report; each transport maps it once (REST: `api::error`, gRPC: `api::grpc::status`).
 
 use thiserror::Error;
 
-/// An error answered to an HTTP client. `kind` is the Java exception name TorchServe puts in
-/// `type`; clients and dashboards match on it.
-#[derive(Debug, Error, Clone, PartialEq)]
-#[error("{kind}: {message}")]
-pub struct ApiError {
-    pub code: u16,
-    pub kind: &'static str,
-    pub message: String,
+/// Why a request or a management operation failed. No transport's numbers here: REST and
+/// gRPC each decide their status from the variant.
+#[derive(Debug, Error, Clone)]
+pub enum ServeError {
+    #[error("Model not found: {0}")]
+    ModelNotFound(String),
+    #[error("Model version: {version} does not exist for model: {model}")]
+    VersionNotFound { model: String, version: String },
+    /// set-default's own wording of a missing version.
+    #[error("Model version {version} does not exist for model {model}")]
+    DefaultVersionNotFound { model: String, version: String },
+    /// A registration's archive, store or URL is not there (TorchServe's texts).
+    #[error("{0}")]
+    ArchiveNotFound(String),
+    #[error("Failed to download archive from: {0}")]
+    DownloadFailed(String),
+    #[error("Model file already exists {0}")]
+    FileExists(String),
+    #[error("Model {0} has no traffic split")]
+    NoSplit(String),
+    #[error("Version {version} is not a canary of model {model}")]
+    NotCanary { model: String, version: String },
+    #[error("Model {0} has several canaries; name one with ?version=")]
+    AmbiguousCanary(String),
+    /// TorchServe's text, including the stray quote it adds when a version is named.
+    #[error("{} has no worker to serve inference request. Please use scale workers API to add workers. If this is a sequence inference, please check if it is closed, or expired; or exceeds maxSequenceJobQueueSize", who(.model, .version.as_deref()))]
+    NoWorker {
+        model: String,
+        version: Option<String>,
+    },
+    #[error("Model \"{0}\" has no worker to serve describe request. Please use scale workers API to add workers.")]
+    NoDescribeWorker(String),
+    /// The job queue is full; TorchServe answers it as [`ServeError::NoWorker`].
+    #[error("{} has no worker to serve inference request. Please use scale workers API to add workers. If this is a sequence inference, please check if it is closed, or expired; or exceeds maxSequenceJobQueueSize", who(.model, .version.as_deref()))]
+    QueueFull {
+        model: String,
+        version: Option<String>,
+    },
+    /// The request, or a management call's parameters, cannot be used.
+    #[error("{0}")]
+    BadInput(String),
+    /// An archive that cannot become a model.
+    #[error("{0}")]
+    InvalidModel(String),
+    #[error("Cannot remove default version for model {0}")]
+    DefaultVersionInUse(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    WorkersNotStarted(String),
+    /// The engine died under the request (process exit, broken protocol, panic).
+    #[error("Worker died.")]
+    WorkerDied,
+    /// No answer within the response timeout; TorchServe words it as a dead worker.
+    #[error("Worker died.")]
+    Timeout,
+    /// A native model's forward failed, or answered the wrong shape or count.
+    #[error("{0}")]
+    PredictionFailed(String),
+    /// A Python worker's own failure status and message, passed on as TorchServe does.
+    #[error("{message}")]
+    Backend { status: u16, message: String },
+    #[error("client disconnected")]
+    ClientGone,
+    #[error("{0}")]
+    Workflow(String, WorkflowFault),
+    #[error("{0}")]
+    Internal(String),
 }
 
-impl ApiError {
-    pub fn new(code: u16, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            kind,
-            message: message.into(),
-        }
-    }
+/// Which of TorchServe's workflow exceptions a workflow failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkflowFault {
+    NotFound,
+    Invalid,
+    Dag,
+    Conflict,
+    Nodes,
+    Internal,
+}
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(400, "BadRequestException", message)
+fn who(model: &str, version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("Model \"{model}\" Version {v}\""),
+        None => format!("Model \"{model}\""),
     }
+}
 
-    pub fn resource_not_found() -> Self {
-        Self::new(
-            404,
-            "ResourceNotFoundException",
-            "Requested resource is not found, please refer to API document.",
-        )
-    }
-
-    pub fn method_not_allowed() -> Self {
-        Self::new(
-            405,
-            "MethodNotAllowedException",
-            "Requested method is not allowed, please refer to API document.",
-        )
-    }
-
+impl ServeError {
     pub fn model_not_found(model: &str) -> Self {
-        Self::new(
-            404,
-            "ModelNotFoundException",
-            format!("Model not found: {model}"),
-        )
+        Self::ModelNotFound(model.to_string())
     }
 
     pub fn version_not_found(model: &str, version: &str) -> Self {
-        Self::new(
-            404,
-            "ModelVersionNotFoundException",
-            format!("Model version: {version} does not exist for model: {model}"),
-        )
-    }
-
-    pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(
-            413,
-            "RequestEntityTooLargeException",
-            format!("Request body exceeds max_request_size ({limit} bytes)"),
-        )
-    }
-
-    /// TorchServe's exact text, including the stray quote it adds when a version is named.
-    pub fn no_worker(model: &str, version: Option<&str>) -> Self {
-        let who = match version {
-            Some(v) => format!("Model \"{model}\" Version {v}\""),
-            None => format!("Model \"{model}\""),
-        };
-        Self::new(
-            503,
-            "ServiceUnavailableException",
-            format!(
-                "{who} has no worker to serve inference request. Please use scale workers API to add workers. \
-                 If this is a sequence inference, please check if it is closed, or expired; or exceeds maxSequenceJobQueueSize"
-            ),
-        )
-    }
-
-    pub fn internal(code: u16, message: impl Into<String>) -> Self {
-        Self::new(code, "InternalServerException", message)
-    }
-
-    /// The body TorchServe writes: fields in its order, Gson pretty printing, trailing newline.
-    pub fn body(&self) -> String {
-        #[derive(serde::Serialize)]
-        struct Body<'a> {
-            code: u16,
-            #[serde(rename = "type")]
-            kind: &'a str,
-            message: &'a str,
+        Self::VersionNotFound {
+            model: model.to_string(),
+            version: version.to_string(),
         }
-        let mut s = serde_json::to_string_pretty(&Body {
-            code: self.code,
-            kind: self.kind,
-            message: &self.message,
-        })
-        .expect("error body serializes");
-        s.push('\n');
-        s
+    }
+
+    pub fn no_worker(model: &str, version: Option<&str>) -> Self {
+        Self::NoWorker {
+            model: model.to_string(),
+            version: version.map(str::to_string),
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::BadInput(message.into())
+    }
+
+    /// The request's own fault (TorchServe's 4xx), as opposed to the server's or the model's.
+    pub fn is_client_fault(&self) -> bool {
+        match self {
+            Self::ModelNotFound(_)
+            | Self::VersionNotFound { .. }
+            | Self::DefaultVersionNotFound { .. }
+            | Self::ArchiveNotFound(_)
+            | Self::DownloadFailed(_)
+            | Self::NoSplit(_)
+            | Self::NotCanary { .. }
+            | Self::AmbiguousCanary(_)
+            | Self::BadInput(_)
+            | Self::InvalidModel(_)
+            | Self::DefaultVersionInUse(_)
+            | Self::Conflict(_)
+            | Self::ClientGone => true,
+            Self::Backend { status, .. } => (400..500).contains(status),
+            Self::Workflow(_, fault) => {
+                matches!(
+                    fault,
+                    WorkflowFault::NotFound | WorkflowFault::Dag | WorkflowFault::Conflict
+                )
+            }
+            _ => false,
+        }
     }
 }
 
@@ -186,15 +222,13 @@ impl ConfigError {
     }
 }
 
-impl From<LoadError> for ApiError {
+impl From<LoadError> for ServeError {
     /// A model that cannot be loaded, as the register API reports it.
     fn from(e: LoadError) -> Self {
         match e {
-            LoadError::Archive(ArchiveError::NotFound(message)) => {
-                ApiError::new(404, "ModelNotFoundException", message)
-            }
-            LoadError::Backend(e) => ApiError::internal(500, e.to_string()),
-            other => ApiError::new(400, "InvalidModelException", other.to_string()),
+            LoadError::Archive(ArchiveError::NotFound(message)) => Self::ArchiveNotFound(message),
+            LoadError::Backend(e) => Self::Internal(e.to_string()),
+            other => Self::InvalidModel(other.to_string()),
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::ApiError;
+use crate::error::ServeError;
 
 /// The store entry to open, and the file fetched for it (deleted on unregister).
 pub struct Resolved {
@@ -13,16 +13,12 @@ pub struct Resolved {
     pub downloaded: Option<PathBuf>,
 }
 
-fn not_found(message: String) -> ApiError {
-    ApiError::new(404, "ModelNotFoundException", message)
+fn not_found(message: String) -> ServeError {
+    ServeError::ArchiveNotFound(message)
 }
 
-fn download_failed(url: &str) -> ApiError {
-    ApiError::new(
-        400,
-        "DownloadArchiveException",
-        format!("Failed to download archive from: {url}"),
-    )
+fn download_failed(url: &str) -> ServeError {
+    ServeError::DownloadFailed(url.to_string())
 }
 
 pub fn is_url(url: &str) -> bool {
@@ -47,7 +43,7 @@ pub fn resolve(
     store: &Path,
     allowed_urls: &[String],
     max_size: u64,
-) -> Result<Resolved, ApiError> {
+) -> Result<Resolved, ServeError> {
     if url.is_empty() {
         return Err(not_found("empty url".into()));
     }
@@ -90,10 +86,7 @@ pub fn resolve(
     }
     let target = store.join(name);
     if target.exists() {
-        return Err(ApiError::internal(
-            500,
-            format!("Model file already exists {name}"),
-        ));
+        return Err(ServeError::FileExists(name.to_string()));
     }
     fetch(url, path, &target, max_size, allowed_urls).map_err(|e| {
         tracing::warn!(url, "download failed: {e}");
@@ -231,10 +224,10 @@ mod tests {
         let e = resolve("../x.mar", store.path(), &[], 1 << 20)
             .err()
             .unwrap();
-        assert_eq!(
-            (e.code, e.message.as_str()),
-            (404, "Relative path is not allowed in url: ../x.mar")
-        );
+        assert!(matches!(
+            &e,
+            ServeError::ArchiveNotFound(m) if m == "Relative path is not allowed in url: ../x.mar"
+        ));
         let e = resolve(
             "http://h/a.mar",
             store.path(),
@@ -244,7 +237,7 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(
-            e.message,
+            e.to_string(),
             "Given URL http://h/a.mar does not match any allowed URL(s)"
         );
         let plain = resolve("sign.mar", store.path(), &[], 1 << 20).unwrap();
@@ -266,14 +259,11 @@ mod tests {
         assert_eq!(r.entry, "m.mar");
         assert_eq!(std::fs::read(store.path().join("m.mar")).unwrap(), b"zip");
         let e = resolve(&url, store.path(), &all, 1 << 20).err().unwrap();
-        assert_eq!(
-            (e.code, e.message.as_str()),
-            (500, "Model file already exists m.mar")
-        );
+        assert!(matches!(&e, ServeError::FileExists(m) if m == "m.mar"));
         let e = resolve("file:///no/such/x.mar", store.path(), &all, 1 << 20)
             .err()
             .unwrap();
-        assert_eq!((e.code, e.kind), (400, "DownloadArchiveException"));
+        assert!(matches!(e, ServeError::DownloadFailed(_)));
         std::fs::write(src.join("big.mar"), vec![0u8; 2048]).unwrap();
         let big = format!("file://{}/big.mar", src.display());
         assert!(resolve(&big, store.path(), &all, 1024).is_err());
@@ -282,11 +272,9 @@ mod tests {
         std::fs::write(outside.path().join("o.mar"), b"zip").unwrap();
         let url = format!("file://{}/o.mar", outside.path().display());
         let e = resolve(&url, store.path(), &all, 1 << 20).err().unwrap();
-        assert_eq!(e.code, 404);
         assert!(
-            e.message.ends_with("is outside the model store"),
-            "{}",
-            e.message
+            matches!(&e, ServeError::ArchiveNotFound(m) if m.ends_with("is outside the model store")),
+            "{e}"
         );
     }
 

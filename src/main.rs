@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -12,7 +12,10 @@ use ferroserve::api::{self, AppState};
 use ferroserve::backend::RuntimeOptions;
 use ferroserve::config::{Cli, Settings};
 use ferroserve::device::{self, DeviceRequest, LibtorchProbe};
+use ferroserve::loader::Loader;
+use ferroserve::registry::canaries::Canaries;
 use ferroserve::registry::Registry;
+use ferroserve::serve::Service;
 use ferroserve::startup;
 
 /// The token key file, in the working directory as TorchServe writes it.
@@ -100,22 +103,6 @@ fn stop() -> ExitCode {
     }
 }
 
-/// Watches for workers stuck past their response timeout, for as long as the registry lives.
-fn spawn_supervisor(registry: Weak<Registry>) {
-    let spawned = std::thread::Builder::new()
-        .name("supervisor".into())
-        .spawn(move || {
-            while let Some(registry) = registry.upgrade() {
-                registry.supervise();
-                drop(registry);
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the worker supervisor: {e}");
-    }
-}
-
 fn run(cli: &Cli) -> Result<(), String> {
     let settings = Settings::load(cli).map_err(|e| e.to_string())?;
     let store = settings
@@ -162,19 +149,31 @@ fn run(cli: &Cli) -> Result<(), String> {
         ferroserve::metrics::MetricsConfig::load(settings.metrics_config.as_deref()),
         settings.model_metrics_auto_detect,
     ));
+    let models = startup::plan(&settings, &store)?;
+    // gRPC, supervision and the timers of streamed answers run here, on every core; the HTTP
+    // listeners run on actix's own per-core runtimes.
+    let tasks = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("tasks")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the task runtime: {e}"))?;
     if !settings.disable_system_metrics {
         ferroserve::metrics::system::spawn(
+            tasks.handle(),
             metrics.clone(),
             Duration::from_secs(settings.metric_time_interval.max(1)),
             matches!(device, device::Device::Cuda(_)),
         );
     }
-    let registry = Registry::new(settings.initial_worker_port, metrics.clone());
-    let models = startup::plan(&settings, &store)?;
 
     std::fs::write(pid_file(), std::process::id().to_string()).ok();
-    let registry = Arc::new(registry);
-    spawn_supervisor(Arc::downgrade(&registry));
+    let registry = Arc::new(Registry::new(settings.initial_worker_port));
+    let canaries = Arc::new(Canaries::new(registry.clone(), metrics.clone()));
+    ferroserve::lifecycle::spawn_supervisor(
+        tasks.handle(),
+        Arc::downgrade(&registry),
+        Arc::downgrade(&canaries),
+    );
     let tokens = if settings.disable_token_authorization {
         None
     } else {
@@ -196,15 +195,27 @@ fn run(cli: &Cli) -> Result<(), String> {
             dir,
             properties: settings.properties.clone(),
         });
-    let state = actix_web::web::Data::new(AppState {
-        metrics,
-        settings: Arc::new(settings),
-        registry,
+    let settings = Arc::new(settings);
+    let loader = Arc::new(Loader::new(
+        registry.clone(),
+        canaries.clone(),
+        metrics.clone(),
+        settings.clone(),
         runtime,
+        tasks.handle().clone(),
+    ));
+    let state = actix_web::web::Data::new(AppState {
+        service: Arc::new(Service::new(registry.clone(), metrics.clone())),
+        metrics,
+        settings,
+        registry,
+        loader,
+        canaries,
         tokens,
         snapshots,
         workflows: Default::default(),
         startup: Default::default(),
+        tasks: tasks.handle().clone(),
     });
     // The listeners open while the start-up models load.
     let loading = state.clone();
@@ -212,7 +223,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         .name("startup-load".into())
         .spawn(move || {
             let s = &loading;
-            startup::load(&s.registry, &s.settings, &s.runtime, models, &s.startup);
+            startup::load(&s.loader, &s.canaries, models, &s.startup);
             // A load cut short by a shutdown must not become the newest snapshot.
             if !s.startup.is_cancelled() {
                 s.snapshot("startup");

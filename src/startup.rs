@@ -6,9 +6,10 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::backend::RuntimeOptions;
 use crate::config::Settings;
-use crate::registry::{self, Registration, Registry};
+use crate::loader::{self, Loader};
+use crate::registry::canaries::Canaries;
+use crate::registry::Registration;
 
 /// Whether the start-up load is still running, and whether it should stop early.
 #[derive(Default)]
@@ -48,7 +49,7 @@ pub struct Entry {
 /// that is not in the store is a configuration error, as in TorchServe.
 pub fn plan(settings: &Settings, store: &Path) -> Result<Vec<Entry>, String> {
     let Some(snapshot) = &settings.model_snapshot else {
-        return Ok(registry::startup_entries(settings)
+        return Ok(loader::startup_entries(settings)
             .into_iter()
             .map(|(name, url)| Entry {
                 url,
@@ -90,13 +91,8 @@ pub fn plan(settings: &Settings, store: &Path) -> Result<Vec<Entry>, String> {
 
 /// Loads every planned model (a failure is logged and the server goes on without it), then
 /// the traffic splits, then marks the load done.
-pub fn load(
-    registry: &Registry,
-    settings: &Settings,
-    runtime: &RuntimeOptions,
-    entries: Vec<Entry>,
-    state: &StartupLoad,
-) {
+pub fn load(loader: &Loader, canaries: &Canaries, entries: Vec<Entry>, state: &StartupLoad) {
+    let registry = loader.registry();
     let total = entries.len();
     let mut loaded = 0;
     for entry in entries {
@@ -104,8 +100,8 @@ pub fn load(
             tracing::info!("shutting down: the remaining start-up models are not loaded");
             break;
         }
-        let result = registry
-            .load(settings, runtime, &entry.url, &entry.registration, true)
+        let result = loader
+            .load(&entry.url, &entry.registration, true)
             .map_err(|e| e.to_string())
             .and_then(|m| {
                 let (n, v, d, w) = (
@@ -114,10 +110,10 @@ pub fn load(
                     m.device(),
                     m.pool.limits().0,
                 );
-                registry
-                    .insert(m)
+                loader
+                    .add(m)
                     .map(|_| (n, v, d, w))
-                    .map_err(|e| e.message)
+                    .map_err(|e| e.to_string())
             });
         match result {
             Ok((n, v, d, w)) => {
@@ -130,13 +126,13 @@ pub fn load(
             Err(e) => tracing::error!(url = %entry.url, "failed to load model: {e}"),
         }
     }
-    set_splits(registry, settings);
+    set_splits(canaries, loader.settings());
     state.finish();
     tracing::info!("start-up models loaded: {loaded} of {total}");
 }
 
 /// Traffic splits: from the snapshot, else from `models=` (`"canary"` next to versions).
-fn set_splits(registry: &Registry, settings: &Settings) {
+fn set_splits(canaries: &Canaries, settings: &Settings) {
     let splits: Vec<(String, serde_json::Value)> = match &settings.model_snapshot {
         Some(snapshot) => snapshot
             .canaries
@@ -152,7 +148,7 @@ fn set_splits(registry: &Registry, settings: &Settings) {
     for (model, spec) in splits {
         let set = serde_json::from_value(spec)
             .map_err(|e| e.to_string())
-            .and_then(|spec| registry.set_split(&model, spec).map_err(|e| e.message));
+            .and_then(|spec| canaries.set(&model, spec).map_err(|e| e.to_string()));
         if let Err(e) = set {
             tracing::error!(model = %model, "traffic split not set: {e}");
         }

@@ -9,8 +9,10 @@
 //! queue keeps moving. Retiring a worker (scale down) lets it finish its batch first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::batching::{run_batch, BatchSettings, Intake, Outcome, Stats};
 use crate::handler::{Engine, Handler};
@@ -63,11 +65,45 @@ struct Shared {
     restarts: AtomicU64,
     /// The process serving this worker (this one for native workers); 0 before it started.
     pid: std::sync::atomic::AtomicU32,
+    /// The pool's signal: told of every state change.
+    changed: Arc<Changed>,
+}
+
+/// A pool's state-change signal, for waiting on workers to start or exit.
+#[derive(Default)]
+struct Changed {
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl Changed {
+    fn notify(&self) {
+        let _guard = self.lock.lock();
+        self.cond.notify_all();
+    }
+
+    /// Waits until `done()` holds or `deadline` passed; true when it holds.
+    fn wait_until(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
+        let mut guard = self.lock.lock().expect("pool signal lock");
+        while !done() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self
+                .cond
+                .wait_timeout(guard, deadline - now)
+                .expect("pool signal lock")
+                .0;
+        }
+        true
+    }
 }
 
 impl Shared {
     fn set(&self, state: WorkerState) {
         self.state.store(state as u8, Ordering::SeqCst);
+        self.changed.notify();
     }
 
     fn state(&self) -> WorkerState {
@@ -90,6 +126,8 @@ pub struct Worker {
     pub id: u32,
     pub started: chrono::DateTime<chrono::Local>,
     shared: Arc<Shared>,
+    /// Dropped to stop the worker: its thread wakes from any wait at once.
+    stop: Mutex<Option<Sender<()>>>,
 }
 
 /// How a pool's workers run.
@@ -100,6 +138,8 @@ pub struct WorkerConfig {
     pub max_retry: Duration,
     /// The model version's metric handles (batch sizes, load times, restarts).
     pub metrics: Arc<crate::metrics::VersionMetrics>,
+    /// The runtime whose timers bound a streamed answer's waits.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Worker {
@@ -109,7 +149,9 @@ impl Worker {
         intake: Arc<Intake>,
         handler: Arc<dyn Handler>,
         stats: Arc<Stats>,
+        changed: Arc<Changed>,
     ) -> std::io::Result<Self> {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             state: AtomicU8::new(WorkerState::Starting as u8),
@@ -118,13 +160,14 @@ impl Worker {
             failing_since: Mutex::new(None),
             restarts: AtomicU64::new(0),
             pid: std::sync::atomic::AtomicU32::new(0),
+            changed,
         });
         let s = shared.clone();
         let cfg = config.clone();
         std::thread::Builder::new()
             .name(format!("W-{id}-{}", config.label))
             .spawn(move || {
-                serve(id, &s, &cfg, &intake, handler, &stats);
+                serve(id, &s, &cfg, &intake, handler, &stats, &stop_rx);
                 if s.state() != WorkerState::Dead {
                     s.set(WorkerState::Exited);
                 }
@@ -133,6 +176,7 @@ impl Worker {
             id,
             started: chrono::Local::now(),
             shared,
+            stop: Mutex::new(Some(stop_tx)),
         })
     }
 
@@ -176,6 +220,7 @@ impl Worker {
 
     fn retire(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.stop.lock().expect("worker lock").take();
         if self.state() != WorkerState::Dead {
             self.shared.set(WorkerState::Retiring);
         }
@@ -197,6 +242,7 @@ fn serve(
     intake: &Intake,
     handler: Arc<dyn Handler>,
     stats: &Stats,
+    stop: &Receiver<()>,
 ) {
     let mut backoff = 0usize;
     loop {
@@ -224,7 +270,7 @@ fn serve(
                     .unwrap_or_default()
                     .to_string();
                 cfg.metrics.worker_loaded(&name, attempt.elapsed());
-                if !serve_batches(s, cfg, intake, engine.as_mut(), stats) {
+                if !serve_batches(s, cfg, intake, engine.as_mut(), stats, stop) {
                     return;
                 }
                 tracing::warn!(worker = %cfg.label, id, "worker died");
@@ -250,11 +296,8 @@ fn serve(
         let wait = Duration::from_secs(BACK_OFF[backoff]);
         tracing::warn!(worker = %cfg.label, id, ?wait, "restarting worker after back-off");
         s.set(WorkerState::BackingOff);
-        let until = Instant::now() + wait;
-        while Instant::now() < until && !s.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
-        }
-        if s.stop.load(Ordering::SeqCst) {
+        // Only a stop ends the wait early: the sender is dropped, never used.
+        if let Err(RecvTimeoutError::Disconnected) = stop.recv_timeout(wait) {
             return;
         }
     }
@@ -267,11 +310,12 @@ fn serve_batches(
     intake: &Intake,
     engine: &mut dyn Engine,
     stats: &Stats,
+    stop: &Receiver<()>,
 ) -> bool {
-    while let Some(batch) = intake.next_batch(cfg.batch, &s.stop) {
+    while let Some(batch) = intake.next_batch(cfg.batch, stop) {
         let started = s.epoch.elapsed().as_millis().max(1) as u64;
         s.busy_since_ms.store(started, Ordering::SeqCst);
-        let outcome = run_batch(engine, batch, stats, &cfg.metrics);
+        let outcome = run_batch(engine, batch, stats, &cfg.metrics, &cfg.runtime);
         s.busy_since_ms.store(0, Ordering::SeqCst);
         if s.stop.load(Ordering::SeqCst) {
             return false;
@@ -292,6 +336,7 @@ pub struct WorkerPool {
     workers: Mutex<Vec<Worker>>,
     /// (min, max) workers.
     limits: Mutex<(usize, usize)>,
+    changed: Arc<Changed>,
 }
 
 impl WorkerPool {
@@ -308,6 +353,7 @@ impl WorkerPool {
             stats,
             workers: Mutex::new(Vec::new()),
             limits: Mutex::new((0, 0)),
+            changed: Default::default(),
         }
     }
 
@@ -342,6 +388,7 @@ impl WorkerPool {
                 self.intake.clone(),
                 self.handler.clone(),
                 self.stats.clone(),
+                self.changed.clone(),
             )?);
         }
         Ok(())
@@ -371,21 +418,23 @@ impl WorkerPool {
 
     /// Waits until no worker is still starting (or `timeout` passed); true when none is.
     pub fn wait_started(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let starting = self.with_workers(|w| {
-                w.iter().any(|w| {
+        self.changed.wait_until(Instant::now() + timeout, || {
+            self.with_workers(|w| {
+                !w.iter().any(|w| {
                     w.state() == WorkerState::Starting && !w.shared.stop.load(Ordering::SeqCst)
                 })
-            });
-            if !starting {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            })
+        })
+    }
+
+    /// Waits until every worker's thread is done (or `deadline` passed); true when all are.
+    pub fn wait_exited(&self, deadline: Instant) -> bool {
+        self.changed.wait_until(deadline, || {
+            self.with_workers(|w| {
+                w.iter()
+                    .all(|w| matches!(w.state(), WorkerState::Exited | WorkerState::Dead))
+            })
+        })
     }
 
     pub fn healthy(&self) -> usize {
@@ -424,7 +473,7 @@ mod tests {
     use super::*;
     use crate::batching::{Job, JobQueue, JobResult, SubmitError};
     use crate::device::Device;
-    use crate::error::ApiError;
+    use crate::error::ServeError;
     use crate::handler::{EngineError, Prepared, Reply};
     use std::sync::atomic::AtomicU32;
     use tokio::sync::oneshot;
@@ -462,7 +511,7 @@ mod tests {
     }
 
     impl Handler for Recorder {
-        fn prepare(&self, _: crate::handler::RequestInput) -> Result<Prepared, ApiError> {
+        fn prepare(&self, _: crate::handler::RequestInput) -> Result<Prepared, ServeError> {
             unreachable!("jobs are queued already prepared")
         }
         fn start_worker(self: Arc<Self>, _: u32) -> Result<Box<dyn Engine>, String> {
@@ -501,6 +550,7 @@ mod tests {
     }
 
     struct Harness {
+        _runtime: tokio::runtime::Runtime,
         queue: JobQueue,
         pool: WorkerPool,
         handler: Arc<Recorder>,
@@ -520,7 +570,13 @@ mod tests {
                 held: AtomicU32::new(0),
                 gate: Default::default(),
             });
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_time()
+                .build()
+                .unwrap();
             let config = WorkerConfig {
+                runtime: runtime.handle().clone(),
                 label: "t".into(),
                 batch: BatchSettings {
                     batch_size,
@@ -539,6 +595,7 @@ mod tests {
                 Arc::new(Stats::default()),
             );
             Self {
+                _runtime: runtime,
                 queue,
                 pool,
                 handler,
@@ -572,6 +629,7 @@ mod tests {
                             reply: tx,
                             solo: v == 99.0,
                             enqueued: Instant::now(),
+                            span: tracing::Span::none(),
                         })
                         .is_ok());
                     rx
@@ -615,7 +673,7 @@ mod tests {
         h.scale(1);
         for r in wait_all(h.submit([1.0, 2.0])) {
             assert_eq!(
-                r.unwrap_err().message,
+                r.unwrap_err().to_string(),
                 "number of batch response mismatched"
             );
         }
@@ -627,7 +685,7 @@ mod tests {
         let h = Harness::new("panic", 1);
         h.scale(1);
         let first = wait_all(h.submit([1.0]));
-        assert_eq!(first[0].as_ref().unwrap_err().message, "Worker died.");
+        assert_eq!(first[0].as_ref().unwrap_err().to_string(), "Worker died.");
         let state = || h.pool.with_workers(|w| w[0].state());
         until("backing off", || state() == WorkerState::BackingOff);
         h.pool.with_workers(|w| {
@@ -717,6 +775,7 @@ mod tests {
         let job = || Job {
             solo: false,
             enqueued: Instant::now(),
+            span: tracing::Span::none(),
             input: Prepared::Tensor {
                 tensor: vec![0.0],
                 topk: 1,

@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = ferroserve::handler::python::decode_reply(data, 1 << 20);
     if let Ok(line) = std::str::from_utf8(data) {
-        let _ = ferroserve::handler::python::BackendMetric::parse(line);
+        let _ = ferroserve::metrics::BackendMetric::parse(line);
     }
 });

@@ -7,8 +7,8 @@ use actix_web::{web, HttpMessage, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use super::error::ApiError;
 use crate::config::Settings;
-use crate::error::ApiError;
 use crate::handler::{Param, RequestInput};
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `max_request_size`, and
@@ -190,6 +190,106 @@ pub fn segments(path: &str) -> Vec<String> {
         segs.pop();
     }
     segs
+}
+
+pub fn query(req: &HttpRequest) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
+}
+
+/// First value of a query parameter; unparseable values fall back to the default, as in
+/// TorchServe.
+pub fn param<T: std::str::FromStr>(q: &[(String, String)], key: &str) -> Option<T> {
+    q.iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// Registration parameters, from the query string or a JSON object body (same keys).
+pub struct Params(pub serde_json::Map<String, serde_json::Value>);
+
+impl Params {
+    pub async fn read(
+        req: &HttpRequest,
+        payload: web::Payload,
+        settings: &crate::config::Settings,
+    ) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim() == "application/json");
+        if json {
+            let body = read_body(req, payload, settings).await?;
+            if !body.is_empty() {
+                return match serde_json::from_slice(&body) {
+                    Ok(serde_json::Value::Object(map)) => Ok(Params(map)),
+                    _ => Err(ApiError::bad_request(
+                        "the request body is not a JSON object",
+                    )),
+                };
+            }
+        }
+        Ok(Params(
+            query(req)
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+        ))
+    }
+
+    pub fn string(&self, key: &str) -> Option<String> {
+        match self.0.get(key)? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::String(_) | serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// Numbers given as numbers or strings; anything unparseable counts as absent.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match self.0.get(key)? {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn positive(&self, key: &str) -> Option<u64> {
+        self.int(key).filter(|&v| v >= 0).map(|v| v as u64)
+    }
+
+    pub fn boolean(&self, key: &str) -> Option<bool> {
+        match self.0.get(key)? {
+            serde_json::Value::Bool(b) => Some(*b),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// TorchServe's paging of a list of `len` items: `limit` (0–100, else 100) from
+/// `next_page_token`, and the token of the next page, given whenever the page ends at or
+/// before the last item.
+pub struct Page {
+    pub offset: usize,
+    pub limit: usize,
+    pub next_page_token: Option<String>,
+}
+
+impl Page {
+    pub fn of(q: &[(String, String)], len: usize) -> Self {
+        let limit = match param::<i64>(q, "limit").unwrap_or(100) {
+            l if !(0..=100).contains(&l) => 100,
+            l => l as usize,
+        };
+        let offset = param::<i64>(q, "next_page_token").unwrap_or(0).max(0) as usize;
+        let next_page_token = (offset + limit <= len).then(|| (offset + limit).to_string());
+        Page {
+            offset,
+            limit,
+            next_page_token,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::{input, response, AppState};
-use crate::auth::{self, KeyKind};
+use super::error::ApiError;
+use super::input::{self, param, query, Page, Params};
+use super::{response, AppState};
+use crate::auth::KeyKind;
 use crate::canary::SplitSpec;
-use crate::error::ApiError;
+use crate::error::ServeError;
 use crate::registry::{ModelVersion, Registration};
 
 pub async fn route(
@@ -29,7 +31,7 @@ pub async fn route(
         return response::json(200, &super::openapi::management());
     }
     if !state.authorized(&req, KeyKind::Management) {
-        return response::error(&auth::denied());
+        return response::error(&ApiError::denied());
     }
     let result = match segs
         .iter()
@@ -38,10 +40,10 @@ pub async fn route(
         .as_slice()
     {
         [_, "models"] => match method {
-            Method::GET => list(&state, &query(&req)),
+            Method::GET => Ok(list(&state, &query(&req)).rest()),
             Method::POST if state.settings.enable_model_api => {
                 match Params::read(&req, payload, &state.settings).await {
-                    Ok(p) => register(&state, p).await,
+                    Ok(p) => rest(register(&state, p).await),
                     Err(e) => Err(e),
                 }
             }
@@ -60,19 +62,23 @@ pub async fn route(
         [_, "models", model, ..] if method == Method::OPTIONS => state
             .registry
             .get(model, None)
-            .map(|_| response::json(200, &super::openapi::model_management(model))),
+            .map(|_| response::json(200, &super::openapi::model_management(model)))
+            .map_err(ApiError::from),
         [_, "models", model] => match method {
             Method::GET => describe_request(&req, &state, model, None).await,
-            Method::PUT => scale(&state, model, None, &query(&req)).await,
-            Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
+            Method::PUT => rest(scale(&state, model, None, &query(&req)).await),
+            Method::DELETE if state.settings.enable_model_api => {
+                rest(unregister(&state, model, None))
+            }
             _ => Err(ApiError::method_not_allowed()),
         },
         // Traffic splits (ferroserve's extension), before `/models/{m}/{v}`.
         [_, "models", model, "canary"] => match method {
             Method::GET => state
-                .registry
-                .split_view(model)
-                .map(|v| response::json(200, &v)),
+                .canaries
+                .view(model)
+                .map(|v| response::json(200, &v))
+                .map_err(ApiError::from),
             Method::PUT => set_split(&req, payload, &state, model).await,
             Method::DELETE => clear_split(&state, model),
             _ => Err(ApiError::method_not_allowed()),
@@ -83,22 +89,69 @@ pub async fn route(
         },
         [_, "models", model, version] => match method {
             Method::GET => describe_request(&req, &state, model, Some(version)).await,
-            Method::PUT => scale(&state, model, Some(version), &query(&req)).await,
+            Method::PUT => rest(scale(&state, model, Some(version), &query(&req)).await),
             Method::DELETE if state.settings.enable_model_api => {
-                unregister(&state, model, Some(version))
+                rest(unregister(&state, model, Some(version)))
             }
             _ => Err(ApiError::method_not_allowed()),
         },
         // TorchServe's quirks: GET describes and DELETE unregisters the *default* version.
         [_, "models", model, version, "set-default"] => match method {
             Method::GET => describe_request(&req, &state, model, None).await,
-            Method::PUT => set_default(&state, model, version),
-            Method::DELETE if state.settings.enable_model_api => unregister(&state, model, None),
+            Method::PUT => rest(set_default(&state, model, version)),
+            Method::DELETE if state.settings.enable_model_api => {
+                rest(unregister(&state, model, None))
+            }
             _ => Err(ApiError::method_not_allowed()),
         },
         _ => Err(ApiError::resource_not_found()),
     };
     result.unwrap_or_else(|e| response::error(&e))
+}
+
+/// What a management operation answers, whatever the transport asked.
+pub(super) enum Answer {
+    /// Done: `{"status": ...}` on REST, the text alone on gRPC.
+    Done(String),
+    /// Accepted; the work goes on in the background (REST's 202).
+    Accepted(&'static str),
+    /// Waited for, and not finished yet (REST's 206).
+    InProgress(&'static str),
+    /// A document (describe, list), as TorchServe writes it: pretty JSON and a newline.
+    Document(String),
+}
+
+impl Answer {
+    fn document<T: Serialize>(value: &T) -> Self {
+        let mut body = serde_json::to_string_pretty(value).expect("a view serializes");
+        body.push('\n');
+        Self::Document(body)
+    }
+
+    fn rest(self) -> HttpResponse {
+        let status =
+            |code: u16, text: &str| response::json(code, &response::Status { status: text });
+        match self {
+            Answer::Done(text) => status(200, &text),
+            Answer::Accepted(text) => status(202, text),
+            Answer::InProgress(text) => status(206, text),
+            Answer::Document(body) => HttpResponse::Ok()
+                .content_type("application/json")
+                .body(body),
+        }
+    }
+
+    /// The text of a gRPC management reply's `msg`.
+    pub(super) fn into_message(self) -> String {
+        match self {
+            Answer::Done(text) | Answer::Document(text) => text,
+            Answer::Accepted(text) | Answer::InProgress(text) => text.to_string(),
+        }
+    }
+}
+
+fn rest(answer: Result<Answer, ServeError>) -> Result<HttpResponse, ApiError> {
+    answer.map(Answer::rest).map_err(ApiError::from)
 }
 
 /// Describe from REST: `?customized=true`, the request's headers for the handler.
@@ -109,7 +162,7 @@ async fn describe_request(
     version: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
     let customized = param::<bool>(&query(req), "customized").unwrap_or(false);
-    describe(state, model, version, customized, input::header_list(req)).await
+    rest(describe(state, model, version, customized, input::header_list(req)).await)
 }
 
 /// `GET /v1/models/{m}`: ready when the default version has a worker (loaded or not), as
@@ -123,18 +176,6 @@ fn kserve_ready(state: &AppState, model: &str) -> Result<HttpResponse, ApiError>
     ))
 }
 
-pub(super) fn query(req: &HttpRequest) -> Vec<(String, String)> {
-    serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
-}
-
-/// First value of a query parameter; unparseable values fall back to the default, as in
-/// TorchServe.
-fn param<T: std::str::FromStr>(q: &[(String, String)], key: &str) -> Option<T> {
-    q.iter()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, v)| v.trim().parse().ok())
-}
-
 /// `PUT /models/{m}[/{v}]?min_worker=&max_worker=&synchronous=`. Native workers start in
 /// microseconds, so a synchronous call answers once they run.
 pub(super) async fn scale(
@@ -142,7 +183,7 @@ pub(super) async fn scale(
     model: &str,
     version: Option<&str>,
     q: &[(String, String)],
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Answer, ServeError> {
     let version = version
         .map(str::to_string)
         .or_else(|| param(q, "model_version"));
@@ -150,20 +191,19 @@ pub(super) async fn scale(
     let min: i64 = param(q, "min_worker").unwrap_or(1);
     let max: i64 = param(q, "max_worker").unwrap_or(min);
     if max < min {
-        return Err(ApiError::bad_request(
+        return Err(ServeError::bad_input(
             "max_worker cannot be less than min_worker.",
         ));
     }
     // TorchServe fails here with a 500 (an index error inside its scaler) and keeps the
     // negative counts; the status is kept, the counts are not.
     let (Ok(min), Ok(max)) = (usize::try_from(min), usize::try_from(max)) else {
-        return Err(ApiError::internal(
-            500,
-            "min_worker and max_worker cannot be negative.",
+        return Err(ServeError::Internal(
+            "min_worker and max_worker cannot be negative.".into(),
         ));
     };
     if max > crate::worker::MAX_WORKERS {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServeError::bad_input(format!(
             "max_worker cannot be more than {}.",
             crate::worker::MAX_WORKERS
         )));
@@ -177,15 +217,12 @@ pub(super) async fn scale(
             .scale(min, max, &|| registry.next_worker_id())
     })
     .await
-    .map_err(|e| ApiError::internal(500, e.to_string()))?
+    .map_err(|e| ServeError::Internal(e.to_string()))?
     .map_err(|e| {
-        ApiError::internal(
-            500,
-            format!(
-                "Failed to start workers for model {model} version: {}: {e}",
-                m.version
-            ),
-        )
+        ServeError::WorkersNotStarted(format!(
+            "Failed to start workers for model {model} version: {}: {e}",
+            m.version
+        ))
     })?;
     tracing::info!(model, version = %m.version, min, max, "workers scaled");
     state.snapshot("snapshot");
@@ -197,116 +234,37 @@ pub(super) async fn scale(
             .unwrap_or(false);
         // Settled with fewer workers than asked: one failed to start.
         if settled && m.pool.ready() < min {
-            return Err(ApiError::internal(
-                500,
-                format!(
-                    "Failed to start workers for model {model} version: {}",
-                    version.as_deref().unwrap_or("null")
-                ),
-            ));
+            return Err(ServeError::WorkersNotStarted(format!(
+                "Failed to start workers for model {model} version: {}",
+                version.as_deref().unwrap_or("null")
+            )));
         }
         if !settled {
-            return Ok(response::json(
-                206,
-                &response::Status {
-                    status: "Workers scaling in progress...",
-                },
-            ));
+            return Ok(Answer::InProgress("Workers scaling in progress..."));
         }
     }
     if !synchronous {
-        return Ok(response::json(
-            202,
-            &response::Status {
-                status: "Processing worker updates...",
-            },
-        ));
+        return Ok(Answer::Accepted("Processing worker updates..."));
     }
     let suffix = version
         .map(|v| format!(", version: {v}"))
         .unwrap_or_default();
-    Ok(response::json(
-        200,
-        &response::Status {
-            status: &format!("Workers scaled to {min} for model: {model}{suffix}"),
-        },
-    ))
-}
-
-/// Registration parameters, from the query string or a JSON object body (same keys).
-pub(super) struct Params(pub serde_json::Map<String, serde_json::Value>);
-
-impl Params {
-    pub(super) async fn read(
-        req: &HttpRequest,
-        payload: web::Payload,
-        settings: &crate::config::Settings,
-    ) -> Result<Self, ApiError> {
-        let json = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim() == "application/json");
-        if json {
-            let body = input::read_body(req, payload, settings).await?;
-            if !body.is_empty() {
-                return match serde_json::from_slice(&body) {
-                    Ok(serde_json::Value::Object(map)) => Ok(Params(map)),
-                    _ => Err(ApiError::bad_request(
-                        "the request body is not a JSON object",
-                    )),
-                };
-            }
-        }
-        Ok(Params(
-            query(req)
-                .into_iter()
-                .map(|(k, v)| (k, serde_json::Value::String(v)))
-                .collect(),
-        ))
-    }
-
-    pub(super) fn string(&self, key: &str) -> Option<String> {
-        match self.0.get(key)? {
-            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-            serde_json::Value::String(_) | serde_json::Value::Null => None,
-            other => Some(other.to_string()),
-        }
-    }
-
-    /// Numbers given as numbers or strings; anything unparseable counts as absent.
-    pub(super) fn int(&self, key: &str) -> Option<i64> {
-        match self.0.get(key)? {
-            serde_json::Value::Number(n) => n.as_i64(),
-            serde_json::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-    }
-
-    fn positive(&self, key: &str) -> Option<u64> {
-        self.int(key).filter(|&v| v >= 0).map(|v| v as u64)
-    }
-
-    fn boolean(&self, key: &str) -> Option<bool> {
-        match self.0.get(key)? {
-            serde_json::Value::Bool(b) => Some(*b),
-            serde_json::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-    }
+    Ok(Answer::Done(format!(
+        "Workers scaled to {min} for model: {model}{suffix}"
+    )))
 }
 
 /// `POST /models`: TorchServe's parameters, from the query string or a JSON body.
-pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse, ApiError> {
+pub(super) async fn register(state: &AppState, p: Params) -> Result<Answer, ServeError> {
     let settings = state.settings.clone();
     let url = p.string("url").ok_or_else(|| match p.0.get("url") {
-        Some(_) => ApiError::new(404, "ModelNotFoundException", "empty url"),
-        None => ApiError::bad_request("Parameter url is required."),
+        Some(_) => ServeError::ArchiveNotFound("empty url".into()),
+        None => ServeError::bad_input("Parameter url is required."),
     })?;
     let runtime_name = p.string("runtime");
     if let Some(rt) = &runtime_name {
         if !matches!(rt.as_str(), "python" | "python3" | "LSP") {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServeError::bad_input(format!(
                 "Invalid RuntimeType value: {rt}"
             )));
         }
@@ -334,11 +292,10 @@ pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse
         workflow: None,
     };
     let synchronous = p.boolean("synchronous").unwrap_or(true);
-    let (registry, runtime) = (state.registry.clone(), state.runtime.clone());
-    let model = web::block(move || registry.register_url(&settings, &runtime, &url, &registration))
+    let loader = state.loader.clone();
+    let model = web::block(move || loader.register_url(&url, &registration))
         .await
-        .map_err(|e| ApiError::internal(500, e.to_string()))??;
-
+        .map_err(|e| ServeError::Internal(e.to_string()))??;
     let (name, version) = (model.name.clone(), model.version.clone());
     let workers = model.pool.limits().0;
     state.snapshot("snapshot");
@@ -346,23 +303,18 @@ pub(super) async fn register(state: &AppState, p: Params) -> Result<HttpResponse
         let status = format!(
             "Model \"{name}\" Version: {version} registered with 0 initial workers. Use scale workers API to add workers for the model."
         );
-        return Ok(response::json(200, &response::Status { status: &status }));
+        return Ok(Answer::Done(status));
     }
     if !synchronous {
-        return Ok(response::json(
-            202,
-            &response::Status {
-                status: "Processing worker updates...",
-            },
-        ));
+        return Ok(Answer::Accepted("Processing worker updates..."));
     }
-    let registry = state.registry.clone();
-    web::block(move || registry.await_workers(&model))
+    let loader = state.loader.clone();
+    web::block(move || loader.await_workers(&model))
         .await
-        .map_err(|e| ApiError::internal(500, e.to_string()))??;
+        .map_err(|e| ServeError::Internal(e.to_string()))??;
     let status =
         format!("Model \"{name}\" Version: {version} registered with {workers} initial workers");
-    Ok(response::json(200, &response::Status { status: &status }))
+    Ok(Answer::Done(status))
 }
 
 /// `/token?type=inference|management` with the API key: a new key, written to the key file.
@@ -373,16 +325,16 @@ fn rotate_token(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         return Err(ApiError::resource_not_found());
     };
     if !state.authorized(req, KeyKind::Api) {
-        return Err(auth::rotation_denied());
+        return Err(ApiError::rotation_denied());
     }
     let kind = match param::<String>(&query(req), "type").as_deref() {
         Some("inference") => KeyKind::Inference,
         Some("management") => KeyKind::Management,
-        _ => return Err(auth::rotation_denied()),
+        _ => return Err(ApiError::rotation_denied()),
     };
     tokens
         .rotate(kind)
-        .map_err(|e| ApiError::internal(500, format!("cannot write the key file: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("cannot write the key file: {e}")))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body("\n"))
@@ -392,23 +344,23 @@ pub(super) fn unregister(
     state: &AppState,
     model: &str,
     version: Option<&str>,
-) -> Result<HttpResponse, ApiError> {
-    state.registry.remove(model, version)?;
+) -> Result<Answer, ServeError> {
+    state.loader.unregister(model, version)?;
     state.snapshot("snapshot");
     let status = format!("Model \"{model}\" unregistered");
-    Ok(response::json(200, &response::Status { status: &status }))
+    Ok(Answer::Done(status))
 }
 
 pub(super) fn set_default(
     state: &AppState,
     model: &str,
     version: &str,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Answer, ServeError> {
     state.registry.set_default(model, version)?;
     state.snapshot("snapshot");
     let status =
         format!("Default version successfully updated for model \"{model}\" to \"{version}\"");
-    Ok(response::json(200, &response::Status { status: &status }))
+    Ok(Answer::Done(status))
 }
 
 /// `PUT /models/{m}/canary`: a JSON body with the whole split (`canaries`, `guards`,
@@ -434,14 +386,14 @@ async fn set_split(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid traffic split: {e}")))?
     };
-    state.registry.set_split(model, spec)?;
+    state.canaries.set(model, spec)?;
     state.snapshot("snapshot");
     let status = format!("Traffic split set for model \"{model}\"");
     Ok(response::json(200, &response::Status { status: &status }))
 }
 
 fn clear_split(state: &AppState, model: &str) -> Result<HttpResponse, ApiError> {
-    state.registry.clear_split(model)?;
+    state.canaries.clear(model)?;
     state.snapshot("snapshot");
     let status = format!("Traffic split cleared for model \"{model}\"");
     Ok(response::json(200, &response::Status { status: &status }))
@@ -450,7 +402,7 @@ fn clear_split(state: &AppState, model: &str) -> Result<HttpResponse, ApiError> 
 /// `PUT /models/{m}/canary/promote[?version=<v>]`: the canary becomes the default version.
 fn promote(req: &HttpRequest, state: &AppState, model: &str) -> Result<HttpResponse, ApiError> {
     let version = param::<String>(&query(req), "version");
-    let chosen = state.registry.promote(model, version.as_deref())?;
+    let chosen = state.canaries.promote(model, version.as_deref())?;
     state.snapshot("snapshot");
     let status =
         format!("Default version successfully updated for model \"{model}\" to \"{chosen}\"");
@@ -472,33 +424,8 @@ struct ListResponse<'a> {
     models: Vec<ListEntry<'a>>,
 }
 
-/// TorchServe's paging of a list of `len` items: `limit` (0–100, else 100) from
-/// `next_page_token`, and the token of the next page, given whenever the page ends at or
-/// before the last item.
-pub(super) struct Page {
-    pub offset: usize,
-    pub limit: usize,
-    pub next_page_token: Option<String>,
-}
-
-impl Page {
-    pub fn of(q: &[(String, String)], len: usize) -> Self {
-        let limit = match param::<i64>(q, "limit").unwrap_or(100) {
-            l if !(0..=100).contains(&l) => 100,
-            l => l as usize,
-        };
-        let offset = param::<i64>(q, "next_page_token").unwrap_or(0).max(0) as usize;
-        let next_page_token = (offset + limit <= len).then(|| (offset + limit).to_string());
-        Page {
-            offset,
-            limit,
-            next_page_token,
-        }
-    }
-}
-
 /// Default versions sorted by name, paged as TorchServe pages them.
-pub(super) fn list(state: &AppState, q: &[(String, String)]) -> Result<HttpResponse, ApiError> {
+pub(super) fn list(state: &AppState, q: &[(String, String)]) -> Answer {
     // A workflow's function nodes have no archive; TorchServe leaves them out of the list.
     let models: Vec<_> = state
         .registry
@@ -520,13 +447,10 @@ pub(super) fn list(state: &AppState, q: &[(String, String)]) -> Result<HttpRespo
             model_url: m.url(),
         })
         .collect();
-    Ok(response::json(
-        200,
-        &ListResponse {
-            next_page_token,
-            models: page,
-        },
-    ))
+    Answer::document(&ListResponse {
+        next_page_token,
+        models: page,
+    })
 }
 
 #[derive(Serialize)]
@@ -677,13 +601,13 @@ pub(super) async fn describe(
     version: Option<&str>,
     customized: bool,
     headers: Vec<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Answer, ServeError> {
     let versions = match version {
         Some("all") => state.registry.all_versions(model)?,
         other => vec![state.registry.get(model, other)?],
     };
     let mut views: Vec<_> = versions.iter().map(|m| describe_one(m)).collect();
-    if let Ok(split) = state.registry.split_view(model) {
+    if let Ok(split) = state.canaries.view(model) {
         for v in &mut views {
             v.traffic_split = Some(split.clone());
         }
@@ -691,7 +615,7 @@ pub(super) async fn describe(
     if customized && version != Some("all") {
         views[0].customized_metadata = Some(customized_metadata(headers, &versions[0]).await?);
     }
-    Ok(response::json(200, &views))
+    Ok(Answer::document(&views))
 }
 
 /// TorchServe's DESCRIBE: a request with no parameters and header `describe: True`, run on
@@ -699,19 +623,12 @@ pub(super) async fn describe(
 async fn customized_metadata(
     mut headers: Vec<(String, String)>,
     m: &ModelVersion,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<serde_json::Value, ServeError> {
     if !m.handler.describes() {
         return Ok(serde_json::json!({}));
     }
     if !m.pool.has_workers() {
-        return Err(ApiError::new(
-            503,
-            "ServiceUnavailableException",
-            format!(
-                "Model \"{}\" has no worker to serve describe request. Please use scale workers API to add workers.",
-                m.name
-            ),
-        ));
+        return Err(ServeError::NoDescribeWorker(m.name.clone()));
     }
     headers.push(("describe".into(), "True".into()));
     let input = crate::handler::RequestInput {
@@ -725,11 +642,12 @@ async fn customized_metadata(
         reply: tx,
         solo: true,
         enqueued: std::time::Instant::now(),
+        span: tracing::Span::current(),
     };
     if m.queue.submit(job).is_err() {
-        return Err(ApiError::no_worker(&m.name, None));
+        return Err(ServeError::no_worker(&m.name, None));
     }
-    let failed = || ApiError::internal(500, "Failed to get customized model matadata.");
+    let failed = || ServeError::Internal("Failed to get customized model matadata.".into());
     let reply = match tokio::time::timeout(m.response_timeout(), rx).await {
         Ok(Ok(Ok(reply))) => reply,
         _ => return Err(failed()),

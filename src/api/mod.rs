@@ -3,6 +3,7 @@
 //! Routing follows TorchServe's segment rules (any method runs inference, trailing slashes
 //! ignored), so every listener has a single default service that dispatches on the path.
 
+pub mod error;
 pub mod grpc;
 pub mod inference;
 pub mod input;
@@ -25,8 +26,11 @@ use crate::registry::Registry;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub registry: Arc<Registry>,
-    /// How models registered at run time reach their runtimes.
-    pub runtime: crate::backend::RuntimeOptions,
+    /// Every transport's way to run an inference.
+    pub service: Arc<crate::serve::Service>,
+    /// Registration and unregistration of models.
+    pub loader: Arc<crate::loader::Loader>,
+    pub canaries: Arc<crate::registry::canaries::Canaries>,
     /// Token authorization; `None` when disabled.
     pub tokens: Option<crate::auth::Tokens>,
     /// Configuration snapshots; `None` with `--ncs`.
@@ -36,13 +40,15 @@ pub struct AppState {
     pub workflows: Arc<crate::workflow::Workflows>,
     /// The start-up models' background load.
     pub startup: crate::startup::StartupLoad,
+    /// The multi-threaded runtime that serves gRPC.
+    pub tasks: tokio::runtime::Handle,
 }
 
 impl AppState {
     /// Writes a snapshot of the current models (`startup`, `snapshot` or `shutdown`).
     pub fn snapshot(&self, kind: &str) {
         if let Some(s) = &self.snapshots {
-            s.write(kind, &self.registry);
+            s.write(kind, &self.registry, &self.canaries);
         }
     }
 
@@ -110,9 +116,40 @@ impl ConnFd {
         }
     }
 
-    /// True once the peer closed (or reset) the connection. Valid while the request that
-    /// carries it is being handled: the connection, and so the descriptor, outlives it.
-    pub fn peer_closed(self) -> bool {
+    /// Resolves once the peer closed (or reset) the connection. A duplicate of the socket is
+    /// registered with the runtime's poller: the hang-up wakes it; bytes of a pipelined
+    /// request wake it too, and a peek tells them apart. Valid while the request that carries
+    /// it is being handled: the connection, and so the descriptor, outlives it.
+    pub async fn closed(self) {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: dup(2) of a descriptor the connection owns; the copy is owned here.
+        let fd = unsafe { libc::dup(self.0) };
+        if fd < 0 {
+            return std::future::pending().await;
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else holds.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the AsyncFd owns the descriptor, which stays open, and the same, until it
+        // is dropped.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        };
+        let Ok(watch) = registered else {
+            return std::future::pending().await;
+        };
+        loop {
+            let Ok(mut ready) = watch.readable().await else {
+                return std::future::pending().await;
+            };
+            if ready.ready().is_read_closed() || self.peer_closed() {
+                return;
+            }
+            ready.clear_ready();
+        }
+    }
+
+    /// True once the peer closed (or reset) the connection.
+    fn peer_closed(self) -> bool {
         let mut byte = 0u8;
         // SAFETY: a one-byte peek into a local buffer on a descriptor owned by the connection.
         let n = unsafe {
@@ -132,6 +169,17 @@ impl ConnFd {
             ),
         }
     }
+}
+
+/// Resolves when the client closes its connection (never for connections without a socket
+/// of their own, such as TLS ones). actix notices a disconnect only when it writes, so the
+/// socket's hang-up is awaited from the runtime's poller.
+pub(crate) async fn client_gone(conn: Option<ConnFd>) -> crate::error::ServeError {
+    match conn {
+        Some(conn) => conn.closed().await,
+        None => std::future::pending().await,
+    }
+    crate::error::ServeError::ClientGone
 }
 
 /// The server-generated id of the current request (also the backend request id).
@@ -213,7 +261,7 @@ macro_rules! app {
                     .is_some_and(|slot| slot.over);
                 let call = if over {
                     let limit = state.as_ref().map_or(0, |s| s.settings.max_connections);
-                    Err(req.into_response(response::error(&crate::error::ApiError::new(
+                    Err(req.into_response(response::error(&error::ApiError::new(
                         503,
                         "ServiceUnavailableException",
                         format!("Too many connections (max_connections is {limit}); retry later"),
@@ -422,7 +470,7 @@ pub async fn serve(state: web::Data<AppState>) -> std::io::Result<()> {
     warn_if_exposed(&settings, state.tokens.is_some());
     let grpc_listeners = grpc::bind(&settings)?;
     let grpc_stop = Arc::new(tokio::sync::Notify::new());
-    let grpc = actix_web::rt::spawn(grpc::serve(
+    let grpc = state.tasks.spawn(grpc::serve(
         state.clone(),
         grpc_listeners,
         grpc_stop.clone(),
@@ -524,10 +572,13 @@ async fn metrics_route(
             actix_web::HttpResponse::Ok()
                 .content_type("text/plain; version=0.0.4; charset=utf-8")
                 .body({
-                    state.registry.refresh_gauges();
+                    // Gauges read at scrape time.
+                    for mv in state.registry.all() {
+                        mv.metrics.set_queue_depth(mv.queue.pending());
+                    }
                     state.metrics.render(&names)
                 })
         }
-        _ => response::error(&crate::error::ApiError::resource_not_found()),
+        _ => response::error(&error::ApiError::resource_not_found()),
     }
 }

@@ -6,7 +6,7 @@ use actix_web::HttpResponse;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 use crate::handler::Reply;
 
 /// Gson-style pretty JSON with a trailing newline, `content-type: application/json`.

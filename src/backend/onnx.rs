@@ -57,9 +57,15 @@ fn runtime(configured: Option<&Path>) -> Result<&'static Environment, BackendErr
         .map_err(|e| BackendError::Runtime(e.clone()))
 }
 
+/// An ONNX model: sessions of one model file. `run` takes a session exclusively, so the
+/// model keeps a pool: a forward pass takes an idle session, or opens one when all are
+/// running, and the model's workers run their forward passes in parallel. There are never
+/// more sessions than forward passes ran at once, so at most one per worker.
 pub struct OnnxModel {
-    // ort's `run` takes `&mut self`; workers of one model share the session behind a lock.
-    session: Mutex<Session>,
+    path: PathBuf,
+    options: RuntimeOptions,
+    /// Sessions no forward pass holds right now.
+    idle: Mutex<Vec<Session>>,
     input_name: String,
     input_dims: Option<Vec<Option<usize>>>,
     device: Device,
@@ -67,57 +73,12 @@ pub struct OnnxModel {
 
 impl OnnxModel {
     pub fn load(path: &Path, options: &RuntimeOptions) -> Result<Self, BackendError> {
-        let env = runtime(options.onnxruntime_library.as_deref())?;
+        let (session, device) = open(path, options)?;
         let file = path.display().to_string();
-        let load_err = |reason: String| BackendError::Load {
-            file: file.clone(),
-            reason,
-        };
-        let builder = Session::builder(env)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(options.intra_op_threads)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.to_string()))?;
-        let (mut builder, device) = match options.device {
-            Device::Cuda(i) => {
-                let ep = ort::ep::CUDA::default()
-                    .with_device_id(i as i32)
-                    .build()
-                    .error_on_failure();
-                match builder.with_execution_providers([ep]) {
-                    Ok(b) => (b, Device::Cuda(i)),
-                    Err(e) => {
-                        tracing::warn!(model = %file, error = %e, "CUDA execution provider unavailable; this ONNX model runs on the CPU");
-                        (e.recover(), Device::Cpu)
-                    }
-                }
-            }
-            #[cfg(target_os = "macos")]
-            Device::Mps => {
-                let ep = ort::ep::CoreML::default().build().error_on_failure();
-                match builder.with_execution_providers([ep]) {
-                    Ok(b) => (b, Device::Mps),
-                    Err(e) => {
-                        tracing::warn!(model = %file, error = %e, "CoreML execution provider unavailable; this ONNX model runs on the CPU");
-                        (e.recover(), Device::Cpu)
-                    }
-                }
-            }
-            #[cfg(not(target_os = "macos"))]
-            Device::Mps => {
-                tracing::warn!(model = %file, "ONNX Runtime has no MPS provider here; this ONNX model runs on the CPU");
-                (builder, Device::Cpu)
-            }
-            Device::Cpu => (builder, Device::Cpu),
-        };
-        let session = builder
-            .commit_from_file(path)
-            .map_err(|e| load_err(e.to_string()))?;
-        let input = session
-            .inputs()
-            .first()
-            .ok_or_else(|| load_err("the model has no inputs".into()))?;
+        let input = session.inputs().first().ok_or_else(|| BackendError::Load {
+            file,
+            reason: "the model has no inputs".into(),
+        })?;
         let input_name = input.name().to_string();
         let input_dims = input.dtype().tensor_shape().map(|shape| {
             shape
@@ -126,30 +87,105 @@ impl OnnxModel {
                 .collect()
         });
         Ok(Self {
-            session: Mutex::new(session),
+            path: path.to_path_buf(),
+            options: options.clone(),
+            idle: Mutex::new(vec![session]),
             input_name,
             input_dims,
             device,
         })
     }
+
+    /// An idle session, or a new one when every session is running.
+    fn take(&self) -> Result<Session, BackendError> {
+        let idle = self.idle.lock().map_err(|_| poisoned())?.pop();
+        match idle {
+            Some(session) => Ok(session),
+            None => Ok(open(&self.path, &self.options)?.0),
+        }
+    }
+
+    fn give_back(&self, session: Session) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(session);
+        }
+    }
+}
+
+fn poisoned() -> BackendError {
+    BackendError::Inference("session pool poisoned by an earlier panic".into())
+}
+
+/// Opens a session of a model file with the server's threads and device; the device is the
+/// one ONNX Runtime will really use.
+fn open(path: &Path, options: &RuntimeOptions) -> Result<(Session, Device), BackendError> {
+    let env = runtime(options.onnxruntime_library.as_deref())?;
+    let file = path.display().to_string();
+    let load_err = |reason: String| BackendError::Load {
+        file: file.clone(),
+        reason,
+    };
+    let builder = Session::builder(env)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_intra_threads(options.intra_op_threads)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| load_err(e.to_string()))?;
+    let (mut builder, device) = match options.device {
+        Device::Cuda(i) => {
+            let ep = ort::ep::CUDA::default()
+                .with_device_id(i as i32)
+                .build()
+                .error_on_failure();
+            match builder.with_execution_providers([ep]) {
+                Ok(b) => (b, Device::Cuda(i)),
+                Err(e) => {
+                    tracing::warn!(model = %file, error = %e, "CUDA execution provider unavailable; this ONNX model runs on the CPU");
+                    (e.recover(), Device::Cpu)
+                }
+            }
+        }
+        #[cfg(target_os = "macos")]
+        Device::Mps => {
+            let ep = ort::ep::CoreML::default().build().error_on_failure();
+            match builder.with_execution_providers([ep]) {
+                Ok(b) => (b, Device::Mps),
+                Err(e) => {
+                    tracing::warn!(model = %file, error = %e, "CoreML execution provider unavailable; this ONNX model runs on the CPU");
+                    (e.recover(), Device::Cpu)
+                }
+            }
+        }
+        #[cfg(not(target_os = "macos"))]
+        Device::Mps => {
+            tracing::warn!(model = %file, "ONNX Runtime has no MPS provider here; this ONNX model runs on the CPU");
+            (builder, Device::Cpu)
+        }
+        Device::Cpu => (builder, Device::Cpu),
+    };
+    let session = builder
+        .commit_from_file(path)
+        .map_err(|e| load_err(e.to_string()))?;
+    Ok((session, device))
 }
 
 impl Backend for OnnxModel {
     fn forward(&self, input: Tensor) -> Result<Tensor, BackendError> {
         let err = |e: ort::Error| BackendError::Inference(e.to_string());
         let value = ort::value::Tensor::from_array((input.shape, input.data)).map_err(err)?;
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| BackendError::Inference("session poisoned by an earlier panic".into()))?;
-        let outputs = session
+        let mut session = self.take()?;
+        let output = session
             .run(ort::inputs![self.input_name.as_str() => value])
-            .map_err(err)?;
-        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
-        Ok(Tensor {
-            shape: shape.iter().map(|&d| d as usize).collect(),
-            data: data.to_vec(),
-        })
+            .map_err(err)
+            .and_then(|outputs| {
+                let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
+                Ok(Tensor {
+                    shape: shape.iter().map(|&d| d as usize).collect(),
+                    data: data.to_vec(),
+                })
+            });
+        self.give_back(session);
+        output
     }
 
     fn device(&self) -> Device {

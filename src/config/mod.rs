@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod properties;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -201,7 +202,7 @@ pub struct Settings {
     /// A Java keystore (`keystore`): not supported; named so start-up can say so.
     pub keystore: Option<String>,
     /// `model_snapshot`: models to restore instead of `load_models`.
-    pub model_snapshot: Option<crate::snapshot::ModelSnapshot>,
+    pub model_snapshot: Option<snapshot::ModelSnapshot>,
     /// Where snapshots go; `None` with `--ncs`.
     pub snapshot_dir: Option<PathBuf>,
     /// The configuration file's properties as read (written back into snapshots).
@@ -243,7 +244,7 @@ impl Settings {
             None => {
                 let newest = (!cli.no_config_snapshots)
                     .then(|| {
-                        crate::snapshot::newest(&crate::snapshot::directory(
+                        snapshot::newest(&snapshot::directory(
                             env.get("LOG_LOCATION").map(String::as_str),
                         ))
                     })
@@ -425,7 +426,7 @@ impl Settings {
                 ),
             },
             snapshot_dir: (!cli.no_config_snapshots)
-                .then(|| crate::snapshot::directory(env.get("LOG_LOCATION").map(String::as_str))),
+                .then(|| snapshot::directory(env.get("LOG_LOCATION").map(String::as_str))),
             properties: file.clone().into_iter().collect(),
             config_file,
             extra,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
 use crate::backend::{Backend, Tensor};
 use crate::device::Device;
-use crate::error::ApiError;
+use crate::error::ServeError;
 
 pub const NAME: &str = "json_tensor";
 /// The most numbers one request may carry (64 MiB of f32).
@@ -30,11 +30,11 @@ impl JsonTensor {
 }
 
 impl Handler for JsonTensor {
-    fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError> {
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError> {
         let param = input
             .param("data")
             .or_else(|| input.param("body"))
-            .ok_or_else(|| ApiError::bad_request("missing request body"))?;
+            .ok_or_else(|| ServeError::bad_input("missing request body"))?;
         Ok(Prepared::Array(parse_array(&param.value)?))
     }
 
@@ -61,9 +61,8 @@ impl Engine for SharedModel {
             .iter()
             .map(|p| match p {
                 Prepared::Array(t) => Ok(t),
-                _ => Err(ApiError::internal(
-                    500,
-                    "unexpected input for a native handler",
+                _ => Err(ServeError::Internal(
+                    "unexpected input for a native handler".into(),
                 )),
             })
             .collect::<Result<Vec<_>, _>>()
@@ -80,7 +79,7 @@ impl Engine for SharedModel {
 }
 
 impl JsonTensor {
-    fn run(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ApiError> {
+    fn run(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ServeError> {
         let n = group.len();
         let mut shape = vec![n];
         shape.extend_from_slice(&group[0].shape);
@@ -88,12 +87,12 @@ impl JsonTensor {
         let output = self
             .model
             .forward(Tensor::new(shape, data))
-            .map_err(|e| ApiError::internal(503, format!("Prediction failed: {e}")))?;
+            .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
         if output.shape.first() != Some(&n) {
-            return Err(ApiError::internal(
-                503,
-                format!("model returned shape {:?} for a batch of {n}", output.shape),
-            ));
+            return Err(ServeError::PredictionFailed(format!(
+                "model returned shape {:?} for a batch of {n}",
+                output.shape
+            )));
         }
         let row_shape = &output.shape[1..];
         let per_row = row_shape.iter().product::<usize>();
@@ -111,15 +110,15 @@ impl JsonTensor {
 }
 
 /// A JSON body as a tensor: its nesting is the shape, which must be rectangular.
-pub fn parse_array(body: &[u8]) -> Result<Tensor, ApiError> {
+pub fn parse_array(body: &[u8]) -> Result<Tensor, ServeError> {
     let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+        .map_err(|e| ServeError::bad_input(format!("invalid request: {e}")))?;
     let mut shape = Vec::new();
     let mut level = &value;
     while let serde_json::Value::Array(items) = level {
         shape.push(items.len());
         if shape.len() > MAX_RANK {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServeError::bad_input(format!(
                 "invalid request: more than {MAX_RANK} levels of nesting"
             )));
         }
@@ -130,7 +129,7 @@ pub fn parse_array(body: &[u8]) -> Result<Tensor, ApiError> {
     }
     let count = shape.iter().product::<usize>();
     if count > MAX_ELEMENTS {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServeError::bad_input(format!(
             "invalid request: more than {MAX_ELEMENTS} numbers"
         )));
     }
@@ -139,7 +138,11 @@ pub fn parse_array(body: &[u8]) -> Result<Tensor, ApiError> {
     Ok(Tensor::new(shape, data))
 }
 
-fn flatten(value: &serde_json::Value, shape: &[usize], out: &mut Vec<f32>) -> Result<(), ApiError> {
+fn flatten(
+    value: &serde_json::Value,
+    shape: &[usize],
+    out: &mut Vec<f32>,
+) -> Result<(), ServeError> {
     match (value, shape.split_first()) {
         (serde_json::Value::Number(n), None) => {
             out.push(n.as_f64().unwrap_or(f64::NAN) as f32);
@@ -148,11 +151,11 @@ fn flatten(value: &serde_json::Value, shape: &[usize], out: &mut Vec<f32>) -> Re
         (serde_json::Value::Array(items), Some((&len, rest))) if items.len() == len => {
             items.iter().try_for_each(|item| flatten(item, rest, out))
         }
-        (serde_json::Value::Array(items), Some((&len, _))) => Err(ApiError::bad_request(format!(
+        (serde_json::Value::Array(items), Some((&len, _))) => Err(ServeError::bad_input(format!(
             "invalid request: not rectangular: a list of {} where the first has {len}",
             items.len()
         ))),
-        _ => Err(ApiError::bad_request(format!(
+        _ => Err(ServeError::bad_input(format!(
             "invalid request: expected numbers nested {} deep, found {value}",
             shape.len()
         ))),
@@ -293,10 +296,10 @@ mod tests {
         ] {
             let e = parse_array(bad).unwrap_err();
             assert!(
-                e.message.contains(why),
+                e.to_string().contains(why),
                 "{}: {}",
                 String::from_utf8_lossy(bad),
-                e.message
+                e
             );
         }
         let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));

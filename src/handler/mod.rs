@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::archive::ModelArchive;
 use crate::backend::{self, RuntimeOptions};
-use crate::error::{ApiError, LoadError};
+use crate::error::{LoadError, ServeError};
 
 /// One input parameter, as TorchServe builds them (§1.3 of its request decoding).
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ pub enum Prepared {
 /// A model version's handler: it prepares requests and starts workers.
 pub trait Handler: Send + Sync {
     /// Decodes one request; runs on the HTTP side so bad input never occupies a worker.
-    fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError>;
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError>;
     /// Starts what one worker runs batches with: a view of the shared native model, or a
     /// Python worker process. Runs on the worker's own thread; blocking, may take seconds.
     /// The error is the reason, for logs.
@@ -137,9 +137,9 @@ pub trait Engine: Send {
 #[derive(Debug, Clone)]
 pub enum EngineError {
     /// The batch failed (a handler error); the worker carries on.
-    Batch(ApiError),
+    Batch(ServeError),
     /// The worker is gone (process died, broken protocol): it must be restarted.
-    Died(ApiError),
+    Died(ServeError),
 }
 
 /// Names of the handlers implemented natively.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
 use crate::device::Device;
-use crate::error::{ApiError, LoadError};
+use crate::error::{LoadError, ServeError};
 
 /// Everything a worker process needs, fixed when the model is loaded.
 pub struct PythonHandler {
@@ -141,7 +141,7 @@ pub fn locate_ts(python: &Path) -> Result<PathBuf, LoadError> {
 }
 
 impl Handler for PythonHandler {
-    fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError> {
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError> {
         Ok(Prepared::Request(input))
     }
 
@@ -171,7 +171,12 @@ struct PythonWorker {
     socket: PathBuf,
     max_response_size: usize,
     tail: Tail,
+    /// The span of the batch being served, so the worker's log lines name its requests.
+    serving: Serving,
 }
+
+/// The span the worker's output is logged in.
+type Serving = Arc<Mutex<tracing::Span>>;
 
 impl PythonHandler {
     /// The server's environment variables a worker must not see.
@@ -232,22 +237,15 @@ impl PythonWorker {
         let label = format!("W-{id}-{}_{}", h.model_name, h.model_version);
         let (started_tx, started_rx) = mpsc::channel();
         let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
-        forward_output(
-            child.stdout.take(),
-            &label,
-            false,
-            Some(started_tx),
-            tail.clone(),
-            h.metrics.clone(),
-        );
-        forward_output(
-            child.stderr.take(),
-            &label,
-            true,
-            None,
-            tail.clone(),
-            h.metrics.clone(),
-        );
+        let serving: Serving = Arc::new(Mutex::new(tracing::Span::none()));
+        let output = Output {
+            label: &label,
+            tail: &tail,
+            metrics: &h.metrics,
+            serving: &serving,
+        };
+        forward_output(child.stdout.take(), false, Some(started_tx), &output);
+        forward_output(child.stderr.take(), true, None, &output);
 
         let fail = |child: &mut Child, why: String| {
             let _ = child.kill();
@@ -263,18 +261,14 @@ impl PythonWorker {
         if started_rx.recv_timeout(h.startup_timeout).is_err() {
             return Err(fail(&mut child, "the Python worker did not start".into()));
         }
-        let stream = loop {
-            match UnixStream::connect(&socket) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => {
-                    return Err(fail(
-                        &mut child,
-                        format!("cannot connect to the worker: {e}"),
-                    ))
-                }
+        // The worker listens before it says it started.
+        let stream = match UnixStream::connect(&socket) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(fail(
+                    &mut child,
+                    format!("cannot connect to the worker: {e}"),
+                ))
             }
         };
         let reader = match stream.try_clone() {
@@ -294,6 +288,7 @@ impl PythonWorker {
             socket,
             max_response_size: h.max_response_size,
             tail: tail.clone(),
+            serving,
         };
         let load = encode_load(h);
         let remaining = deadline
@@ -405,19 +400,20 @@ impl Engine for PythonWorker {
         batch: &[Prepared],
         partial: &mut dyn FnMut(usize, Reply),
     ) -> Result<Vec<Reply>, EngineError> {
+        let _serving = ServingSpan::enter(self.serving.clone());
         let requests: Vec<&RequestInput> = batch
             .iter()
             .map(|p| match p {
                 Prepared::Request(r) => Ok(r),
                 Prepared::Tensor { .. } | Prepared::Array(_) => Err(EngineError::Batch(
-                    ApiError::internal(500, "unexpected input for a Python handler"),
+                    ServeError::Internal("unexpected input for a Python handler".into()),
                 )),
             })
             .collect::<Result<_, _>>()?;
         let tail = self.tail.clone();
         let died = move |e: std::io::Error| {
             tracing::error!("Python worker connection failed: {e}; {}", tail_text(&tail));
-            EngineError::Died(ApiError::internal(500, "Worker died."))
+            EngineError::Died(ServeError::WorkerDied)
         };
         // Each message of the reply must come within the response timeout, as in TorchServe.
         let timeout = self.response_timeout;
@@ -427,10 +423,10 @@ impl Engine for PythonWorker {
         loop {
             if reply.code != 200 {
                 let code = if reply.code == 413 { 507 } else { reply.code };
-                return Err(EngineError::Batch(ApiError::internal(
-                    u16::try_from(code).unwrap_or(500),
-                    reply.message,
-                )));
+                return Err(EngineError::Batch(ServeError::Backend {
+                    status: u16::try_from(code).unwrap_or(500),
+                    message: reply.message,
+                }));
             }
             // Intermediate messages carry `ts_stream_next: true`; they are passed on as
             // they come, and the worker's messages are read until none says more follows.
@@ -493,6 +489,26 @@ fn tail_text(tail: &Tail) -> String {
     chosen.join(" | ")
 }
 
+/// Marks the batch's span as the one the worker's output belongs to, until dropped.
+struct ServingSpan(Serving);
+
+impl ServingSpan {
+    fn enter(serving: Serving) -> Self {
+        if let Ok(mut s) = serving.lock() {
+            *s = tracing::Span::current();
+        }
+        Self(serving)
+    }
+}
+
+impl Drop for ServingSpan {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = tracing::Span::none();
+        }
+    }
+}
+
 /// `ModuleNotFoundError: No module named 'x'` and the like.
 fn is_exception_line(line: &str) -> bool {
     line.split_once(": ").is_some_and(|(name, _)| {
@@ -501,18 +517,30 @@ fn is_exception_line(line: &str) -> bool {
     })
 }
 
+/// Where a worker's output goes: the model log (in the span of the batch being served), the
+/// tail kept for error messages, and the metrics of its `[METRICS]` lines.
+struct Output<'a> {
+    label: &'a str,
+    tail: &'a Tail,
+    metrics: &'a Arc<crate::metrics::Metrics>,
+    serving: &'a Serving,
+}
+
 /// Copies a worker's stdout/stderr into the server log, line by line, and signals when the
 /// worker announces it is listening.
 fn forward_output(
     stream: Option<impl Read + Send + 'static>,
-    label: &str,
     is_stderr: bool,
     started: Option<mpsc::Sender<()>>,
-    tail: Tail,
-    metrics: Arc<crate::metrics::Metrics>,
+    output: &Output,
 ) {
     let Some(stream) = stream else { return };
-    let label = label.to_string();
+    let label = output.label.to_string();
+    let (tail, metrics, serving) = (
+        output.tail.clone(),
+        output.metrics.clone(),
+        output.serving.clone(),
+    );
     let _ = std::thread::Builder::new()
         .name(format!(
             "{label}-{}",
@@ -528,7 +556,7 @@ fn forward_output(
                 }
                 if let Some(metric) = line
                     .find("[METRICS]")
-                    .and_then(|i| BackendMetric::parse(&line[i..]))
+                    .and_then(|i| crate::metrics::BackendMetric::parse(&line[i..]))
                 {
                     // To the metrics endpoint; kept out of the model log.
                     metrics.backend(&metric);
@@ -546,6 +574,11 @@ fn forward_output(
                 }
                 // The thread is named as TorchServe's (`W-<id>-<model>_<v>-stdout`), which
                 // the model log shows.
+                let span = serving
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_else(|_| tracing::Span::none());
+                let _entered = span.enter();
                 if is_stderr {
                     tracing::warn!(target: crate::logging::MODEL_LOG, "{line}");
                 } else {
@@ -564,56 +597,6 @@ fn forward_output(
                 }
             }
         });
-}
-
-/// A `[METRICS]` line a worker prints:
-/// `[METRICS]Name.Unit:value|#Dim:v,Dim2:v[|#type:GAUGE]|#hostname:h,timestamp[,request_id]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackendMetric {
-    pub name: String,
-    pub unit: String,
-    pub value: f64,
-    pub dimensions: Vec<(String, String)>,
-    /// `COUNTER`, `GAUGE` or `HISTOGRAM` when the line says.
-    pub kind: Option<String>,
-    pub request_id: Option<String>,
-}
-
-impl BackendMetric {
-    pub fn parse(line: &str) -> Option<Self> {
-        let rest = line.strip_prefix("[METRICS]")?;
-        let mut parts = rest.split("|#");
-        let (head, dims) = (parts.next()?, parts.next()?);
-        let (name_unit, value) = head.rsplit_once(':')?;
-        let (name, unit) = name_unit.split_once('.')?;
-        let mut kind = None;
-        let mut request_id = None;
-        let mut host_seen = false;
-        for part in parts {
-            if let Some(t) = part.strip_prefix("type:") {
-                kind = Some(t.to_string());
-            } else if part.starts_with("hostname:") {
-                host_seen = true;
-                request_id = part.split(',').nth(2).map(str::to_string);
-            }
-        }
-        if !host_seen {
-            return None;
-        }
-        let dimensions = dims
-            .split(',')
-            .filter_map(|d| d.split_once(':'))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Some(Self {
-            name: name.to_string(),
-            unit: unit.to_string(),
-            value: value.trim().parse().ok()?,
-            dimensions,
-            kind,
-            request_id,
-        })
-    }
 }
 
 // --- The wire format (big-endian ints, length-prefixed strings, -1 list terminators). ---
@@ -802,41 +785,6 @@ mod tests {
         expected.extend_from_slice(br#"{"a":1}"#);
         expected.extend_from_slice(&[0xff; 8]);
         assert_eq!(encode_inference(&[&r]), expected);
-    }
-
-    #[test]
-    fn metrics_lines_parse() {
-        let m = BackendMetric::parse(
-            "[METRICS]HandlerTime.Milliseconds:12.5|#ModelName:echo,Level:Model|#hostname:h,1700000000,req-1",
-        )
-        .unwrap();
-        assert_eq!(
-            (m.name.as_str(), m.unit.as_str(), m.value),
-            ("HandlerTime", "Milliseconds", 12.5)
-        );
-        assert_eq!(
-            m.dimensions,
-            vec![
-                ("ModelName".into(), "echo".into()),
-                ("Level".into(), "Model".into())
-            ]
-        );
-        assert_eq!(m.request_id.as_deref(), Some("req-1"));
-        let m = BackendMetric::parse(
-            "[METRICS]HandlerTime.ms:1.5|#ModelName:m,Level:Model|#type:GAUGE|#hostname:h,1700000000,r2",
-        )
-        .unwrap();
-        assert_eq!(
-            (m.kind.as_deref(), m.request_id.as_deref()),
-            (Some("GAUGE"), Some("r2"))
-        );
-        let m = BackendMetric::parse(
-            "[METRICS]PredictionTime.ms:3|#ModelName:m|#hostname:h,1700000000",
-        )
-        .unwrap();
-        assert_eq!(m.request_id, None);
-        assert!(BackendMetric::parse("[METRICS]garbage").is_none());
-        assert!(BackendMetric::parse("not a metric").is_none());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
 use crate::archive::ModelArchive;
 use crate::backend::{Backend, Tensor};
 use crate::device::Device;
-use crate::error::{ApiError, LoadError};
+use crate::error::{LoadError, ServeError};
 
 pub const NAME: &str = "json_tensor_classifier";
 const DEFAULT_TOPK: usize = 5;
@@ -125,11 +125,11 @@ struct Answer {
 }
 
 impl Handler for TensorClassifier {
-    fn prepare(&self, input: RequestInput) -> Result<Prepared, ApiError> {
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError> {
         let param = input
             .param("data")
             .or_else(|| input.param("body"))
-            .ok_or_else(|| ApiError::bad_request("missing request body"))?;
+            .ok_or_else(|| ServeError::bad_input("missing request body"))?;
         let (tensor, topk) = parse_request(&param.value, self.frames, self.features)?;
         Ok(Prepared::Tensor { tensor, topk })
     }
@@ -159,15 +159,14 @@ impl Engine for SharedModel {
 }
 
 impl TensorClassifier {
-    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ApiError> {
+    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError> {
         let per_item = self.frames * self.features;
         let mut data = Vec::with_capacity(batch.len() * per_item);
         let mut topks = Vec::with_capacity(batch.len());
         for item in batch {
             let Prepared::Tensor { tensor, topk } = item else {
-                return Err(ApiError::internal(
-                    500,
-                    "unexpected input for a native handler",
+                return Err(ServeError::Internal(
+                    "unexpected input for a native handler".into(),
                 ));
             };
             data.extend_from_slice(tensor);
@@ -177,16 +176,13 @@ impl TensorClassifier {
         let output = self
             .model
             .forward(input)
-            .map_err(|e| ApiError::internal(503, format!("Prediction failed: {e}")))?;
+            .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
         if output.shape.first() != Some(&batch.len()) || output.data.len() % batch.len() != 0 {
-            return Err(ApiError::internal(
-                503,
-                format!(
-                    "model returned shape {:?} for a batch of {}",
-                    output.shape,
-                    batch.len()
-                ),
-            ));
+            return Err(ServeError::PredictionFailed(format!(
+                "model returned shape {:?} for a batch of {}",
+                output.shape,
+                batch.len()
+            )));
         }
         let classes = output.data.len() / batch.len();
         let device = self.model.device().to_string();
@@ -234,16 +230,16 @@ pub fn parse_request(
     body: &[u8],
     frames: usize,
     features: usize,
-) -> Result<(Vec<f32>, usize), ApiError> {
+) -> Result<(Vec<f32>, usize), ServeError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let seed = RequestSeed { frames, features };
     let parsed = seed
         .deserialize(&mut de)
         .and_then(|p| de.end().map(|_| p))
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+        .map_err(|e| ServeError::bad_input(format!("invalid request: {e}")))?;
     let (tensor, topk) = parsed;
     let tensor = tensor.ok_or_else(|| {
-        ApiError::bad_request(format!(
+        ServeError::bad_input(format!(
             "invalid request: missing \"landmarks\" (expected [<= {frames} frames, {features} features])"
         ))
     })?;
@@ -447,9 +443,9 @@ mod tests {
     #[test]
     fn wrong_shapes_name_the_expected_shape() {
         let err = parse_request(br#"{"landmarks": [[1, 2, 3]]}"#, 64, 4).unwrap_err();
-        assert_eq!(err.code, 400);
-        assert!(err.message.contains("expected 4"), "{}", err.message);
-        assert!(err.message.contains("[<= 64, 4]"), "{}", err.message);
+        assert!(matches!(err, ServeError::BadInput(_)));
+        assert!(err.to_string().contains("expected 4"), "{err}");
+        assert!(err.to_string().contains("[<= 64, 4]"), "{err}");
         for bad in [
             &br#"{"landmarks": []}"#[..],
             br#"{}"#,
@@ -458,7 +454,10 @@ mod tests {
             br#"{"landmarks": [["a"]]}"#,
             br#"{"landmarks": [[1]], "topk": 0}"#,
         ] {
-            assert_eq!(parse_request(bad, 2, 1).unwrap_err().code, 400);
+            assert!(matches!(
+                parse_request(bad, 2, 1).unwrap_err(),
+                ServeError::BadInput(_)
+            ));
         }
     }
 

@@ -7,8 +7,11 @@
 //!   depth, in-flight requests, batch sizes, restarts, build info) — nothing is logged;
 //! - `legacy`: the three `ts_*` counters are exposed, everything else is logged.
 
+mod backend;
 pub mod config;
 pub mod system;
+
+pub use backend::BackendMetric;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -526,7 +529,7 @@ impl Metrics {
     /// A Python worker's `[METRICS]` line. Metrics metrics.yaml does not list are ignored
     /// unless `model_metrics_auto_detect` is on; then the line's type and dimensions (plus
     /// `Hostname`) define them.
-    pub fn backend(&self, m: &crate::handler::python::BackendMetric) {
+    pub fn backend(&self, m: &BackendMetric) {
         let known = self
             .backend
             .read()
@@ -697,6 +700,33 @@ impl Drop for InFlight {
     }
 }
 
+/// How a request ended, by TorchServe's status classes (the responses counter's `class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success = 0,
+    ClientError = 1,
+    ServerError = 2,
+}
+
+impl Outcome {
+    /// A handler's reply status (1xx and 3xx count as server errors, as in TorchServe).
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            200..=299 => Self::Success,
+            400..=499 => Self::ClientError,
+            _ => Self::ServerError,
+        }
+    }
+
+    pub fn of_error(e: &crate::error::ServeError) -> Self {
+        if e.is_client_fault() {
+            Self::ClientError
+        } else {
+            Self::ServerError
+        }
+    }
+}
+
 impl VersionMetrics {
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.inc();
@@ -704,17 +734,12 @@ impl VersionMetrics {
     }
 
     /// An inference request answered with `status`; `queued` when a worker reached it.
-    pub fn request_done(&self, status: u16, total: Duration, queued: Option<Duration>) {
+    pub fn request_done(&self, outcome: Outcome, total: Duration, queued: Option<Duration>) {
         self.request_duration.observe(total.as_secs_f64());
         if let Some(q) = queued {
             self.queue_duration.observe(q.as_secs_f64());
         }
-        let class = match status {
-            200..=299 => 0,
-            400..=499 => 1,
-            _ => 2,
-        };
-        self.responses[class].inc();
+        self.responses[outcome as usize].inc();
     }
 
     /// A batch a worker ran: its size, the engine's time, and the worker loop's own time

@@ -133,19 +133,25 @@ fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
-/// Samples at start-up and then every `interval`, for the life of the process.
-pub fn spawn(metrics: Arc<Metrics>, interval: Duration, gpu: bool) {
-    let _ = std::thread::Builder::new()
-        .name("system-metrics".into())
-        .spawn(move || {
-            // The first CPU figure needs two readings; take them a moment apart.
-            let mut last = cpu_times();
-            std::thread::sleep(Duration::from_millis(200));
-            loop {
-                sample(&metrics, &mut last, gpu);
-                std::thread::sleep(interval.max(Duration::from_secs(1)));
-            }
-        });
+/// Samples on `runtime` shortly after start-up, then every `interval`, for the life of the
+/// process.
+pub fn spawn(
+    runtime: &tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    gpu: bool,
+) {
+    runtime.spawn(async move {
+        // The first CPU figure needs two readings; take them a moment apart.
+        let mut last = cpu_times();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            // Reading /proc is quick, and the GPU query is bounded; both block briefly.
+            tokio::task::block_in_place(|| sample(&metrics, &mut last, gpu));
+        }
+    });
 }
 
 #[cfg(test)]

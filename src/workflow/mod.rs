@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod dag;
+pub mod executor;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,11 +14,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::archive::ModelArchive;
-use crate::backend::RuntimeOptions;
-use crate::config::Settings;
-use crate::error::ApiError;
+use crate::error::{ServeError, WorkflowFault};
 use crate::fetch;
-use crate::registry::{Registration, Registry};
+use crate::loader::Loader;
+use crate::registry::Registration;
 use archive::WorkflowArchive;
 use spec::{NodeKind, Spec, SpecError};
 
@@ -43,8 +43,8 @@ pub enum WorkflowError {
     #[error("{0}")]
     Io(String),
     /// An error of the registration machinery shared with models (download, allowed_urls).
-    #[error("{}", .0.message)]
-    Api(ApiError),
+    #[error("{0}")]
+    Serve(ServeError),
 }
 
 impl From<SpecError> for WorkflowError {
@@ -56,23 +56,29 @@ impl From<SpecError> for WorkflowError {
     }
 }
 
-impl From<WorkflowError> for ApiError {
+impl From<WorkflowError> for ServeError {
     fn from(e: WorkflowError) -> Self {
-        let message = e.to_string();
-        let (code, kind) = match e {
-            WorkflowError::NotFound(_) => (404, "WorkflowNotFoundException"),
-            WorkflowError::Invalid(_) => (500, "InvalidWorkflowException"),
-            WorkflowError::Dag(_) => (400, "InvalidDAGException"),
-            WorkflowError::Conflict(_) => (409, "ConflictStatusException"),
-            WorkflowError::Nodes { .. } => (500, "WorkflowException"),
-            WorkflowError::Unregister { .. } | WorkflowError::Io(_) => {
-                (500, "InternalServerException")
-            }
+        let fault = match e {
             // A store entry that is not there is a missing workflow, not a missing model.
-            WorkflowError::Api(e) if e.code == 404 => (404, "WorkflowNotFoundException"),
-            WorkflowError::Api(e) => return e,
+            WorkflowError::Serve(ServeError::ArchiveNotFound(m)) => {
+                return ServeError::Workflow(m, WorkflowFault::NotFound)
+            }
+            WorkflowError::Serve(e) => return e,
+            ref e => fault_of(e),
         };
-        ApiError::new(code, kind, message)
+        ServeError::Workflow(e.to_string(), fault)
+    }
+}
+
+fn fault_of(e: &WorkflowError) -> WorkflowFault {
+    match e {
+        WorkflowError::Serve(_) => WorkflowFault::Internal,
+        WorkflowError::NotFound(_) => WorkflowFault::NotFound,
+        WorkflowError::Invalid(_) => WorkflowFault::Invalid,
+        WorkflowError::Dag(_) => WorkflowFault::Dag,
+        WorkflowError::Conflict(_) => WorkflowFault::Conflict,
+        WorkflowError::Nodes { .. } => WorkflowFault::Nodes,
+        WorkflowError::Unregister { .. } | WorkflowError::Io(_) => WorkflowFault::Internal,
     }
 }
 
@@ -95,13 +101,6 @@ pub struct RegisterRequest {
     pub workflow_name: Option<String>,
     pub response_timeout_s: u64,
     pub startup_timeout_s: u64,
-}
-
-/// What registering needs of the server.
-pub struct Context<'a> {
-    pub registry: &'a Registry,
-    pub settings: &'a Settings,
-    pub runtime: &'a RuntimeOptions,
 }
 
 /// Every registered workflow.
@@ -157,17 +156,17 @@ impl Workflows {
     /// Opens the archive, registers every node's model (in parallel, each waiting for its
     /// workers), and keeps the workflow; when a node fails, the nodes registered so far are
     /// removed again. Blocking. Returns the workflow's name.
-    pub fn register(&self, cx: &Context, req: RegisterRequest) -> Result<String, WorkflowError> {
-        let store = cx.settings.workflow_store().ok_or_else(|| {
+    pub fn register(&self, cx: &Loader, req: RegisterRequest) -> Result<String, WorkflowError> {
+        let store = cx.settings().workflow_store().ok_or_else(|| {
             WorkflowError::NotFound("Workflow store has not been configured.".into())
         })?;
         let resolved = fetch::resolve(
             &req.url,
             &store,
-            &cx.settings.allowed_urls,
-            cx.settings.max_archive_size,
+            &cx.settings().allowed_urls,
+            cx.settings().max_archive_size,
         )
-        .map_err(WorkflowError::Api)?;
+        .map_err(WorkflowError::Serve)?;
         let result =
             self.register_resolved(cx, &req, &store, &resolved.entry, &resolved.downloaded);
         if result.is_err() {
@@ -180,7 +179,7 @@ impl Workflows {
 
     fn register_resolved(
         &self,
-        cx: &Context,
+        cx: &Loader,
         req: &RegisterRequest,
         store: &std::path::Path,
         entry: &str,
@@ -190,7 +189,7 @@ impl Workflows {
             store,
             entry,
             req.workflow_name.as_deref(),
-            cx.settings.max_archive_size,
+            cx.settings().max_archive_size,
         )?;
         let name = archive.name.clone();
         let spec = Spec::parse(&archive.spec()?, &name)?;
@@ -221,7 +220,7 @@ impl Workflows {
         let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, r)| r.is_ok());
         if !failed.is_empty() {
             for (model, _) in &ok {
-                let _ = cx.registry.remove(model, None);
+                let _ = cx.unregister(model, None);
             }
             let failures = failed
                 .into_iter()
@@ -245,7 +244,7 @@ impl Workflows {
     }
 
     /// Removes a workflow and its nodes' models.
-    pub fn unregister(&self, registry: &Registry, name: &str) -> Result<(), WorkflowError> {
+    pub fn unregister(&self, loader: &Loader, name: &str) -> Result<(), WorkflowError> {
         let workflow = self
             .map
             .write()
@@ -257,10 +256,10 @@ impl Workflows {
             .nodes
             .iter()
             .filter_map(|node| {
-                registry.remove(&node.model, None).err().map(|e| {
+                loader.unregister(&node.model, None).err().map(|e| {
                     format!(
-                        "Error while unregistering workflow node {}: {}",
-                        node.model, e.message
+                        "Error while unregistering workflow node {}: {e}",
+                        node.model
                     )
                 })
             })
@@ -317,7 +316,7 @@ impl From<&str> for NodeError {
 /// nodes synchronously, with `max-workers` workers).
 /// Registers `nodes` (with their function names) each on its own thread; every node's outcome.
 fn register_together<'a>(
-    cx: &Context,
+    cx: &Loader,
     req: &RegisterRequest,
     workflow: &str,
     nodes: impl Iterator<Item = (&'a spec::Node, &'a String)>,
@@ -351,7 +350,7 @@ fn register_together<'a>(
 }
 
 fn register_node(
-    cx: &Context,
+    cx: &Loader,
     req: &RegisterRequest,
     workflow: &str,
     node: &spec::Node,
@@ -370,12 +369,8 @@ fn register_node(
         workflow: Some(workflow.to_string()),
         ..Registration::default()
     };
-    let settings = cx.settings;
     let model = match &node.kind {
-        NodeKind::Model { url } => cx
-            .registry
-            .register_url(settings, cx.runtime, url, &reg)
-            .map_err(|e| e.message)?,
+        NodeKind::Model { url } => cx.register_url(url, &reg).map_err(|e| e.to_string())?,
         NodeKind::Function => {
             // TorchServe runs `handler.py:function` from the handler file's folder.
             let path = handler.ok_or("the manifest names no handler")?;
@@ -391,16 +386,14 @@ fn register_node(
                 format!("{file}:{function}"),
             );
             let loaded = cx
-                .registry
-                .load_archive(settings, cx.runtime, model, &reg, false)
-                .map_err(|e| ApiError::from(e).message)?;
-            cx.registry.insert(loaded).map_err(|e| e.message)?
+                .load_archive(model, &reg, false)
+                .map_err(|e| e.to_string())?;
+            cx.add(loaded).map_err(|e| e.to_string())?
         }
     };
     if model.pool.limits().0 == 0 {
         return Ok(());
     }
-    cx.registry
-        .await_workers(&model)
-        .map_err(|e| NodeError::NoWorkers(e.message))
+    cx.await_workers(&model)
+        .map_err(|e| NodeError::NoWorkers(e.to_string()))
 }

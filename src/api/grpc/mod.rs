@@ -1,7 +1,7 @@
 //! TorchServe's gRPC APIs: inference on 7070 (`Ping`, `Predictions`, `StreamPredictions`) and
 //! management on 7071 (the six calls), with TorchServe's protos, its metadata authorization
-//! and its mapping of HTTP statuses to gRPC codes. The calls share the REST code paths, so
-//! management replies carry exactly the body REST would answer.
+//! and its gRPC codes. Inference goes through the service as REST's does; management calls
+//! share the operations REST runs, so their replies carry the text and JSON REST answers.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,10 +10,13 @@ use actix_web::web;
 use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{inference, management, AppState};
+use super::error::ApiError;
+use super::management::{self, Answer};
+use super::AppState;
 use crate::auth::KeyKind;
-use crate::error::ApiError;
+use crate::error::ServeError;
 use crate::handler::{Param, RequestInput};
+use crate::serve::{Origin, Target};
 
 pub mod oip;
 
@@ -57,10 +60,11 @@ use pb::management::{
     ScaleWorkerRequest, SetDefaultRequest, UnregisterModelRequest,
 };
 
-/// TorchServe's HTTP status → gRPC code mapping (`GRPCUtils`).
-pub fn status(e: &ApiError) -> Status {
+/// TorchServe's HTTP status → gRPC code table (`GRPCUtils`), for the status a handler's
+/// reply carries.
+fn code_of_status(status: u16) -> tonic::Code {
     use tonic::Code;
-    let code = match e.code {
+    match status {
         400 => Code::InvalidArgument,
         401 => Code::Unauthenticated,
         403 => Code::PermissionDenied,
@@ -75,8 +79,44 @@ pub fn status(e: &ApiError) -> Status {
         504 => Code::DeadlineExceeded,
         402..=499 => Code::FailedPrecondition,
         _ => Code::Internal,
+    }
+}
+
+/// The gRPC code of every [`ServeError`], as TorchServe's services answer them.
+pub fn status(e: &ServeError) -> Status {
+    use crate::error::WorkflowFault;
+    use tonic::Code;
+    use ServeError as E;
+    let code = match e {
+        E::ModelNotFound(_)
+        | E::VersionNotFound { .. }
+        | E::DefaultVersionNotFound { .. }
+        | E::ArchiveNotFound(_)
+        | E::NoSplit(_) => Code::NotFound,
+        E::DownloadFailed(_)
+        | E::NotCanary { .. }
+        | E::AmbiguousCanary(_)
+        | E::BadInput(_)
+        | E::InvalidModel(_)
+        | E::ClientGone => Code::InvalidArgument,
+        E::DefaultVersionInUse(_) => Code::PermissionDenied,
+        E::Conflict(_) => Code::Unknown,
+        E::NoWorker { .. }
+        | E::QueueFull { .. }
+        | E::NoDescribeWorker(_)
+        | E::PredictionFailed(_) => Code::Unavailable,
+        E::Backend { status, .. } => code_of_status(*status),
+        E::Workflow(_, WorkflowFault::NotFound) => Code::NotFound,
+        E::Workflow(_, WorkflowFault::Dag) => Code::InvalidArgument,
+        E::Workflow(_, WorkflowFault::Conflict) => Code::Unknown,
+        E::FileExists(_)
+        | E::WorkersNotStarted(_)
+        | E::WorkerDied
+        | E::Timeout
+        | E::Internal(_)
+        | E::Workflow(..) => Code::Internal,
     };
-    Status::new(code, e.message.clone())
+    Status::new(code, e.to_string())
 }
 
 /// The metadata `authorization: Bearer <key>` check; failure is `PERMISSION_DENIED`.
@@ -91,30 +131,14 @@ fn authorize<T>(state: &AppState, req: &Request<T>, kind: KeyKind) -> Result<(),
     if tokens.check(kind, header) {
         Ok(())
     } else {
-        Err(Status::permission_denied(
-            crate::auth::denied().message.clone(),
-        ))
+        Err(Status::permission_denied(ApiError::denied().message))
     }
 }
 
-/// A REST answer's body as a management reply's `msg`.
-fn message(
-    res: Result<actix_web::HttpResponse, ApiError>,
-) -> Result<Response<ManagementResponse>, Status> {
-    use actix_web::body::MessageBody;
-    let res = res.map_err(|e| status(&e))?;
-    let body = res.into_body().try_into_bytes().unwrap_or_default();
-    // TorchServe's gRPC service sends a status reply's text alone (`Model "m" unregistered`),
-    // and describe and list replies as the REST JSON.
-    let status_text = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| match v {
-            serde_json::Value::Object(o) if o.len() == 1 => {
-                o.get("status")?.as_str().map(str::to_string)
-            }
-            _ => None,
-        });
-    let msg = status_text.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+/// A management answer as a reply's `msg`: TorchServe's gRPC service sends a status reply's
+/// text alone (`Model "m" unregistered`), and describe and list replies as the REST JSON.
+fn message(answer: Result<Answer, ServeError>) -> Result<Response<ManagementResponse>, Status> {
+    let msg = answer.map_err(|e| status(&e))?.into_message();
     Ok(Response::new(ManagementResponse { msg }))
 }
 
@@ -156,52 +180,38 @@ impl Inference {
     }
 }
 
-/// Runs one gRPC inference like REST's `/predictions/{m}[/{v}]`: the split, the metrics, the
-/// queue and the response timeout are the same. A handler's error status becomes the call's.
+/// Runs one gRPC inference through the service, as REST's `/predictions/{m}[/{v}]` does. A
+/// handler's error status becomes the call's.
 pub(super) async fn infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
     params: Vec<Param>,
 ) -> Result<crate::handler::Reply, Status> {
-    let arrived = std::time::Instant::now();
-    let routed = state
-        .registry
-        .route(model, version, None)
+    let target = Target {
+        model,
+        version,
+        routing_key: None,
+    };
+    let call = state
+        .service
+        .route(target, Origin::Grpc)
         // TorchServe reports an unknown model on these calls as INTERNAL.
-        .map_err(|e| Status::internal(e.message))?;
-    let mv = routed.version;
-    let version_label = version.unwrap_or("default");
-    state.metrics.inference_request(&mv.name, version_label);
-    let _in_flight = mv.metrics.in_flight();
+        .map_err(|e| Status::internal(e.to_string()))?;
     let input = RequestInput {
         request_id: uuid::Uuid::new_v4().to_string(),
         headers: Vec::new(),
         params,
     };
-    let result = match mv.handler.prepare(input) {
-        Ok(prepared) => {
-            inference::dispatch(&mv, version, prepared, |_| {}, std::future::pending::<()>())
-                .await
-                .map_err(ApiError::from)
-        }
-        Err(e) => Err(e),
-    };
-    let took = arrived.elapsed();
-    let code = result.as_ref().map_or_else(|e| e.code, |r| r.status);
-    let queued = result.as_ref().ok().map(|r| r.queue_time);
-    mv.finished(routed.split.as_ref(), code, took, queued);
-    let reply = result.map_err(|e| status(&e))?;
-    // TorchServe counts gRPC predictions in QueueTime only: its latency counters are REST's.
-    state
-        .metrics
-        .queue_time(&mv.name, version_label, reply.queue_time);
+    let reply = call
+        .run(input, crate::serve::never())
+        .await
+        .map_err(|e| status(&e))?;
     if reply.status >= 400 {
-        return Err(status(&ApiError::new(
-            reply.status,
-            "InternalServerException",
+        return Err(Status::new(
+            code_of_status(reply.status),
             String::from_utf8_lossy(&reply.body).into_owned(),
-        )));
+        ));
     }
     Ok(reply)
 }
@@ -332,7 +342,7 @@ impl ManagementApIsService for Management {
             ("limit".to_string(), r.limit.to_string()),
             ("next_page_token".to_string(), r.next_page_token.to_string()),
         ];
-        message(management::list(&self.state, &q))
+        message(Ok(management::list(&self.state, &q)))
     }
 
     async fn register_model(
@@ -358,7 +368,7 @@ impl ManagementApIsService for Management {
         put("startup_timeout", positive(r.startup_timeout));
         // gRPC registration is asynchronous unless asked, as in TorchServe.
         put("synchronous", Some(r.synchronous.to_string()));
-        message(management::register(&self.state, management::Params(p)).await)
+        message(management::register(&self.state, super::input::Params(p)).await)
     }
 
     async fn scale_worker(

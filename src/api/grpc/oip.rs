@@ -124,7 +124,7 @@ impl GrpcInferenceService for OpenInference {
             .state
             .registry
             .get(name, nonempty(&r.version))
-            .map_err(|e| Status::not_found(e.message))?;
+            .map_err(|e| Status::not_found(e.to_string()))?;
         Ok(Response::new(ModelReadyResponse {
             ready: m.is_healthy(),
         }))
@@ -149,7 +149,7 @@ impl GrpcInferenceService for OpenInference {
         authorize(&self.state, &req, KeyKind::Inference)?;
         let r = req.into_inner();
         let name = nonempty(&r.name).ok_or_else(|| required("model_name"))?;
-        let not_found = |e: crate::error::ApiError| Status::not_found(e.message);
+        let not_found = |e: crate::error::ServeError| Status::not_found(e.to_string());
         self.state
             .registry
             .get(name, nonempty(&r.version))

@@ -1,0 +1,249 @@
+//! A model version's serving parameters, resolved once at load time with TorchServe's
+//! precedence.
+
+use serde_json::Value;
+
+use crate::archive::ModelArchive;
+use crate::config::Settings;
+
+/// The longest timeout or delay a model may ask for (a year). Any value is accepted, as
+/// TorchServe accepts it, but deadlines are instants, and `now + i64::MAX s` would overflow.
+const MAX_WAIT_S: u64 = 366 * 24 * 3600;
+
+/// What a registration call (`POST /models`) sets explicitly; start-up loading sets nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub model_name: Option<String>,
+    pub handler: Option<String>,
+    pub runtime: Option<String>,
+    pub batch_size: Option<usize>,
+    pub max_batch_delay_ms: Option<u64>,
+    /// Workers to start; `None` at start-up (then `default_workers_per_model` applies).
+    pub initial_workers: Option<usize>,
+    pub response_timeout_s: Option<u64>,
+    pub startup_timeout_s: Option<u64>,
+    /// The workflow whose node this model is.
+    pub workflow: Option<String>,
+}
+
+/// A model version's serving parameters, resolved once at load time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelParams {
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub batch_size: usize,
+    pub max_batch_delay_ms: u64,
+    pub response_timeout_s: u64,
+    pub startup_timeout_s: u64,
+    pub max_retry_timeout_s: u64,
+    pub client_timeout_ms: u64,
+    pub job_queue_size: usize,
+}
+
+impl ModelParams {
+    /// TorchServe's precedence: a registration call's explicit values, then model-config.yaml,
+    /// then the `models=` entry, then server defaults; except timeouts, where model-config.yaml
+    /// and `models=` come before the call. `gpus` is how many GPUs the server uses (0 on the
+    /// CPU): the default worker count.
+    pub fn resolve(
+        settings: &Settings,
+        archive: &ModelArchive,
+        name: &str,
+        version: &str,
+        gpus: usize,
+        reg: &Registration,
+    ) -> Self {
+        let entry = settings
+            .models
+            .get(name)
+            .and_then(|v| v.get(version))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let from_models = |key: &str| entry.get(key).and_then(Value::as_i64).filter(|&v| v > 0);
+        let yaml = &archive.config;
+        let positive = |key: &str| yaml.int(key).filter(|&v| v > 0);
+
+        let default_workers = match reg.initial_workers {
+            Some(n) => n as i64,
+            None => settings.workers_default(gpus) as i64,
+        };
+        let (mut min, mut max) = (default_workers, default_workers);
+        if reg.initial_workers.is_none() {
+            if let Some(v) = from_models("minWorkers") {
+                min = v;
+            }
+            if let Some(v) = from_models("maxWorkers") {
+                max = v;
+            }
+        }
+        if let (Some(ymin), Some(ymax)) = (positive("minWorkers"), yaml.int("maxWorkers")) {
+            if ymax >= ymin {
+                (min, max) = (ymin, ymax);
+            }
+        }
+        let pick = |key: &str, default: i64| {
+            positive(key)
+                .or_else(|| from_models(key))
+                .unwrap_or(default)
+        };
+        let explicit =
+            |v: Option<i64>, key: &str, default: i64| v.unwrap_or_else(|| pick(key, default));
+        // Values found are positive, so the casts keep them.
+        let timeout = |v: Option<u64>, key: &str, default: u64| {
+            positive(key)
+                .or_else(|| from_models(key))
+                .map(|found| found as u64)
+                .or(v)
+                .unwrap_or(default)
+                .min(MAX_WAIT_S)
+        };
+        ModelParams {
+            min_workers: min.max(0) as usize,
+            max_workers: max.max(min).max(0) as usize,
+            batch_size: explicit(reg.batch_size.map(|v| v as i64), "batchSize", 1) as usize,
+            max_batch_delay_ms: explicit(
+                reg.max_batch_delay_ms.map(|v| v as i64),
+                "maxBatchDelay",
+                100,
+            )
+            .min(MAX_WAIT_S as i64 * 1000) as u64,
+            response_timeout_s: timeout(
+                reg.response_timeout_s,
+                "responseTimeout",
+                settings.default_response_timeout,
+            ),
+            startup_timeout_s: timeout(
+                reg.startup_timeout_s,
+                "startupTimeout",
+                settings.default_startup_timeout,
+            ),
+            max_retry_timeout_s: (positive("maxRetryTimeoutInSec").unwrap_or(300) as u64)
+                .min(MAX_WAIT_S),
+            client_timeout_ms: (positive("clientTimeoutInMills").unwrap_or(0) as u64)
+                .min(MAX_WAIT_S * 1000),
+            job_queue_size: positive("jobQueueSize").unwrap_or(settings.job_queue_size as i64)
+                as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+    use std::collections::HashMap;
+
+    fn folder(yaml: Option<&str>) -> (tempfile::TempDir, ModelArchive) {
+        let store = tempfile::tempdir().unwrap();
+        let dir = store.path().join("m");
+        std::fs::create_dir_all(dir.join("MAR-INF")).unwrap();
+        let config = yaml.map_or(String::new(), |_| {
+            ", \"configFile\": \"model-config.yaml\"".into()
+        });
+        std::fs::write(
+            dir.join("MAR-INF/MANIFEST.json"),
+            format!("{{\"model\": {{\"modelName\": \"m\", \"modelVersion\": \"2.0\"{config}}}}}"),
+        )
+        .unwrap();
+        if let Some(y) = yaml {
+            std::fs::write(dir.join("model-config.yaml"), y).unwrap();
+        }
+        let archive = ModelArchive::open(store.path(), "m", 1 << 20).unwrap();
+        (store, archive)
+    }
+
+    fn settings(props: &str) -> Settings {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), props).unwrap();
+        Settings::resolve(&Cli::default(), &HashMap::new(), f.path()).unwrap()
+    }
+
+    #[test]
+    fn defaults_then_models_entry_then_yaml() {
+        let s = settings(
+            "default_workers_per_model=3\ndefault_response_timeout=50\njob_queue_size=7\n",
+        );
+        let (_d, a) = folder(None);
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
+        assert_eq!(
+            (
+                p.min_workers,
+                p.max_workers,
+                p.batch_size,
+                p.max_batch_delay_ms
+            ),
+            (3, 3, 1, 100)
+        );
+        assert_eq!((p.response_timeout_s, p.job_queue_size), (50, 7));
+
+        let s = settings(
+            "default_workers_per_model=3\nmodels={\"m\": {\"2.0\": {\"minWorkers\": 2, \"maxWorkers\": 4, \"batchSize\": 8, \"maxBatchDelay\": 5, \"responseTimeout\": 9}}}\n",
+        );
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
+        assert_eq!(
+            (
+                p.min_workers,
+                p.max_workers,
+                p.batch_size,
+                p.max_batch_delay_ms,
+                p.response_timeout_s
+            ),
+            (2, 4, 8, 5, 9)
+        );
+
+        let (_d, a) = folder(Some(
+            "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 16\njobQueueSize: 3\n",
+        ));
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
+        assert_eq!(
+            (
+                p.min_workers,
+                p.max_workers,
+                p.batch_size,
+                p.max_batch_delay_ms
+            ),
+            (1, 1, 16, 5)
+        );
+        assert_eq!((p.response_timeout_s, p.job_queue_size), (9, 3));
+
+        // An invalid YAML worker pair (max < min) is ignored.
+        let (_d, a) = folder(Some("minWorkers: 5\nmaxWorkers: 2\n"));
+        let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
+        assert_eq!((p.min_workers, p.max_workers), (2, 4));
+    }
+
+    /// Deadlines are `now + timeout`: any value is accepted, at most a year is used.
+    #[test]
+    fn huge_timeouts_are_bounded() {
+        let (_d, a) = folder(Some(
+            "maxRetryTimeoutInSec: 9223372036854775807\nclientTimeoutInMills: 9223372036854775807\n",
+        ));
+        let reg = Registration {
+            response_timeout_s: Some(u64::MAX),
+            startup_timeout_s: Some(i64::MAX as u64),
+            max_batch_delay_ms: Some(i64::MAX as u64),
+            ..Registration::default()
+        };
+        let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 0, &reg);
+        let year = MAX_WAIT_S;
+        assert_eq!(
+            (
+                p.response_timeout_s,
+                p.startup_timeout_s,
+                p.max_retry_timeout_s,
+                p.client_timeout_ms,
+                p.max_batch_delay_ms
+            ),
+            (year, year, year, year * 1000, year * 1000)
+        );
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(p.startup_timeout_s);
+        assert!(later > std::time::Instant::now());
+    }
+
+    #[test]
+    fn gpus_set_the_default_worker_count() {
+        let (_d, a) = folder(None);
+        let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 4, &Registration::default());
+        assert_eq!(p.min_workers, 4);
+    }
+}
