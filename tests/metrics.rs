@@ -420,6 +420,24 @@ def handle(data, context):
         (!ok).then_some(log)
     });
     assert!(!read(&model_log).contains("[METRICS]"));
+    // On the console, each line the worker prints while serving a request names it: the
+    // request's span reaches the worker's output.
+    let (status, _, headers) = post(
+        &format!("{}/predictions/echo", server.inference),
+        "text/plain",
+        "xy",
+    );
+    assert_eq!(status, 200);
+    let id = header(&headers, "x-request-id")
+        .expect("x-request-id")
+        .to_string();
+    eventually("the worker's line under its request", || {
+        let log = server.log_text();
+        let ok = log
+            .lines()
+            .any(|l| l.contains(&format!("id={id}")) && l.contains("echo handled 1"));
+        (!ok).then_some(log)
+    });
 }
 
 /// A real Prometheus server scrapes the metrics listener; its query API returns the series,

@@ -171,7 +171,7 @@ struct PythonWorker {
     socket: PathBuf,
     max_response_size: usize,
     tail: Tail,
-    /// The span of the batch being served, so the worker's log lines name its requests.
+    /// The span of the batch served last, so the worker's log lines name its requests.
     serving: Serving,
 }
 
@@ -400,7 +400,11 @@ impl Engine for PythonWorker {
         batch: &[Prepared],
         partial: &mut dyn FnMut(usize, Reply),
     ) -> Result<Vec<Reply>, EngineError> {
-        let _serving = ServingSpan::enter(self.serving.clone());
+        // The worker's output arrives on its own pipe, after the reply at times: it belongs to
+        // this batch until the next one starts.
+        if let Ok(mut serving) = self.serving.lock() {
+            *serving = tracing::Span::current();
+        }
         let requests: Vec<&RequestInput> = batch
             .iter()
             .map(|p| match p {
@@ -487,26 +491,6 @@ fn tail_text(tail: &Tail) -> String {
         errors
     };
     chosen.join(" | ")
-}
-
-/// Marks the batch's span as the one the worker's output belongs to, until dropped.
-struct ServingSpan(Serving);
-
-impl ServingSpan {
-    fn enter(serving: Serving) -> Self {
-        if let Ok(mut s) = serving.lock() {
-            *s = tracing::Span::current();
-        }
-        Self(serving)
-    }
-}
-
-impl Drop for ServingSpan {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.0.lock() {
-            *s = tracing::Span::none();
-        }
-    }
 }
 
 /// `ModuleNotFoundError: No module named 'x'` and the like.
