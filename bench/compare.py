@@ -39,6 +39,8 @@ BIN, BENCH, BARE, PY = sys.argv[1:5]
 VENV_BIN = os.path.dirname(PY)
 CLK = os.sysconf("SC_CLK_TCK")
 SERVERS = ("torchserve", "ferroserve")
+# Other ferroserve binaries by server name (bench/before_after.py compares two builds).
+BINARIES = {}
 
 # model → (archive in the repository, body file, content type, TorchServe side, ferroserve side)
 MODELS = {
@@ -229,7 +231,8 @@ def start(name, work, store, batch):
         root = int(subprocess.run(["pgrep", "-f", "org.pytorch.serve.ModelServer"], capture_output=True, text=True).stdout.split()[0])
         stop = lambda: subprocess.run(["torchserve", "--stop"], cwd=work, env=env, stdout=log, stderr=log)
     else:
-        proc = subprocess.Popen([BIN, "--foreground", "--python", PY, "--ts-config", cfg], cwd=work, env=env, stdout=log, stderr=log)
+        binary = BINARIES.get(name, BIN)
+        proc = subprocess.Popen([binary, "--foreground", "--python", PY, "--ts-config", cfg], cwd=work, env=env, stdout=log, stderr=log)
         ping, ready = wait_ready(base, started)
         root = proc.pid
 

@@ -297,7 +297,8 @@ pub fn run_batch(
     let span = match live.as_slice() {
         [one] => one.span.clone(),
         jobs => {
-            let span = tracing::info_span!("batch", size = jobs.len());
+            let span =
+                tracing::debug_span!(target: "ferroserve::serve", "batch", size = jobs.len());
             for job in jobs {
                 span.follows_from(&job.span);
             }

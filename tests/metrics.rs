@@ -389,10 +389,12 @@ def handle(data, context):
     print(\"echo handled\", len(data), flush=True)
     return [\"ok\" for _ in data]
 ";
-    let server = python_model_server(
+    // Request spans are DEBUG: turned on for the service, they name each request's lines.
+    let server = python_model_server_with_env(
         "echo",
         ECHO,
         "metrics_mode=prometheus\nmodel_metrics_auto_detect=true",
+        &[("RUST_LOG", "info,ferroserve::serve=debug")],
     );
     let mut sent = 0;
     eventually("worker metrics", || {

@@ -432,6 +432,16 @@ pub fn write_mar(path: &Path, manifest: &str, files: &[(&str, &[u8])]) {
 /// A server whose one model `name` (version 1.0, one worker) is a Python handler: module
 /// `name.py` with `source`, entry point `handle`; `config` adds lines.
 pub fn python_model_server(name: &str, source: &str, config: &str) -> Server {
+    python_model_server_with_env(name, source, config, &[])
+}
+
+/// [`python_model_server`] with environment variables for the server.
+pub fn python_model_server_with_env(
+    name: &str,
+    source: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Server {
     let config = format!(
         "python={}\nmodels={{\"{name}\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n{config}",
         test_python()
@@ -439,6 +449,7 @@ pub fn python_model_server(name: &str, source: &str, config: &str) -> Server {
     Server::start_with(
         Setup {
             config: &config,
+            env,
             ..Setup::default()
         },
         |store| {
