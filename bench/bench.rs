@@ -3,7 +3,9 @@
 //!   and the body decode, measured in the same run;
 //! - `raw B`: the in-process forward pass at batch size B (TorchScript and ONNX);
 //! - `overload`: how fast a full queue is refused (503);
-//! - `memory`: RSS of one model with 1 and with 4 workers (the weights are shared).
+//! - `memory`: RSS of one model with 1 and with 4 workers (the weights are shared);
+//! - `parallel T`: forward passes per second of one loaded model driven from T threads at
+//!   once (TorchScript and ONNX), as T workers of one model version run them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -102,6 +104,62 @@ fn raw_forward(batch: usize) -> [f64; 2] {
 /// server's own.
 fn raw_pipeline() -> [f64; 2] {
     raw(1, true)
+}
+
+/// Forward passes per second (batch 1, one intra-op thread each) of one loaded model, from
+/// `threads` threads at once for three seconds.
+fn parallel(threads: usize) -> [f64; 2] {
+    tch::set_num_threads(1);
+    tch::set_num_interop_threads(1);
+    let options = RuntimeOptions {
+        device: Device::Cpu,
+        intra_op_threads: 1,
+        onnxruntime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
+    };
+    let body = request_body();
+    let input = parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap().0;
+    let mut out = [0.0; 2];
+    for (i, mar) in ["sign.mar", "sign_onnx.mar"].iter().enumerate() {
+        let archive =
+            ModelArchive::open(&repo().join("model-store"), mar, 1 << 30).expect("archive");
+        let file = archive.manifest.model.serialized_file.clone().unwrap();
+        let model = backend::load(&archive.file(&file), &options).expect("model");
+        let forward = || {
+            model
+                .forward(Tensor::new(vec![1, FRAMES, FEATURES], input.clone()))
+                .expect("forward");
+        };
+        // Warm-up on every thread (each gets its session, as a starting worker does).
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    model.prepare_thread();
+                    for _ in 0..20 {
+                        forward();
+                    }
+                });
+            }
+        });
+        let until = Instant::now() + Duration::from_secs(3);
+        let started = Instant::now();
+        let done: usize = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut n = 0;
+                        while Instant::now() < until {
+                            forward();
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).sum()
+        });
+        out[i] = done as f64 / started.elapsed().as_secs_f64();
+    }
+    out
 }
 
 fn raw(batch: usize, decode: bool) -> [f64; 2] {
@@ -239,7 +297,7 @@ impl Drop for Running {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage =
-        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | overload | memory | scrape | decode";
+        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode";
     let bin = PathBuf::from(args.get(1).expect(usage));
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(
@@ -249,6 +307,11 @@ fn main() {
         Some("raw") => {
             let batch = args.get(3).and_then(|s| s.parse().ok()).expect(usage);
             let [ts, onnx] = raw_forward(batch);
+            println!("{ts:.0} {onnx:.0}");
+        }
+        Some("parallel") => {
+            let threads = args.get(3).and_then(|s| s.parse().ok()).expect(usage);
+            let [ts, onnx] = parallel(threads);
             println!("{ts:.0} {onnx:.0}");
         }
         Some("overload") => overload(&bin),
