@@ -39,7 +39,7 @@ disable_token_authorization=true
 intra_op_threads=1
 models={"$MODEL": {"1.0": {"minWorkers": $1, "maxWorkers": $1, "batchSize": 1}}}
 CFG
-  (cd "$work" && OMP_NUM_THREADS=1 RUST_LOG=warn "$BIN" --foreground --ts-config config.properties > server.log 2>&1) &
+  (cd "$work" && OMP_NUM_THREADS=1 RUST_LOG=warn exec "$BIN" --foreground --ts-config config.properties > server.log 2>&1) &
   pid=$!
   for _ in $(seq 300); do
     curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null && break
@@ -49,7 +49,7 @@ CFG
   BODY_FILE="$work/body.json" wrk -t2 -c8 -d1s -s bench/post.lua "http://127.0.0.1:$port/predictions/$MODEL" >/dev/null
   out=$(BODY_FILE="$work/body.json" wrk -t2 -c8 -d"${DURATION}s" -s bench/post.lua "http://127.0.0.1:$port/predictions/$MODEL")
   if echo "$out" | grep -q 'Non-2xx'; then echo "non-2xx answers: $out" >&2; exit 1; fi
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
   echo "$out" | awk '/Requests\/sec/ { print $2 }'
 }
 
