@@ -106,24 +106,34 @@ fn raw_pipeline() -> [f64; 2] {
     raw(1, true)
 }
 
-/// Forward passes per second (batch 1, one intra-op thread each) of one loaded model, from
-/// `threads` threads at once for three seconds.
-fn parallel(threads: usize) -> [f64; 2] {
-    tch::set_num_threads(1);
-    tch::set_num_interop_threads(1);
+/// The bundled sign model as TorchScript and as ONNX, on the CPU with one intra-op thread.
+fn sign_models() -> [Box<dyn backend::Backend>; 2] {
+    // libtorch accepts its thread counts once per process.
+    static THREADS: std::sync::Once = std::sync::Once::new();
+    THREADS.call_once(|| {
+        tch::set_num_threads(1);
+        tch::set_num_interop_threads(1);
+    });
     let options = RuntimeOptions {
         device: Device::Cpu,
         intra_op_threads: 1,
         onnxruntime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
     };
-    let body = request_body();
-    let input = parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap().0;
-    let mut out = [0.0; 2];
-    for (i, mar) in ["sign.mar", "sign_onnx.mar"].iter().enumerate() {
+    ["sign.mar", "sign_onnx.mar"].map(|mar| {
         let archive =
             ModelArchive::open(&repo().join("model-store"), mar, 1 << 30).expect("archive");
         let file = archive.manifest.model.serialized_file.clone().unwrap();
-        let model = backend::load(&archive.file(&file), &options).expect("model");
+        backend::load(&archive.file(&file), &options).expect("model")
+    })
+}
+
+/// Forward passes per second (batch 1, one intra-op thread each) of one loaded model, from
+/// `threads` threads at once for three seconds.
+fn parallel(threads: usize) -> [f64; 2] {
+    let body = request_body();
+    let input = parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap().0;
+    let mut out = [0.0; 2];
+    for (i, model) in sign_models().iter().enumerate() {
         let forward = || {
             model
                 .forward(Tensor::new(vec![1, FRAMES, FEATURES], input.clone()))
@@ -163,26 +173,11 @@ fn parallel(threads: usize) -> [f64; 2] {
 }
 
 fn raw(batch: usize, decode: bool) -> [f64; 2] {
-    // libtorch accepts its thread counts once per process.
-    static THREADS: std::sync::Once = std::sync::Once::new();
-    THREADS.call_once(|| {
-        tch::set_num_threads(1);
-        tch::set_num_interop_threads(1);
-    });
-    let options = RuntimeOptions {
-        device: Device::Cpu,
-        intra_op_threads: 1,
-        onnxruntime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
-    };
     let body = request_body();
     let one = parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap().0;
     let input: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
     let mut out = [0.0; 2];
-    for (i, mar) in ["sign.mar", "sign_onnx.mar"].iter().enumerate() {
-        let archive =
-            ModelArchive::open(&repo().join("model-store"), mar, 1 << 30).expect("archive");
-        let file = archive.manifest.model.serialized_file.clone().unwrap();
-        let model = backend::load(&archive.file(&file), &options).expect("model");
+    for (i, model) in sign_models().iter().enumerate() {
         let run = || {
             let input = if decode {
                 parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap().0

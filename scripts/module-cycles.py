@@ -30,43 +30,32 @@ def strip_comments(text: str) -> str:
     return re.sub(r"//[^\n]*", "", text)
 
 
-def expand(prefix: str, body: str) -> list:
-    """`a::{b, c::{d, e}}` -> ["a::b", "a::c::d", "a::c::e"]."""
-    body = body.strip()
-    if not body.startswith("{"):
-        return [prefix + body]
-    out, depth, start = [], 0, 1
-    inner = body[1:-1]
-    items, current = [], ""
-    for ch in inner:
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
+def split_top(text: str) -> list:
+    """Splits `a, b::{c, d}, e` at the commas outside braces."""
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
         if ch == "," and depth == 0:
             items.append(current)
             current = ""
         else:
             current += ch
-    items.append(current)
-    for item in filter(None, (i.strip() for i in items)):
-        head, sep, rest = item.partition("::{")
-        if sep:
-            out += expand(prefix + head + "::", "{" + rest)
-        else:
-            out.append(prefix + item)
-    del start
-    return out
+    return [i.strip() for i in items + [current] if i.strip()]
+
+
+def expand(path: str) -> list:
+    """`a::{b, c::{d, e}}` -> ["a::b", "a::c::d", "a::c::e"]."""
+    head, sep, rest = path.partition("{")
+    if not sep:
+        return [path]
+    inner = rest[: rest.rindex("}")]
+    return [p for item in split_top(inner) for p in expand(head + item)]
 
 
 def references(text: str) -> list:
     refs = []
-    for m in re.finditer(r"\buse\s+((?:crate|super|self)(?:::\w+)*)::(\{.*?\}|\w+)\s*;", text, re.S):
-        refs += expand(m.group(1) + "::", m.group(2))
-    for m in re.finditer(r"\buse\s+((?:crate|super)(?:::\w+)*)::\{", text):
-        # Nested groups the simple pattern above did not close; take the whole statement.
-        end = text.index(";", m.end())
-        refs += expand(m.group(1) + "::", text[m.end() - 1 : end])
+    for m in re.finditer(r"\buse\s+((?:crate|super|self)\b[^;]*);", text):
+        refs += expand(re.sub(r"\s+", "", m.group(1)))
     refs += re.findall(r"\b(?:crate|super)(?:::\w+)+", text)
     return refs
 

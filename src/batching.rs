@@ -7,7 +7,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::error::ServeError;
 use crate::handler::{Engine, EngineError, Prepared, Reply};
+use crate::signal::Signal;
 
 pub type JobResult = Result<Reply, ServeError>;
 
@@ -59,7 +60,7 @@ pub struct Intake {
     gather: (Sender<Gathering>, Receiver<Gathering>),
     pending: AtomicUsize,
     /// Signalled whenever the queue runs empty (draining waits on it).
-    emptied: (Mutex<()>, Condvar),
+    emptied: Signal,
 }
 
 /// What the gathering worker holds: a solo job met while a batch was being gathered starts
@@ -124,19 +125,9 @@ impl JobQueue {
 
     /// Waits until no job is pending, at most until `deadline`; true when none is.
     pub fn wait_empty(&self, deadline: Instant) -> bool {
-        let (lock, cond) = &self.intake.emptied;
-        let mut guard = lock.lock().expect("queue lock");
-        while self.pending() > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            guard = cond
-                .wait_timeout(guard, deadline - now)
-                .expect("queue lock")
-                .0;
-        }
-        true
+        self.intake
+            .emptied
+            .wait_until(deadline, || self.pending() == 0)
     }
 }
 
@@ -144,8 +135,7 @@ impl Intake {
     /// `n` jobs left the queue.
     fn taken(&self, n: usize) {
         if self.pending.fetch_sub(n, Ordering::SeqCst) == n {
-            let _guard = self.emptied.0.lock();
-            self.emptied.1.notify_all();
+            self.emptied.notify();
         }
     }
 

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod registry;
 pub mod serve;
+pub mod signal;
 pub mod snapshot;
 pub mod startup;
 pub mod worker;

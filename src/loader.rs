@@ -303,14 +303,6 @@ pub fn startup_entries(settings: &Settings) -> Vec<(Option<String>, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Cli;
-    use std::collections::HashMap;
-
-    fn settings(props: &str) -> Settings {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), props).unwrap();
-        Settings::resolve(&Cli::default(), &HashMap::new(), f.path()).unwrap()
-    }
 
     #[test]
     fn startup_entries_expand_all_and_names() {
@@ -319,7 +311,7 @@ mod tests {
             std::fs::write(store.path().join(f), "").unwrap();
         }
         std::fs::create_dir(store.path().join("folder")).unwrap();
-        let s = settings(&format!(
+        let s = Settings::from_properties(&format!(
             "model_store={}\nload_models=all, x=y.mar\n",
             store.path().display()
         ));

@@ -9,13 +9,14 @@
 //! queue keeps moving. Retiring a worker (scale down) lets it finish its batch first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::batching::{run_batch, BatchSettings, Intake, Outcome, Stats};
 use crate::handler::{Engine, Handler};
+use crate::signal::Signal;
 
 /// The most workers one model version runs: each is a thread, a Python worker a process too,
 /// and `min_worker=100000000` must not exhaust the machine.
@@ -66,38 +67,7 @@ struct Shared {
     /// The process serving this worker (this one for native workers); 0 before it started.
     pid: std::sync::atomic::AtomicU32,
     /// The pool's signal: told of every state change.
-    changed: Arc<Changed>,
-}
-
-/// A pool's state-change signal, for waiting on workers to start or exit.
-#[derive(Default)]
-struct Changed {
-    lock: Mutex<()>,
-    cond: Condvar,
-}
-
-impl Changed {
-    fn notify(&self) {
-        let _guard = self.lock.lock();
-        self.cond.notify_all();
-    }
-
-    /// Waits until `done()` holds or `deadline` passed; true when it holds.
-    fn wait_until(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
-        let mut guard = self.lock.lock().expect("pool signal lock");
-        while !done() {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            guard = self
-                .cond
-                .wait_timeout(guard, deadline - now)
-                .expect("pool signal lock")
-                .0;
-        }
-        true
-    }
+    changed: Arc<Signal>,
 }
 
 impl Shared {
@@ -149,7 +119,7 @@ impl Worker {
         intake: Arc<Intake>,
         handler: Arc<dyn Handler>,
         stats: Arc<Stats>,
-        changed: Arc<Changed>,
+        changed: Arc<Signal>,
     ) -> std::io::Result<Self> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let shared = Arc::new(Shared {
@@ -336,7 +306,7 @@ pub struct WorkerPool {
     workers: Mutex<Vec<Worker>>,
     /// (min, max) workers.
     limits: Mutex<(usize, usize)>,
-    changed: Arc<Changed>,
+    changed: Arc<Signal>,
 }
 
 impl WorkerPool {

@@ -527,6 +527,17 @@ fn parse_bool(
 }
 
 #[cfg(test)]
+impl Settings {
+    /// Settings from a config.properties text alone (no command line, no environment), for
+    /// other modules' unit tests.
+    pub(crate) fn from_properties(props: &str) -> Self {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), props).unwrap();
+        Settings::resolve(&Cli::default(), &HashMap::new(), f.path()).unwrap()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;

@@ -84,7 +84,7 @@ impl Canaries {
 
     /// A model's split as the API shows it.
     pub fn view(&self, name: &str) -> Result<Value, ServeError> {
-        self.registry.update(name, |model| {
+        self.registry.inspect(name, |model| {
             let split = model
                 .split()
                 .ok_or_else(|| ServeError::NoSplit(name.to_string()))?;
@@ -121,7 +121,7 @@ impl Canaries {
         let c: ArchiveCanary = serde_json::from_value(canary).map_err(|e| e.to_string())?;
         let mut spec = self
             .registry
-            .update(name, |model| {
+            .inspect(name, |model| {
                 Ok(model
                     .split()
                     .map(|s| s.lock().expect("split lock").effective_spec()))

@@ -130,6 +130,19 @@ impl Registry {
         })
     }
 
+    /// Runs `f` on a model under the read lock.
+    pub fn inspect<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Model) -> Result<T, ServeError>,
+    ) -> Result<T, ServeError> {
+        let models = self.models.read().expect("registry lock");
+        let model = models
+            .get(name)
+            .ok_or_else(|| ServeError::model_not_found(name))?;
+        f(model)
+    }
+
     /// Runs `f` on a model under the write lock (split administration).
     pub fn update<T>(
         &self,

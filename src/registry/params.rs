@@ -130,8 +130,6 @@ impl ModelParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Cli;
-    use std::collections::HashMap;
 
     fn folder(yaml: Option<&str>) -> (tempfile::TempDir, ModelArchive) {
         let store = tempfile::tempdir().unwrap();
@@ -152,15 +150,9 @@ mod tests {
         (store, archive)
     }
 
-    fn settings(props: &str) -> Settings {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), props).unwrap();
-        Settings::resolve(&Cli::default(), &HashMap::new(), f.path()).unwrap()
-    }
-
     #[test]
     fn defaults_then_models_entry_then_yaml() {
-        let s = settings(
+        let s = Settings::from_properties(
             "default_workers_per_model=3\ndefault_response_timeout=50\njob_queue_size=7\n",
         );
         let (_d, a) = folder(None);
@@ -176,7 +168,7 @@ mod tests {
         );
         assert_eq!((p.response_timeout_s, p.job_queue_size), (50, 7));
 
-        let s = settings(
+        let s = Settings::from_properties(
             "default_workers_per_model=3\nmodels={\"m\": {\"2.0\": {\"minWorkers\": 2, \"maxWorkers\": 4, \"batchSize\": 8, \"maxBatchDelay\": 5, \"responseTimeout\": 9}}}\n",
         );
         let p = ModelParams::resolve(&s, &a, "m", "2.0", 0, &Registration::default());
@@ -224,7 +216,7 @@ mod tests {
             max_batch_delay_ms: Some(i64::MAX as u64),
             ..Registration::default()
         };
-        let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 0, &reg);
+        let p = ModelParams::resolve(&Settings::from_properties(""), &a, "m", "2.0", 0, &reg);
         let year = MAX_WAIT_S;
         assert_eq!(
             (
@@ -243,7 +235,14 @@ mod tests {
     #[test]
     fn gpus_set_the_default_worker_count() {
         let (_d, a) = folder(None);
-        let p = ModelParams::resolve(&settings(""), &a, "m", "2.0", 4, &Registration::default());
+        let p = ModelParams::resolve(
+            &Settings::from_properties(""),
+            &a,
+            "m",
+            "2.0",
+            4,
+            &Registration::default(),
+        );
         assert_eq!(p.min_workers, 4);
     }
 }

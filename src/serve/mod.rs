@@ -24,6 +24,9 @@ use crate::registry::{ModelVersion, Registry, SharedSplit};
 /// the blocking pool, so a big image or tensor never stalls the connections next to it.
 const PREPARE_INLINE_BYTES: usize = 64 * 1024;
 
+/// The counters' version label of a request that named no version, as TorchServe's.
+const DEFAULT_LABEL: &str = "default";
+
 /// Which transport asks: TorchServe accounts them differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -33,6 +36,9 @@ pub enum Origin {
     Grpc,
     /// A workflow node: the version's own metrics only.
     Workflow,
+    /// A split's shadow copy (the service's own): the version's metrics and the split's
+    /// window only.
+    Shadow,
 }
 
 /// Where a prediction goes.
@@ -60,16 +66,14 @@ impl Service {
         let routed = self
             .registry
             .route(target.model, target.version, target.routing_key)?;
-        let label = target.version.unwrap_or("default").to_string();
-        if origin != Origin::Workflow {
-            self.metrics.inference_request(target.model, &label);
+        if matches!(origin, Origin::Rest | Origin::Grpc) {
+            let label = target.version.unwrap_or(DEFAULT_LABEL);
+            self.metrics.inference_request(target.model, label);
         }
         let in_flight = routed.version.metrics.in_flight();
         Ok(Call {
             metrics: self.metrics.clone(),
-            model: target.model.to_string(),
             asked: target.version.map(str::to_string),
-            label,
             origin,
             mv: routed.version,
             split: routed.split,
@@ -83,11 +87,8 @@ impl Service {
 /// One routed request, accounted when it ends.
 pub struct Call {
     metrics: Arc<Metrics>,
-    model: String,
-    /// The version the caller named (for TorchServe's error texts).
+    /// The version the caller named (for TorchServe's error texts and the counters' label).
     asked: Option<String>,
-    /// The version label of the request counters (`default` when none was named).
-    label: String,
     origin: Origin,
     mv: Arc<ModelVersion>,
     split: Option<SharedSplit>,
@@ -102,6 +103,11 @@ impl Call {
         &self.mv.version
     }
 
+    /// The version label of the request counters: the one named, else `default`.
+    fn label(&self) -> &str {
+        self.asked.as_deref().unwrap_or(DEFAULT_LABEL)
+    }
+
     /// Runs the request: decode, queue, wait for the answer (at most the response timeout),
     /// or stop waiting when `cancel` resolves (the client left, the node timed out), which
     /// lets the worker skip the job.
@@ -112,7 +118,7 @@ impl Call {
     ) -> Result<Reply, ServeError> {
         // At DEBUG: a span costs a few microseconds, a noticeable share of a native no-op
         // request; `RUST_LOG=ferroserve::serve=debug` turns them on.
-        let span = tracing::debug_span!("request", id = %input.request_id, model = %self.model, version = %self.mv.version);
+        let span = tracing::debug_span!("request", id = %input.request_id, model = %self.mv.name, version = %self.mv.version);
         let work = async {
             tokio::select! {
                 result = self.answer(input) => result,
@@ -134,17 +140,28 @@ impl Call {
         if self.mv.native_envelope.as_deref() == Some("kserve") {
             return envelope::kserve_v1(self, input).await;
         }
-        let shadow = self
-            .split
-            .clone()
-            .zip(self.shadow.clone())
-            .map(|(split, version)| (split, version, input.clone()));
+        let shadow = self.shadow_call().map(|call| (call, input.clone()));
         let prepared = prepare(&self.mv, input).await?;
         let answer = self.submit(prepared)?;
-        if let Some((split, version, input)) = shadow {
-            shadow_copy(split, version, input);
+        if let Some((call, input)) = shadow {
+            mirror(call, input);
         }
         self.wait(answer).await
+    }
+
+    /// The copy of this request for the split's shadow version, if it has one.
+    fn shadow_call(&self) -> Option<Call> {
+        let (split, mv) = (self.split.clone()?, self.shadow.clone()?);
+        Some(Call {
+            metrics: self.metrics.clone(),
+            asked: None,
+            origin: Origin::Shadow,
+            _in_flight: mv.metrics.in_flight(),
+            mv,
+            split: Some(split),
+            shadow: None,
+            arrived: Instant::now(),
+        })
     }
 
     /// Queues a prepared request; the receiver gets its answer.
@@ -152,7 +169,7 @@ impl Call {
         &self,
         input: Prepared,
     ) -> Result<oneshot::Receiver<crate::batching::JobResult>, ServeError> {
-        let (model, version) = (self.model.as_str(), self.asked.as_deref());
+        let (model, version) = (self.mv.name.as_str(), self.asked.as_deref());
         if !self.mv.pool.has_workers() {
             return Err(ServeError::no_worker(model, version));
         }
@@ -200,11 +217,11 @@ impl Call {
         match self.origin {
             Origin::Rest => self
                 .metrics
-                .inference_done(&self.model, &self.label, took, queued),
+                .inference_done(&self.mv.name, self.label(), took, queued),
             // TorchServe counts gRPC predictions in QueueTime only: its latency counters
             // are REST's.
-            Origin::Grpc => self.metrics.queue_time(&self.mv.name, &self.label, queued),
-            Origin::Workflow => {}
+            Origin::Grpc => self.metrics.queue_time(&self.mv.name, self.label(), queued),
+            Origin::Workflow | Origin::Shadow => {}
         }
     }
 }
@@ -224,33 +241,18 @@ async fn prepare(mv: &Arc<ModelVersion>, input: RequestInput) -> Result<Prepared
 
 /// Mirrors a request to a shadow version: queued if there is room, answered into the void;
 /// its latency and errors go to the split's record.
-fn shadow_copy(split: SharedSplit, shadow: Arc<ModelVersion>, request: RequestInput) {
-    let started = Instant::now();
-    let span = tracing::debug_span!("shadow", id = %request.request_id, version = %shadow.version);
+fn mirror(call: Call, input: RequestInput) {
+    let span = tracing::debug_span!("shadow", id = %input.request_id, version = %call.mv.version);
     tokio::spawn(
         async move {
-            let target = shadow.clone();
-            let queued = tokio::task::spawn_blocking(move || {
-                let input = target.handler.prepare(request).ok()?;
-                let (tx, rx) = oneshot::channel();
-                let job = Job {
-                    input,
-                    reply: tx,
-                    solo: false,
-                    enqueued: started,
-                    span: tracing::Span::current(),
-                };
-                target.queue.submit(job).ok().map(|_| rx)
-            })
-            .await;
-            let Ok(Some(rx)) = queued else { return };
-            let answer = tokio::time::timeout(shadow.response_timeout(), rx).await;
-            let outcome = match answer {
-                Ok(Ok(Ok(reply))) => Outcome::of_status(reply.status),
-                Ok(Ok(Err(e))) => Outcome::of_error(&e),
-                _ => Outcome::ServerError,
+            let Ok(prepared) = prepare(&call.mv, input).await else {
+                return;
             };
-            shadow.finished(Some(&split), outcome, started.elapsed(), None);
+            let Ok(answer) = call.submit(prepared) else {
+                return;
+            };
+            let result = call.wait(answer).await;
+            call.finish(&result);
         }
         .instrument(span),
     );
