@@ -43,10 +43,17 @@ IN_STORE = ["squeezenet1_1", "mnist", "densenet161", "resnet-152-batch", "resnet
             "deeplabv3_resnet_101_eager"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """`n` distinct free ports: each socket stays bound until all are chosen, so the kernel
+    cannot hand one port out twice."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def serve_folder(folder):
@@ -84,9 +91,9 @@ class Target:
         for name in IN_STORE:
             shutil.copy(os.path.join(fixtures, f"{name}.mar"), store)
         scheme = "https" if suite.get("tls") else "http"
-        ports = {k: free_port() for k in "imx"}
-        self.base = {k: f"{scheme}://127.0.0.1:{p}" for k, p in ports.items()}
-        self.grpc_ports = (free_port(), free_port())
+        i, m, x, g1, g2 = free_ports(5)
+        self.base = {k: f"{scheme}://127.0.0.1:{p}" for k, p in zip("imx", (i, m, x))}
+        self.grpc_ports = (g1, g2)
         self.grpc = None
         lines = [f"inference_address={self.base['i']}", f"management_address={self.base['m']}",
                  f"metrics_address={self.base['x']}", f"model_store={store}",
