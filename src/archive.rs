@@ -135,6 +135,17 @@ impl ModelConfig {
         n
     }
 
+    /// A boolean key; like TorchServe, only a YAML boolean counts (anything else is logged
+    /// and ignored).
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        let v = self.get(key)?;
+        let b = v.as_bool();
+        if b.is_none() {
+            tracing::warn!(key, value = %v, "model-config.yaml: not a boolean, ignored");
+        }
+        b
+    }
+
     pub fn string(&self, key: &str) -> Option<String> {
         self.get(key).and_then(|v| v.as_str().map(str::to_string))
     }
@@ -174,18 +185,24 @@ impl ModelArchive {
         }
         let in_store = store.join(url);
         let (dir, extracted) = if in_store.is_file() {
-            if !url.ends_with(".mar") && !url.ends_with(".model") {
+            let tgz = is_tgz(url);
+            if !tgz && !url.ends_with(".mar") && !url.ends_with(".model") {
                 return Err(ArchiveError::Corrupt {
                     path: url.into(),
-                    reason: "only .mar (zip) archives are supported".into(),
+                    reason: "only .mar (zip) and .tar.gz archives are supported".into(),
                 });
             }
             let tmp = extraction_dir().map_err(|source| ArchiveError::Io {
                 path: url.into(),
                 source,
             })?;
-            extract_zip(&in_store, tmp.path(), max_size)?;
-            (tmp.path().to_path_buf(), Some(tmp))
+            if tgz {
+                extract_tgz(&in_store, tmp.path(), max_size)?;
+            } else {
+                extract_zip(&in_store, tmp.path(), max_size)?;
+            }
+            // A tgz archive holds its model in a folder of its own, like a model folder.
+            (descend_single_dir(tmp.path().to_path_buf()), Some(tmp))
         } else if in_store.is_dir() {
             (descend_single_dir(in_store), None)
         } else if Path::new(url).is_absolute() && Path::new(url).is_dir() {
@@ -239,6 +256,11 @@ impl ModelArchive {
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+}
+
+/// A gzipped tar archive, by its name (TorchServe's `--archive-format tgz`).
+pub fn is_tgz(url: &str) -> bool {
+    url.ends_with(".tar.gz")
 }
 
 /// TorchServe's default model name for a startup entry without `name=` or manifest name:
@@ -334,95 +356,182 @@ pub fn safe_join(dir: &Path, name: &str) -> Option<PathBuf> {
         .then(|| dir.join(rel))
 }
 
-/// Extracts a zip into `dest`, refusing absolute paths, `..`, symlinks, too many entries,
-/// and entries or totals that inflate past the limits. Sizes are counted on the bytes
-/// actually inflated, never on the sizes the archive claims.
-pub(crate) fn extract_zip(archive: &Path, dest: &Path, max_total: u64) -> Result<(), ArchiveError> {
-    let name = archive.display().to_string();
-    let corrupt = |reason: String| ArchiveError::Corrupt {
-        path: name.clone(),
-        reason,
-    };
-    let file = fs::File::open(archive).map_err(|source| ArchiveError::Io {
-        path: name.clone(),
-        source,
-    })?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| corrupt(e.to_string()))?;
-    if zip.len() > MAX_ENTRIES {
-        return Err(ArchiveError::TooLarge {
-            path: name,
-            reason: format!("{} entries (limit {MAX_ENTRIES})", zip.len()),
-        });
+/// Writes the entries of one archive into `dest` with the limits every format shares: no
+/// absolute paths, `..` or links, at most [`MAX_ENTRIES`] entries and `max_total` bytes, and
+/// no inflation past [`MAX_RATIO`]. Sizes are counted on the bytes actually inflated, never
+/// on the sizes the archive claims.
+struct Extraction<'a> {
+    name: String,
+    dest: &'a Path,
+    max_total: u64,
+    total: u64,
+    entries: usize,
+    buf: Vec<u8>,
+}
+
+impl<'a> Extraction<'a> {
+    fn new(archive: &Path, dest: &'a Path, max_total: u64) -> Self {
+        Self {
+            name: archive.display().to_string(),
+            dest,
+            max_total,
+            total: 0,
+            entries: 0,
+            buf: vec![0u8; 64 * 1024],
+        }
     }
-    let mut total: u64 = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    for i in 0..zip.len() {
-        let mut entry = zip.by_index(i).map_err(|e| corrupt(e.to_string()))?;
-        let entry_name = String::from_utf8_lossy(entry.name_raw()).into_owned();
+
+    fn io(&self, source: std::io::Error) -> ArchiveError {
+        ArchiveError::Io {
+            path: self.name.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> ArchiveError {
+        ArchiveError::Corrupt {
+            path: self.name.clone(),
+            reason,
+        }
+    }
+
+    fn too_large(&self, reason: String) -> ArchiveError {
+        ArchiveError::TooLarge {
+            path: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// Where an entry goes, after the checks on its name; `refused` names a kind of entry
+    /// that is never extracted (links, devices).
+    fn target(
+        &mut self,
+        entry: &str,
+        refused: Option<&'static str>,
+    ) -> Result<PathBuf, ArchiveError> {
         let unsafe_entry = |reason| ArchiveError::UnsafeEntry {
-            path: name.clone(),
-            entry: entry_name.clone(),
+            path: self.name.clone(),
+            entry: entry.to_string(),
             reason,
         };
-        if entry_name.starts_with('/') || entry_name.starts_with('\\') || entry_name.contains(":\\")
-        {
+        self.entries += 1;
+        if self.entries > MAX_ENTRIES {
+            return Err(self.too_large(format!("more than {MAX_ENTRIES} entries")));
+        }
+        if entry.starts_with('/') || entry.starts_with('\\') || entry.contains(":\\") {
             return Err(unsafe_entry("absolute path"));
         }
-        if entry_name.split(['/', '\\']).any(|c| c == "..") {
+        if entry.split(['/', '\\']).any(|c| c == "..") {
             return Err(unsafe_entry("path traversal (..)"));
         }
-        if entry.is_symlink() {
-            return Err(unsafe_entry("symbolic link"));
+        if let Some(kind) = refused {
+            return Err(unsafe_entry(kind));
         }
-        let target =
-            safe_join(dest, &entry_name).ok_or_else(|| unsafe_entry("path escapes the archive"))?;
-        if entry.is_dir() {
-            fs::create_dir_all(&target).map_err(|source| ArchiveError::Io {
-                path: name.clone(),
-                source,
-            })?;
-            continue;
-        }
+        safe_join(self.dest, entry).ok_or_else(|| unsafe_entry("path escapes the archive"))
+    }
+
+    fn dir(&mut self, entry: &str) -> Result<(), ArchiveError> {
+        let target = self.target(entry, None)?;
+        fs::create_dir_all(&target).map_err(|e| self.io(e))
+    }
+
+    /// Copies one file entry; `compressed` is its compressed size where the format tells
+    /// it (zip), for the per-entry ratio; otherwise the whole file's ratio is checked.
+    fn file(
+        &mut self,
+        entry: &str,
+        mut data: impl Read,
+        compressed: u64,
+    ) -> Result<(), ArchiveError> {
+        let target = self.target(entry, None)?;
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|source| ArchiveError::Io {
-                path: name.clone(),
-                source,
-            })?;
+            fs::create_dir_all(parent).map_err(|e| self.io(e))?;
         }
-        let compressed = entry.compressed_size().max(1);
-        let mut out = fs::File::create(&target).map_err(|source| ArchiveError::Io {
-            path: name.clone(),
-            source,
-        })?;
+        let mut out = fs::File::create(&target).map_err(|e| self.io(e))?;
+        let compressed = compressed.max(1);
         let mut written: u64 = 0;
         loop {
-            let n = entry
-                .read(&mut buf)
-                .map_err(|e| corrupt(format!("{entry_name}: {e}")))?;
+            let n = data
+                .read(&mut self.buf)
+                .map_err(|e| self.corrupt(format!("{entry}: {e}")))?;
             if n == 0 {
-                break;
+                return Ok(());
             }
             written += n as u64;
-            total += n as u64;
-            if total > max_total {
-                return Err(ArchiveError::TooLarge {
-                    path: name,
-                    reason: format!("more than {max_total} bytes (max_archive_size)"),
-                });
+            self.total += n as u64;
+            if self.total > self.max_total {
+                let max = self.max_total;
+                return Err(self.too_large(format!("more than {max} bytes (max_archive_size)")));
             }
             if written > RATIO_FLOOR && written / compressed > MAX_RATIO {
-                return Err(ArchiveError::TooLarge {
-                    path: name,
-                    reason: format!(
-                        "{entry_name} inflates more than {MAX_RATIO}:1 (decompression bomb)"
-                    ),
-                });
+                return Err(self.too_large(format!(
+                    "{entry} inflates more than {MAX_RATIO}:1 (decompression bomb)"
+                )));
             }
-            out.write_all(&buf[..n])
-                .map_err(|source| ArchiveError::Io {
-                    path: name.clone(),
-                    source,
-                })?;
+            out.write_all(&self.buf[..n]).map_err(|e| self.io(e))?;
+        }
+    }
+}
+
+/// Extracts a zip (`.mar`) into `dest` with [`Extraction`]'s limits.
+pub(crate) fn extract_zip(archive: &Path, dest: &Path, max_total: u64) -> Result<(), ArchiveError> {
+    let mut x = Extraction::new(archive, dest, max_total);
+    let file = fs::File::open(archive).map_err(|e| x.io(e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| x.corrupt(e.to_string()))?;
+    if zip.len() > MAX_ENTRIES {
+        return Err(x.too_large(format!("{} entries (limit {MAX_ENTRIES})", zip.len())));
+    }
+    for i in 0..zip.len() {
+        let entry = zip.by_index(i).map_err(|e| x.corrupt(e.to_string()))?;
+        let entry_name = String::from_utf8_lossy(entry.name_raw()).into_owned();
+        if entry.is_symlink() {
+            x.target(&entry_name, Some("symbolic link"))?;
+        } else if entry.is_dir() {
+            x.dir(&entry_name)?;
+        } else {
+            let compressed = entry.compressed_size();
+            x.file(&entry_name, entry, compressed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Extracts a gzipped tar (`torch-model-archiver --archive-format tgz`) into `dest` with
+/// [`Extraction`]'s limits; only files and folders are taken (links and devices refused).
+pub(crate) fn extract_tgz(archive: &Path, dest: &Path, max_total: u64) -> Result<(), ArchiveError> {
+    let mut x = Extraction::new(archive, dest, max_total);
+    let file = fs::File::open(archive).map_err(|e| x.io(e))?;
+    let compressed = file.metadata().map_err(|e| x.io(e))?.len();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let entries = tar.entries().map_err(|e| x.corrupt(e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| x.corrupt(e.to_string()))?;
+        let path = entry.path().map_err(|e| x.corrupt(e.to_string()))?;
+        let entry_name = path.to_string_lossy().into_owned();
+        // `./` prefixes are common in tar files: the entry is the rest.
+        let entry_name = entry_name.trim_start_matches("./").to_string();
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                if !entry_name.is_empty() {
+                    x.dir(&entry_name)?;
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                // A tar's entries have no compressed size of their own: each is held to the
+                // whole file's size, and the whole to the same ratio after it.
+                x.file(&entry_name, entry, compressed)?;
+                if x.total > RATIO_FLOOR && x.total / compressed.max(1) > MAX_RATIO {
+                    return Err(x.too_large(format!(
+                        "inflates more than {MAX_RATIO}:1 (decompression bomb)"
+                    )));
+                }
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                x.target(&entry_name, Some("link"))?;
+            }
+            _ => {
+                x.target(&entry_name, Some("not a file or folder"))?;
+            }
         }
     }
     Ok(())
@@ -493,5 +602,73 @@ mod tests {
         assert_eq!(c.int("minWorkers"), Some(2));
         assert_eq!(c.int("batchSize"), None);
         assert_eq!(c.get("handler").unwrap()["frames"], 64);
+    }
+
+    /// A gzipped tar of `entries`: (raw name, kind, data); raw names bypass the tar
+    /// writer's own checks, so hostile archives can be made.
+    fn tgz(dir: &Path, entries: &[(&str, tar::EntryType, &[u8])]) -> PathBuf {
+        let path = dir.join("m.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(&path).unwrap(),
+            flate2::Compression::default(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        for (name, kind, data) in entries {
+            let mut header = tar::Header::new_old();
+            let raw = &mut header.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_entry_type(*kind);
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            if *kind == tar::EntryType::Symlink {
+                header.set_link_name("/etc/passwd").unwrap();
+            }
+            header.set_cksum();
+            tar.append(&header, *data).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn tgz_archives_open_as_their_model_folder() {
+        let store = tempfile::tempdir().unwrap();
+        let manifest = br#"{"model": {"modelName": "t", "modelVersion": "3.0"}}"#;
+        tgz(
+            store.path(),
+            &[
+                ("t/", tar::EntryType::Directory, b""),
+                ("t/MAR-INF/MANIFEST.json", tar::EntryType::Regular, manifest),
+                ("t/handler.py", tar::EntryType::Regular, b"x = 1\n"),
+            ],
+        );
+        let a = ModelArchive::open(store.path(), "m.tar.gz", 1 << 20).unwrap();
+        assert_eq!(a.manifest.model.model_version.as_deref(), Some("3.0"));
+        assert!(a.file("handler.py").is_file());
+        assert_eq!(default_model_name("m.tar.gz"), "m_tar_gz");
+    }
+
+    #[test]
+    fn tgz_links_traversal_and_bombs_are_refused() {
+        let refused = |entries: &[(&str, tar::EntryType, &[u8])], max: u64| {
+            let store = tempfile::tempdir().unwrap();
+            tgz(store.path(), entries);
+            ModelArchive::open(store.path(), "m.tar.gz", max)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused(&[("m/link", tar::EntryType::Symlink, b"")], 1 << 20);
+        assert!(e.contains("link"), "{e}");
+        let e = refused(&[("m/../../x", tar::EntryType::Regular, b"x")], 1 << 20);
+        assert!(e.contains("path traversal"), "{e}");
+        let e = refused(&[("/etc/x", tar::EntryType::Regular, b"x")], 1 << 20);
+        assert!(e.contains("absolute path"), "{e}");
+        let e = refused(&[("m/dev", tar::EntryType::Char, b"")], 1 << 20);
+        assert!(e.contains("not a file or folder"), "{e}");
+        let zeros = vec![0u8; 4 << 20];
+        let e = refused(&[("m/zeros", tar::EntryType::Regular, &zeros)], 1 << 30);
+        assert!(e.contains("decompression bomb"), "{e}");
+        let e = refused(&[("m/zeros", tar::EntryType::Regular, &zeros)], 1 << 20);
+        assert!(e.contains("max_archive_size"), "{e}");
     }
 }

@@ -34,10 +34,13 @@ pub struct Job {
 pub struct BatchSettings {
     pub batch_size: usize,
     pub max_batch_delay: Duration,
+    /// `clientTimeoutInMills`: a job that waited longer is answered, not run.
+    pub client_timeout: Option<Duration>,
 }
 
 /// Why a job was not queued.
 pub enum SubmitError {
+    /// The queue is full, or no worker holds a free job ticket.
     Full,
     Closed,
 }
@@ -61,6 +64,10 @@ pub struct Intake {
     pending: AtomicUsize,
     /// Signalled whenever the queue runs empty (draining waits on it).
     emptied: Signal,
+    /// `useJobTicket`: a worker that starts waiting for a batch issues a ticket, each accepted
+    /// request takes one, so requests are taken only while a worker waits (TorchServe's
+    /// job tickets). `None`: requests queue up to the capacity.
+    tickets: Option<AtomicUsize>,
 }
 
 /// What the gathering worker holds: a solo job met while a batch was being gathered starts
@@ -81,6 +88,15 @@ pub const MAX_QUEUE_SIZE: usize = 100_000;
 
 impl JobQueue {
     pub fn new(capacity: usize) -> Self {
+        Self::build(capacity, false)
+    }
+
+    /// A queue that takes a request only while a worker waits for one (`useJobTicket`).
+    pub fn with_job_tickets(capacity: usize) -> Self {
+        Self::build(capacity, true)
+    }
+
+    fn build(capacity: usize, job_tickets: bool) -> Self {
         let capacity = capacity.min(MAX_QUEUE_SIZE);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let gather = crossbeam_channel::bounded(1);
@@ -95,12 +111,20 @@ impl JobQueue {
                 gather,
                 pending: AtomicUsize::new(0),
                 emptied: Default::default(),
+                tickets: job_tickets.then(|| AtomicUsize::new(0)),
             }),
             capacity,
         }
     }
 
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        if let Some(tickets) = &self.intake.tickets {
+            let took =
+                tickets.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if took.is_err() {
+                return Err(SubmitError::Full);
+            }
+        }
         self.intake.pending.fetch_add(1, Ordering::SeqCst);
         self.tx.try_send(job).map_err(|e| {
             self.intake.taken(1);
@@ -142,6 +166,18 @@ impl Intake {
     /// Waits for the right to gather, then for the first job, then gathers more within the
     /// delay. `None` when the queue closed or `stop` disconnected while waiting.
     pub fn next_batch(&self, settings: BatchSettings, stop: &Receiver<()>) -> Option<Vec<Job>> {
+        if let Some(tickets) = &self.tickets {
+            tickets.fetch_add(1, Ordering::SeqCst);
+        }
+        let batch = self.wait_and_gather(settings, stop);
+        if let (None, Some(tickets)) = (&batch, &self.tickets) {
+            // A worker that stops waiting takes its unused ticket back.
+            let _ = tickets.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        }
+        batch
+    }
+
+    fn wait_and_gather(&self, settings: BatchSettings, stop: &Receiver<()>) -> Option<Vec<Job>> {
         let mut gathering = select! {
             recv(self.gather.1) -> token => token.ok()?,
             recv(stop) -> _ => return None,
@@ -270,18 +306,39 @@ impl Delivery<'_> {
     }
 }
 
-/// Runs one batch and answers every job in it.
+/// Runs one batch and answers every job in it; `client_timeout` answers the jobs that waited
+/// longer than it without running them.
 pub fn run_batch(
     engine: &mut dyn Engine,
     batch: Vec<Job>,
+    client_timeout: Option<Duration>,
     stats: &Stats,
     metrics: &crate::metrics::VersionMetrics,
     runtime: &tokio::runtime::Handle,
 ) -> Outcome {
     let total = batch.len();
     let dispatched = Instant::now();
-    // Requests whose client went away are dropped before they reach the model.
-    let live: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    // Requests whose client went away, or that waited past the client's timeout, are dropped
+    // before they reach the model.
+    let live: Vec<Job> = batch
+        .into_iter()
+        .filter(|j| !j.reply.is_closed())
+        .filter_map(|j| match client_timeout {
+            Some(limit) if dispatched - j.enqueued > limit => {
+                let waited = dispatched - j.enqueued;
+                tracing::warn!(
+                    waited_ms = waited.as_millis() as u64,
+                    "request dropped: it waited longer than clientTimeoutInMills"
+                );
+                let _ = j.reply.send(Err(ServeError::ClientTimeout {
+                    waited_ms: waited.as_millis() as u64,
+                    limit_ms: limit.as_millis() as u64,
+                }));
+                None
+            }
+            _ => Some(j),
+        })
+        .collect();
     // A batch of one runs in its request's span; a larger one in a span that follows all of
     // theirs, so every log line of the engine names the requests it serves.
     let span = match live.as_slice() {

@@ -35,12 +35,17 @@ pub enum ServeError {
     },
     #[error("Model \"{0}\" has no worker to serve describe request. Please use scale workers API to add workers.")]
     NoDescribeWorker(String),
-    /// The job queue is full; TorchServe answers it as [`ServeError::NoWorker`].
+    /// The job queue is full, or (`useJobTicket`) no worker waits for a request; TorchServe
+    /// answers both as [`ServeError::NoWorker`].
     #[error("{} has no worker to serve inference request. Please use scale workers API to add workers. If this is a sequence inference, please check if it is closed, or expired; or exceeds maxSequenceJobQueueSize", who(.model, .version.as_deref()))]
     QueueFull {
         model: String,
         version: Option<String>,
     },
+    /// A queued request older than the model's `clientTimeoutInMills` when a worker reached
+    /// it: answered instead of run (TorchServe drops it without an answer).
+    #[error("Request dropped: it waited {waited_ms} ms in the queue, longer than the model's clientTimeoutInMills ({limit_ms} ms)")]
+    ClientTimeout { waited_ms: u64, limit_ms: u64 },
     /// The request, or a management call's parameters, cannot be used.
     #[error("{0}")]
     BadInput(String),

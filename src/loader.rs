@@ -98,6 +98,23 @@ impl Loader {
         url: &str,
         reg: &Registration,
     ) -> Result<Arc<ModelVersion>, ServeError> {
+        let m = self.load_url(url, reg, false)?;
+        let downloaded = m.downloaded.clone();
+        self.add(m).inspect_err(|_| {
+            if let Some(file) = &downloaded {
+                let _ = std::fs::remove_file(file);
+            }
+        })
+    }
+
+    /// Loads `url` (a store entry, or an allowed URL fetched into the store first, deleted
+    /// again if it does not load) without adding it. Blocking.
+    pub fn load_url(
+        &self,
+        url: &str,
+        reg: &Registration,
+        at_startup: bool,
+    ) -> Result<ModelVersion, ServeError> {
         let settings = &self.settings;
         let store = settings.model_store.as_deref().ok_or_else(|| {
             ServeError::ArchiveNotFound("Model store has not been configured.".into())
@@ -108,20 +125,19 @@ impl Loader {
             &settings.allowed_urls,
             settings.max_archive_size,
         )?;
-        let registered = self
-            .load(&resolved.entry, reg, false)
-            .map_err(ServeError::from)
-            .and_then(|mut m| {
+        match self.load(&resolved.entry, reg, at_startup) {
+            Ok(mut m) => {
                 m.archive.url = url.to_string();
-                m.downloaded = resolved.downloaded.clone();
-                self.add(m)
-            });
-        if registered.is_err() {
-            if let Some(file) = &resolved.downloaded {
-                let _ = std::fs::remove_file(file);
+                m.downloaded = resolved.downloaded;
+                Ok(m)
+            }
+            Err(e) => {
+                if let Some(file) = &resolved.downloaded {
+                    let _ = std::fs::remove_file(file);
+                }
+                Err(e.into())
             }
         }
-        registered
     }
 
     /// Waits up to the version's start-up timeout for its workers; a version whose workers do
@@ -195,6 +211,24 @@ impl Loader {
                 "Runtime is not defined or invalid.".into(),
             ));
         }
+        if let Some(reason) = crate::registry::params::unsupported(&archive.config) {
+            return Err(LoadError::Invalid(reason));
+        }
+        // `deviceType: cpu` keeps this model off the server's GPU.
+        let cpu_only;
+        let runtime = if archive
+            .config
+            .string("deviceType")
+            .is_some_and(|t| t.eq_ignore_ascii_case("cpu"))
+        {
+            cpu_only = RuntimeOptions {
+                device: crate::device::Device::Cpu,
+                ..runtime.clone()
+            };
+            &cpu_only
+        } else {
+            runtime
+        };
         let gpus = if runtime.device.is_gpu() {
             settings.number_of_gpu.unwrap_or(1)
         } else {
@@ -210,11 +244,16 @@ impl Loader {
                 batch_size: params.batch_size,
                 response_timeout: Duration::from_secs(params.response_timeout_s.max(1)),
                 startup_timeout: Duration::from_secs(params.startup_timeout_s.max(1)),
+                use_venv: params.use_venv,
                 settings,
                 metrics: &self.metrics,
             },
         )?;
-        let queue = JobQueue::new(params.job_queue_size.max(1));
+        let queue = if params.use_job_ticket {
+            JobQueue::with_job_tickets(params.job_queue_size.max(1))
+        } else {
+            JobQueue::new(params.job_queue_size.max(1))
+        };
         let metrics = self.metrics.version(&name, &version);
         let native_envelope = handler::native_handler_name(&archive)
             .and(handler::envelope(settings, &archive))
@@ -225,6 +264,8 @@ impl Loader {
             batch: BatchSettings {
                 batch_size: params.batch_size.max(1),
                 max_batch_delay: Duration::from_millis(params.max_batch_delay_ms),
+                client_timeout: (params.client_timeout_ms > 0)
+                    .then(|| Duration::from_millis(params.client_timeout_ms)),
             },
             max_retry: Duration::from_secs(params.max_retry_timeout_s),
             runtime: self.tasks.clone(),
@@ -263,7 +304,7 @@ impl Loader {
     }
 }
 
-/// Expands `load_models` entries: `all` means every `.mar`/`.model` file and folder of the
+/// Expands `load_models` entries: `all` means every `.mar`/`.model`/`.tar.gz` file and folder of the
 /// store (hidden entries skipped); otherwise `[name=]url` entries.
 pub fn startup_entries(settings: &Settings) -> Vec<(Option<String>, String)> {
     let mut out = Vec::new();
@@ -280,7 +321,8 @@ pub fn startup_entries(settings: &Settings) -> Vec<(Option<String>, String)> {
                             let keep = !name.starts_with('.')
                                 && (e.path().is_dir()
                                     || name.ends_with(".mar")
-                                    || name.ends_with(".model"));
+                                    || name.ends_with(".model")
+                                    || archive::is_tgz(&name));
                             keep.then_some(name)
                         })
                         .collect()

@@ -101,7 +101,7 @@ pub fn load(loader: &Loader, canaries: &Canaries, entries: Vec<Entry>, state: &S
             break;
         }
         let result = loader
-            .load(&entry.url, &entry.registration, true)
+            .load_url(&entry.url, &entry.registration, true)
             .map_err(|e| e.to_string())
             .and_then(|m| {
                 let (n, v, d, w) = (

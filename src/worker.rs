@@ -285,7 +285,14 @@ fn serve_batches(
     while let Some(batch) = intake.next_batch(cfg.batch, stop) {
         let started = s.epoch.elapsed().as_millis().max(1) as u64;
         s.busy_since_ms.store(started, Ordering::SeqCst);
-        let outcome = run_batch(engine, batch, stats, &cfg.metrics, &cfg.runtime);
+        let outcome = run_batch(
+            engine,
+            batch,
+            cfg.batch.client_timeout,
+            stats,
+            &cfg.metrics,
+            &cfg.runtime,
+        );
         s.busy_since_ms.store(0, Ordering::SeqCst);
         if s.stop.load(Ordering::SeqCst) {
             return false;
@@ -551,6 +558,7 @@ mod tests {
                 batch: BatchSettings {
                     batch_size,
                     max_batch_delay: Duration::from_millis(50),
+                    client_timeout: None,
                 },
                 max_retry,
                 metrics: Arc::new(crate::metrics::Metrics::with_defaults(

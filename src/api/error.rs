@@ -110,9 +110,10 @@ impl From<ServeError> for ApiError {
             E::InvalidModel(_) => (400, "InvalidModelException"),
             E::DefaultVersionInUse(_) => (403, "InvalidModelVersionException"),
             E::Conflict(_) => (409, "ConflictStatusException"),
-            E::NoWorker { .. } | E::QueueFull { .. } | E::NoDescribeWorker(_) => {
-                (503, "ServiceUnavailableException")
-            }
+            E::NoWorker { .. }
+            | E::QueueFull { .. }
+            | E::NoDescribeWorker(_)
+            | E::ClientTimeout { .. } => (503, "ServiceUnavailableException"),
             E::PredictionFailed(_) => (503, "InternalServerException"),
             E::Backend { status, .. } => (*status, "InternalServerException"),
             E::FileExists(_)

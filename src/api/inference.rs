@@ -161,7 +161,10 @@ async fn predict(
     let mut res = match result {
         Ok(reply) => response::reply(reply),
         Err(e) => {
-            let full = matches!(e, ServeError::QueueFull { .. });
+            let full = matches!(
+                e,
+                ServeError::QueueFull { .. } | ServeError::ClientTimeout { .. }
+            );
             let mut res = response::error(&e.into());
             if full {
                 // The queue drains within about one batch time; tell clients to come back soon.

@@ -169,6 +169,8 @@ pub struct HandlerSpec<'a> {
     pub batch_size: usize,
     pub response_timeout: std::time::Duration,
     pub startup_timeout: std::time::Duration,
+    /// `useVenv`: Python workers run in a virtual environment of the model's own.
+    pub use_venv: bool,
     pub settings: &'a crate::config::Settings,
     pub metrics: &'a Arc<crate::metrics::Metrics>,
 }
@@ -248,16 +250,26 @@ fn python_handler(
             String::new()
         });
     let ts_home = python::locate_ts(&settings.python)?;
+    let (venv, worker_python) = if spec.use_venv {
+        let (dir, venv_python) = python::create_venv(&settings.python, spec.model_name)?;
+        (Some(dir), venv_python)
+    } else {
+        (None, settings.python.clone())
+    };
     let deps = match (
         &archive.manifest.model.requirements_file,
         settings.install_py_dep_per_model,
     ) {
-        (Some(file), true) => Some(python::install_requirements(
+        (Some(file), true) => python::install_requirements(
             &settings.python,
             archive,
             file,
             spec.model_name,
-        )?),
+            match venv {
+                Some(_) => python::Requirements::Venv(&worker_python),
+                None => python::Requirements::Directory,
+            },
+        )?,
         _ => None,
     };
     let model_dir = archive
@@ -275,7 +287,8 @@ fn python_handler(
         max_response_size: settings.max_response_size,
         decode_input_request: settings.decode_input_request,
         limit_max_image_pixels: settings.limit_max_image_pixels,
-        python: settings.python.clone(),
+        python: worker_python,
+        venv,
         ts_home,
         socket_dir: python::socket_dir().map_err(|e| {
             LoadError::Invalid(format!("cannot create the worker socket directory: {e}"))

@@ -30,7 +30,10 @@ pub struct PythonHandler {
     pub max_response_size: usize,
     pub decode_input_request: bool,
     pub limit_max_image_pixels: bool,
+    /// The workers' interpreter: the server's, or the model's virtual environment's.
     pub python: PathBuf,
+    /// `useVenv`: the model's virtual environment, held for the model's lifetime.
+    pub venv: Option<tempfile::TempDir>,
     /// The directory holding the `ts` package.
     pub ts_home: PathBuf,
     /// Where worker sockets go (TorchServe: `<tmpdir>/.ts.sock.<id>`).
@@ -48,14 +51,25 @@ pub struct PythonHandler {
     pub blacklist_env_vars: Option<regex::Regex>,
 }
 
-/// `pip install -r <requirementsFile>` into a private directory of the model (never the
-/// server's environment), its output in the log; the directory joins the worker's PYTHONPATH.
+/// Where a model's requirements go.
+pub enum Requirements<'a> {
+    /// A private directory of the model (never the server's environment) that joins the
+    /// workers' PYTHONPATH: `pip install -U -t`.
+    Directory,
+    /// The model's virtual environment, by its interpreter: `pip install -U
+    /// --upgrade-strategy only-if-needed`, as TorchServe's `useVenv`.
+    Venv(&'a Path),
+}
+
+/// `pip install -r <requirementsFile>` for this model only, its output in the log. Returns the
+/// private directory for [`Requirements::Directory`].
 pub fn install_requirements(
     python: &Path,
     archive: &crate::archive::ModelArchive,
     file: &str,
     model: &str,
-) -> Result<tempfile::TempDir, LoadError> {
+    into: Requirements<'_>,
+) -> Result<Option<tempfile::TempDir>, LoadError> {
     let failed = |why: String| {
         LoadError::Invalid(format!(
             "Custom pip package installation failed for model {model}: {why}"
@@ -64,43 +78,102 @@ pub fn install_requirements(
     let requirements = crate::archive::safe_join(&archive.dir, file)
         .filter(|p| p.is_file())
         .ok_or_else(|| failed(format!("{file} is missing from the archive")))?;
-    let target = tempfile::Builder::new()
-        .prefix("pydeps-")
-        .tempdir()
-        .map_err(|e| failed(e.to_string()))?;
     tracing::info!(model, "installing {file} for this model");
-    let out = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-U",
-            "-t",
-        ])
-        .arg(target.path())
+    let (mut cmd, target) = match into {
+        Requirements::Directory => {
+            let target = tempfile::Builder::new()
+                .prefix("pydeps-")
+                .tempdir()
+                .map_err(|e| failed(e.to_string()))?;
+            let mut cmd = Command::new(python);
+            cmd.args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-U",
+                "-t",
+            ])
+            .arg(target.path());
+            (cmd, Some(target))
+        }
+        Requirements::Venv(venv_python) => {
+            let mut cmd = Command::new(venv_python);
+            cmd.args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-U",
+                "--upgrade-strategy",
+                "only-if-needed",
+            ]);
+            (cmd, None)
+        }
+    };
+    let out = cmd
         .arg("-r")
         .arg(&requirements)
         .current_dir(&archive.dir)
         .output()
         .map_err(|e| failed(e.to_string()))?;
+    log_output(model, "pip", &out);
+    if !out.status.success() {
+        return Err(failed(last_line(&out.stderr, "pip failed")));
+    }
+    Ok(target)
+}
+
+/// `useVenv`: a virtual environment of the model's own, made once at load and used by all its
+/// workers. Like TorchServe's, it inherits the server environment's packages (TorchServe's
+/// worker, torch) through a `.pth` file, so what the model installs lands in it alone and
+/// shadows, never changes, the server's. Returns the directory and its interpreter.
+pub fn create_venv(python: &Path, model: &str) -> Result<(tempfile::TempDir, PathBuf), LoadError> {
+    const CREATE: &str = "import glob, os, site, sys, venv\n\
+        d = sys.argv[1]\n\
+        venv.create(d, clear=True, symlinks=True, with_pip=False)\n\
+        sp = glob.glob(os.path.join(d, 'lib', 'python*', 'site-packages'))[0]\n\
+        inherited = ([site.getusersitepackages()] if site.ENABLE_USER_SITE else []) + site.getsitepackages()\n\
+        open(os.path.join(sp, 'inherited-site-packages.pth'), 'w').write(''.join(p + '\\n' for p in inherited))\n";
+    let failed = |why: String| {
+        LoadError::Invalid(format!(
+            "Virtual environment creation failed for model {model}: {why}"
+        ))
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("pyvenv-")
+        .tempdir()
+        .map_err(|e| failed(e.to_string()))?;
+    let out = Command::new(python)
+        .args(["-c", CREATE])
+        .arg(dir.path())
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
+    log_output(model, "venv", &out);
+    if !out.status.success() {
+        return Err(failed(last_line(&out.stderr, "venv failed")));
+    }
+    let venv_python = dir.path().join("bin/python");
+    tracing::info!(model, venv = %dir.path().display(), "created the model's virtual environment");
+    Ok((dir, venv_python))
+}
+
+fn log_output(model: &str, tool: &str, out: &std::process::Output) {
     for line in String::from_utf8_lossy(&out.stdout)
         .lines()
         .chain(String::from_utf8_lossy(&out.stderr).lines())
     {
-        tracing::info!(model, "pip: {line}");
+        tracing::info!(model, "{tool}: {line}");
     }
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(failed(
-            err.trim()
-                .lines()
-                .last()
-                .unwrap_or("pip failed")
-                .to_string(),
-        ));
-    }
-    Ok(target)
+}
+
+fn last_line(text: &[u8], otherwise: &str) -> String {
+    String::from_utf8_lossy(text)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or(otherwise)
+        .to_string()
 }
 
 /// Worker sockets live in a directory of this server process, so that two servers (or a

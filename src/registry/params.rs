@@ -36,8 +36,61 @@ pub struct ModelParams {
     pub response_timeout_s: u64,
     pub startup_timeout_s: u64,
     pub max_retry_timeout_s: u64,
+    /// A queued job older than this is answered without being run; 0: never.
     pub client_timeout_ms: u64,
     pub job_queue_size: usize,
+    /// Accept a request only while a worker waits for one (`useJobTicket`).
+    pub use_job_ticket: bool,
+    /// Python workers run in a virtual environment of the model's own (`useVenv`).
+    pub use_venv: bool,
+}
+
+/// Keys of model-config.yaml that TorchServe documents and ferroserve cannot honour: a model
+/// asking for one is refused at load with the key and the reason, never served differently.
+/// The reason names what would be needed.
+pub fn unsupported(yaml: &crate::archive::ModelConfig) -> Option<String> {
+    let refuse = |key: &str, why: &str| {
+        Some(format!(
+            "model-config.yaml: {key} is not supported by ferroserve: {why}"
+        ))
+    };
+    let parallel = yaml
+        .string("parallelType")
+        .filter(|t| !t.trim().is_empty() && !t.eq_ignore_ascii_case("none"));
+    if let (Some(kind), Some(level)) = (&parallel, yaml.int("parallelLevel").filter(|&l| l > 0)) {
+        return refuse(
+            "parallelType",
+            &format!("'{kind}' with parallelLevel {level} runs one worker across several GPUs or processes (torchrun), which ferroserve does not launch"),
+        );
+    }
+    if yaml.get("torchrun").is_some() {
+        return refuse(
+            "torchrun",
+            "workers launched as multi-process torchrun groups are not run",
+        );
+    }
+    if yaml.get("deepspeed").is_some() {
+        return refuse(
+            "deepspeed",
+            "DeepSpeed needs multi-process torchrun workers, which ferroserve does not launch",
+        );
+    }
+    if yaml.bool("asyncCommunication") == Some(true) {
+        return refuse(
+            "asyncCommunication",
+            "the asynchronous worker protocol (replies out of order) is not spoken",
+        );
+    }
+    if yaml.bool("continuousBatching") == Some(true) {
+        return refuse("continuousBatching", "continuous batching between the server and a streaming Python worker is not implemented yet");
+    }
+    if yaml.bool("sequenceBatching") == Some(true) {
+        return refuse(
+            "sequenceBatching",
+            "stateful sequence batching is not implemented yet",
+        );
+    }
+    None
 }
 
 impl ModelParams {
@@ -123,6 +176,8 @@ impl ModelParams {
                 .min(MAX_WAIT_S * 1000),
             job_queue_size: positive("jobQueueSize").unwrap_or(settings.job_queue_size as i64)
                 as usize,
+            use_job_ticket: yaml.bool("useJobTicket").unwrap_or(false),
+            use_venv: yaml.bool("useVenv").unwrap_or(false),
         }
     }
 }
@@ -244,5 +299,44 @@ mod tests {
             &Registration::default(),
         );
         assert_eq!(p.min_workers, 4);
+    }
+
+    #[test]
+    fn settings_that_cannot_run_are_named() {
+        let refused = |yaml: &str| {
+            unsupported(&crate::archive::ModelConfig::parse(yaml).unwrap()).unwrap_or_default()
+        };
+        assert!(refused("parallelType: pp\nparallelLevel: 2\n").contains("parallelType"));
+        assert!(refused("torchrun:\n  nproc-per-node: 4\n").contains("torchrun"));
+        assert!(refused("deepspeed:\n  config: x.json\n").contains("deepspeed"));
+        assert!(refused("asyncCommunication: true\n").contains("asyncCommunication"));
+        // What TorchServe itself ignores is no refusal: a type without a level, a level of
+        // none, or a flag that is off.
+        assert_eq!(refused("parallelType: tp\n"), "");
+        assert_eq!(refused("parallelType: none\nparallelLevel: 2\n"), "");
+        assert_eq!(
+            refused("asyncCommunication: false\nuseJobTicket: true\n"),
+            ""
+        );
+    }
+
+    #[test]
+    fn flags_are_read_as_booleans_only() {
+        let (_d, a) = folder(Some(
+            "useJobTicket: true\nuseVenv: \"true\"\nclientTimeoutInMills: 250\n",
+        ));
+        let p = ModelParams::resolve(
+            &Settings::from_properties(""),
+            &a,
+            "m",
+            "2.0",
+            0,
+            &Registration::default(),
+        );
+        // A quoted "true" is a string: ignored, as TorchServe's `instanceof Boolean`.
+        assert_eq!(
+            (p.use_job_ticket, p.use_venv, p.client_timeout_ms),
+            (true, false, 250)
+        );
     }
 }

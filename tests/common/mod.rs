@@ -64,8 +64,8 @@ pub struct Server {
     log: PathBuf,
 }
 
-/// What a test server gets: extra config lines, archives copied from `model-store/`,
-/// extra environment.
+/// What a test server gets: extra config lines (`{model_store}` in them becomes the store's
+/// path), archives copied from `model-store/`, extra environment.
 #[derive(Default)]
 pub struct Setup<'a> {
     pub archives: &'a [&'a str],
@@ -104,13 +104,14 @@ impl Server {
         prepare(&store);
         let (ip, mp, xp) = (free_port(), free_port(), free_port());
         let (gi, gm) = (free_port(), free_port());
-        let config = format!(
+        let config =
+            format!(
             "inference_address=http://127.0.0.1:{ip}\nmanagement_address=http://127.0.0.1:{mp}\n\
              metrics_address=http://127.0.0.1:{xp}\nmodel_store={}\nload_models=all\n\
              grpc_inference_port={gi}\ngrpc_management_port={gm}\n\
              disable_token_authorization=true\n{}\n",
             store.display(),
-            setup.config
+            setup.config.replace("{model_store}", &store.to_string_lossy())
         );
         let cfg_path = dir.path().join("config.properties");
         std::fs::write(&cfg_path, config).unwrap();
@@ -569,6 +570,11 @@ impl Default for Gate {
 impl Gate {
     /// Writes `gate.mar` into a model store.
     pub fn write_mar(&self, store: &Path) {
+        self.write_mar_with_config(store, None)
+    }
+
+    /// Writes `gate.mar` into a model store, with `model_config` as its model-config.yaml.
+    pub fn write_mar_with_config(&self, store: &Path, model_config: Option<&str>) {
         let source = format!(
             "import os, time, uuid\n\n\
              def handle(data, context):\n    \
@@ -583,12 +589,19 @@ impl Gate {
             entered = self.dir.path().join("entered").to_str().unwrap(),
             open = self.dir.path().join("open").to_str().unwrap(),
         );
-        let manifest = r#"{"runtime": "python", "model": {"modelName": "gate", "handler": "gate:handle", "modelVersion": "1.0"}}"#;
-        write_mar(
-            &store.join("gate.mar"),
-            manifest,
-            &[("gate.py", source.as_bytes())],
+        let config = if model_config.is_some() {
+            r#", "configFile": "model-config.yaml""#
+        } else {
+            ""
+        };
+        let manifest = format!(
+            r#"{{"runtime": "python", "model": {{"modelName": "gate", "handler": "gate:handle", "modelVersion": "1.0"{config}}}}}"#
         );
+        let mut files: Vec<(&str, &[u8])> = vec![("gate.py", source.as_bytes())];
+        if let Some(yaml) = model_config {
+            files.push(("model-config.yaml", yaml.as_bytes()));
+        }
+        write_mar(&store.join("gate.mar"), &manifest, &files);
     }
 
     /// Waits (a minute at most, then fails) until `n` held requests are in the handler.

@@ -104,6 +104,7 @@ pub fn status(e: &ServeError) -> Status {
         E::NoWorker { .. }
         | E::QueueFull { .. }
         | E::NoDescribeWorker(_)
+        | E::ClientTimeout { .. }
         | E::PredictionFailed(_) => Code::Unavailable,
         E::Backend { status, .. } => code_of_status(*status),
         E::Workflow(_, WorkflowFault::NotFound) => Code::NotFound,
