@@ -249,11 +249,14 @@ impl Loader {
                 metrics: &self.metrics,
             },
         )?;
-        let queue = if params.use_job_ticket {
-            JobQueue::with_job_tickets(params.job_queue_size.max(1))
-        } else {
-            JobQueue::new(params.job_queue_size.max(1))
-        };
+        let queue = JobQueue::with(
+            params.job_queue_size.max(1),
+            params.use_job_ticket,
+            params
+                .sequence
+                .clone()
+                .map(|s| (s, params.min_workers.max(1))),
+        );
         let metrics = self.metrics.version(&name, &version);
         let native_envelope = handler::native_handler_name(&archive)
             .and(handler::envelope(settings, &archive))

@@ -138,6 +138,7 @@ impl Worker {
             .name(format!("W-{id}-{}", config.label))
             .spawn(move || {
                 serve(id, &s, &cfg, &intake, handler, &stats, &stop_rx);
+                intake.leave(id);
                 if s.state() != WorkerState::Dead {
                     s.set(WorkerState::Exited);
                 }
@@ -240,7 +241,7 @@ fn serve(
                     .unwrap_or_default()
                     .to_string();
                 cfg.metrics.worker_loaded(&name, attempt.elapsed());
-                if !serve_batches(s, cfg, intake, engine.as_mut(), stats, stop) {
+                if !serve_batches(id, s, cfg, intake, engine.as_mut(), stats, stop) {
                     return;
                 }
                 tracing::warn!(worker = %cfg.label, id, "worker died");
@@ -275,6 +276,7 @@ fn serve(
 
 /// Serves batches until the engine dies (`true`) or the worker is told to stop (`false`).
 fn serve_batches(
+    id: u32,
     s: &Shared,
     cfg: &WorkerConfig,
     intake: &Intake,
@@ -282,7 +284,7 @@ fn serve_batches(
     stats: &Stats,
     stop: &Receiver<()>,
 ) -> bool {
-    while let Some(batch) = intake.next_batch(cfg.batch, stop) {
+    while let Some(batch) = intake.next_batch(id, cfg.batch, stop) {
         let started = s.epoch.elapsed().as_millis().max(1) as u64;
         s.busy_since_ms.store(started, Ordering::SeqCst);
         let outcome = run_batch(
@@ -608,6 +610,7 @@ mod tests {
                             solo: v == 99.0,
                             enqueued: Instant::now(),
                             span: tracing::Span::none(),
+                            sequence: None,
                         })
                         .is_ok());
                     rx
@@ -754,6 +757,7 @@ mod tests {
             solo: false,
             enqueued: Instant::now(),
             span: tracing::Span::none(),
+            sequence: None,
             input: Prepared::Tensor {
                 tensor: vec![0.0],
                 topk: 1,

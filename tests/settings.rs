@@ -457,3 +457,265 @@ fn use_venv_gives_a_model_its_own_environment() {
         "tinypkg leaked into the server's environment"
     );
 }
+
+/// A stateful Python handler in the manner of TorchServe's `examples/stateful`: it adds each
+/// request's number to its sequence's running total (kept in the worker process) and answers
+/// `<total> <pid> <start header>`; a `hold` body waits at the gate (`entered`, `open`).
+fn stateful_mar(store: &Path, yaml: &str, gate: &Path) {
+    let source = format!(
+        "import os, time\n\n\
+         totals = {{}}\n\n\
+         def handle(data, context):\n    \
+             if data is None:\n        return None\n    \
+             out = []\n    \
+             for i, row in enumerate(data):\n        \
+                 seq = context.get_sequence_id(i)\n        \
+                 body = row.get('body') or row.get('data')\n        \
+                 if isinstance(body, (bytes, bytearray)):\n            body = body.decode()\n        \
+                 if body == 'hold':\n            \
+                     open(os.path.join({entered:?}, seq), 'w').close()\n            \
+                     while not os.path.exists({open:?}):\n                time.sleep(0.02)\n            \
+                     out.append('held')\n            \
+                     continue\n        \
+                 totals[seq] = totals.get(seq, 0) + int(body)\n        \
+                 start = context.get_request_header(i, 'ts_request_sequence_start')\n        \
+                 out.append(f'{{totals[seq]}} {{os.getpid()}} {{start}}')\n    \
+             return out\n",
+        entered = gate.join("entered").to_str().unwrap(),
+        open = gate.join("open").to_str().unwrap(),
+    );
+    std::fs::create_dir_all(gate.join("entered")).unwrap();
+    let manifest = r#"{"runtime": "python", "model": {"modelName": "stateful", "handler": "stateful:handle", "modelVersion": "1.0", "configFile": "model-config.yaml"}}"#;
+    write_mar(
+        &store.join("stateful.mar"),
+        manifest,
+        &[
+            ("stateful.py", source.as_bytes()),
+            ("model-config.yaml", yaml.as_bytes()),
+        ],
+    );
+}
+
+fn stateful_server(yaml: &str, gate: &Path) -> Server {
+    let config = format!("python={}\n", test_python());
+    let server = Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| stateful_mar(store, yaml, gate),
+    );
+    assert!(
+        wait_models_ready(&server.inference, Duration::from_secs(120)),
+        "{}",
+        server.log_text()
+    );
+    server
+}
+
+/// `(status, body)` of a request to the stateful model, in sequence `sequence` if given.
+fn in_sequence(server: &Server, sequence: Option<&str>, body: &str) -> (u16, String) {
+    let mut req = agent().post(format!("{}/predictions/stateful", server.inference));
+    if let Some(id) = sequence {
+        req = req.header("ts_request_sequence_id", id);
+    }
+    let (status, body, _) =
+        into_parts(req.header("Content-Type", "text/plain").send(body).unwrap());
+    (status, body)
+}
+
+/// TorchServe's own stateful test (`test_example_stateful_sequence_batching_http.py`): two
+/// sequences sent at once to two workers each add up in order on the worker that took the
+/// sequence; the same sequence over gRPC `StreamPredictions2`.
+#[test]
+fn sequences_run_in_order_on_the_worker_that_took_them() {
+    let gate = tempfile::tempdir().unwrap();
+    let yaml = "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 4\nmaxNumSequence: 4\nsequenceMaxIdleMSec: 5000\nmaxSequenceJobQueueSize: 10\nsequenceBatching: true\n";
+    let server = std::sync::Arc::new(stateful_server(yaml, gate.path()));
+    let d = describe(&server, "stateful");
+    assert_eq!(
+        (
+            &d["stateful"],
+            &d["sequenceMaxIdleMSec"],
+            &d["maxNumSequence"],
+            &d["maxSequenceJobQueueSize"]
+        ),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(5000),
+            &serde_json::json!(4),
+            &serde_json::json!(10)
+        )
+    );
+    let run = |id: &'static str, first: u32| {
+        let s = server.clone();
+        std::thread::spawn(move || {
+            (0..5)
+                .map(|i| {
+                    let (status, body) = in_sequence(&s, Some(id), &(first + 2 * i).to_string());
+                    assert_eq!(status, 200, "{body}");
+                    let parts: Vec<String> = body.split(' ').map(str::to_string).collect();
+                    (parts[0].clone(), parts[1].clone())
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let (s0, s1) = (run("seq_0", 1), run("seq_1", 2));
+    for (answers, expected) in [
+        (s0.join().unwrap(), "1 4 9 16 25"),
+        (s1.join().unwrap(), "2 6 12 20 30"),
+    ] {
+        let totals: Vec<&str> = answers.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(totals.join(" "), expected);
+        let pids: std::collections::HashSet<&str> =
+            answers.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(
+            pids.len(),
+            1,
+            "a sequence moved between workers: {answers:?}"
+        );
+    }
+
+    // gRPC: a sequence over one StreamPredictions2 stream, and an in-band error for a
+    // message with neither a sequence id nor the start flag.
+    use ferroserve::api::grpc::pb::inference::inference_ap_is_service_client::InferenceApIsServiceClient;
+    use ferroserve::api::grpc::pb::inference::PredictionsRequest;
+    let message = |id: Option<&str>, n: &str| PredictionsRequest {
+        model_name: "stateful".into(),
+        model_version: String::new(),
+        input: std::collections::HashMap::from([("data".to_string(), n.as_bytes().to_vec())]),
+        sequence_id: id.map(str::to_string),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answers = runtime.block_on(async {
+        let mut c = InferenceApIsServiceClient::connect(server.grpc_inference.clone())
+            .await
+            .unwrap();
+        let outbound = tokio_stream::iter(vec![
+            message(Some("g1"), "3"),
+            message(Some("g1"), "4"),
+            message(None, "1"),
+            message(Some("g1"), "10"),
+        ]);
+        let mut inbound = c.stream_predictions2(outbound).await.unwrap().into_inner();
+        let mut answers = Vec::new();
+        while let Some(answer) = inbound.message().await.unwrap() {
+            answers.push(answer);
+        }
+        answers
+    });
+    assert_eq!(answers.len(), 4);
+    let total = |i: usize| {
+        let body = String::from_utf8(answers[i].prediction.clone()).unwrap();
+        body.split(' ').next().unwrap().to_string()
+    };
+    assert_eq!(
+        (total(0), total(1), total(3)),
+        ("3".into(), "7".into(), "17".into())
+    );
+    assert_eq!(answers[0].sequence_id.as_deref(), Some("g1"));
+    let error = answers[2].status.as_ref().expect("an in-band error");
+    assert_eq!(
+        (error.code, error.message.as_str()),
+        (
+            tonic::Code::Internal as i32,
+            "Parameter sequenceId is required."
+        )
+    );
+}
+
+/// `maxNumSequence`, `maxSequenceJobQueueSize` and `sequenceMaxIdleMSec` as TorchServe
+/// applies them: a full sequence or a full table refuses with TorchServe's 503; an idle
+/// sequence ends and frees its place; a request without a sequence id opens a sequence of its
+/// own, marked as its start.
+#[test]
+fn sequence_limits_refuse_and_idle_sequences_end() {
+    let gate = tempfile::tempdir().unwrap();
+    let yaml = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 2\nmaxNumSequence: 1\nsequenceMaxIdleMSec: 1500\nmaxSequenceJobQueueSize: 1\nsequenceBatching: true\n";
+    let server = std::sync::Arc::new(stateful_server(yaml, gate.path()));
+    let stateful_no_worker = NO_WORKER.replace("\"gate\"", "\"stateful\"");
+    let s = server.clone();
+    let held = std::thread::spawn(move || in_sequence(&s, Some("a"), "hold"));
+    eventually("the held request reached the handler", || {
+        gate.path().join("entered/a").exists()
+    });
+    let s = server.clone();
+    let queued = std::thread::spawn(move || in_sequence(&s, Some("a"), "2"));
+    eventually("the second request of the sequence waits", || {
+        describe(&server, "stateful")["jobQueueStatus"]["pendingRequests"] == 1
+    });
+    // The sequence's queue holds one: a third is refused.
+    let (status, body) = in_sequence(&server, Some("a"), "3");
+    assert_eq!(
+        (
+            status,
+            assert_error(&body, 503, "ServiceUnavailableException")
+        ),
+        (503, stateful_no_worker.clone())
+    );
+    // One sequence at most: another is refused, and so is a request that would open one.
+    let (status, body) = in_sequence(&server, Some("b"), "5");
+    assert_eq!(
+        (
+            status,
+            assert_error(&body, 503, "ServiceUnavailableException")
+        ),
+        (503, stateful_no_worker.clone())
+    );
+    assert_eq!(in_sequence(&server, None, "5").0, 503);
+
+    std::fs::write(gate.path().join("open"), b"").unwrap();
+    assert_eq!(held.join().unwrap(), (200, "held".to_string()));
+    // The queued request ran after the held one, in the same sequence (its total starts at 2).
+    let (status, body) = queued.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("2 ") && body.ends_with(" None"), "{body}");
+
+    // Once "a" has been idle for sequenceMaxIdleMSec, "b" takes its place.
+    let mut answer = (0, String::new());
+    eventually("the idle sequence ended and a new one opened", || {
+        answer = in_sequence(&server, Some("b"), "5");
+        answer.0 == 200
+    });
+    assert!(answer.1.starts_with("5 "), "{answer:?}");
+    // Without an id: a sequence of its own, its first request flagged as the start.
+    eventually("a request without a sequence id opens one", || {
+        answer = in_sequence(&server, None, "7");
+        answer.0 == 200
+    });
+    assert!(
+        answer.1.starts_with("7 ") && answer.1.ends_with(" true"),
+        "{answer:?}"
+    );
+}
+
+/// A request flagged `ts_request_sequence_end: true` is its sequence's last: the sequence
+/// takes no more requests and frees its place once that one has run, long before it would
+/// idle out.
+#[test]
+fn the_last_request_of_a_sequence_closes_it() {
+    let gate = tempfile::tempdir().unwrap();
+    let yaml = "minWorkers: 1\nmaxWorkers: 1\nmaxNumSequence: 1\nsequenceMaxIdleMSec: 600000\nmaxSequenceJobQueueSize: 4\nsequenceBatching: true\n";
+    let server = stateful_server(yaml, gate.path());
+    assert_eq!(in_sequence(&server, Some("c"), "1").0, 200);
+    // An open sequence holds the only place.
+    assert_eq!(in_sequence(&server, Some("d"), "1").0, 503);
+    let (status, body, _) = into_parts(
+        agent()
+            .post(format!("{}/predictions/stateful", server.inference))
+            .header("ts_request_sequence_id", "c")
+            .header("ts_request_sequence_end", "true")
+            .header("Content-Type", "text/plain")
+            .send("2")
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("3 "), "{body}");
+    // Well within the ten-minute idle time, the place is free again.
+    eventually("the closed sequence freed its place", || {
+        in_sequence(&server, Some("d"), "4").0 == 200
+    });
+}

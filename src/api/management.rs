@@ -529,6 +529,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
     let pending = m.queue.pending();
     let (min_workers, max_workers) = m.pool.limits();
     let stats = m.pool.stats();
+    let sequence = m.params.sequence.as_ref();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     DescribeView {
         model_name: &m.name,
@@ -549,11 +550,13 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
         continuous_batching: false,
         use_job_ticket: m.params.use_job_ticket,
         use_venv: m.params.use_venv,
-        stateful: false,
-        sequence_max_idle_m_sec: 0,
-        sequence_timeout_m_sec: 0,
-        max_num_sequence: 0,
-        max_sequence_job_queue_size: 0,
+        stateful: sequence.is_some(),
+        sequence_max_idle_m_sec: sequence.map_or(0, |s| s.max_idle.as_millis() as u64),
+        sequence_timeout_m_sec: sequence
+            .and_then(|s| s.max_age)
+            .map_or(0, |age| age.as_millis() as u64),
+        max_num_sequence: sequence.map_or(0, |s| s.max_sequences as u32),
+        max_sequence_job_queue_size: sequence.map_or(0, |s| s.queue_size as u32),
         loaded_at_startup: m.loaded_at_startup,
         workers: m.pool.with_workers(|workers| {
             workers
@@ -643,6 +646,7 @@ async fn customized_metadata(
         solo: true,
         enqueued: std::time::Instant::now(),
         span: tracing::Span::current(),
+        sequence: None,
     };
     if m.queue.submit(job).is_err() {
         return Err(ServeError::no_worker(&m.name, None));

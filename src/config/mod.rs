@@ -58,6 +58,9 @@ const KNOWN_KEYS: &[&str] = &[
     "disable_system_metrics",
     "metric_time_interval",
     "canary_routing_header",
+    "ts_header_key_sequence_id",
+    "ts_header_key_sequence_start",
+    "ts_header_key_sequence_end",
     "grpc_inference_address",
     "grpc_management_address",
     "grpc_inference_port",
@@ -196,6 +199,8 @@ pub struct Settings {
     pub open_inference_protocol: bool,
     /// The request header whose value pins a client to one version of a split.
     pub canary_routing_header: String,
+    /// The request headers of a stateful model's sequences (`ts_header_key_sequence_*`).
+    pub sequence_headers: crate::batching::sequence::SequenceHeaders,
     /// PEM certificate chain and private key for `https://` listeners.
     pub certificate_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
@@ -411,6 +416,20 @@ impl Settings {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "x-routing-key".into()),
+            sequence_headers: {
+                let named = |key: &str, default: String| {
+                    get(key)
+                        .map(|h| h.trim().to_string())
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or(default)
+                };
+                let d = crate::batching::sequence::SequenceHeaders::default();
+                crate::batching::sequence::SequenceHeaders {
+                    id: named("ts_header_key_sequence_id", d.id),
+                    start: named("ts_header_key_sequence_start", d.start),
+                    end: named("ts_header_key_sequence_end", d.end),
+                }
+            },
             certificate_file: get("certificate_file")
                 .filter(|v| !v.trim().is_empty())
                 .map(PathBuf::from),

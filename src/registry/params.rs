@@ -1,9 +1,12 @@
 //! A model version's serving parameters, resolved once at load time with TorchServe's
 //! precedence.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::archive::ModelArchive;
+use crate::batching::sequence::SequenceSettings;
 use crate::config::Settings;
 
 /// The longest timeout or delay a model may ask for (a year). Any value is accepted, as
@@ -43,6 +46,8 @@ pub struct ModelParams {
     pub use_job_ticket: bool,
     /// Python workers run in a virtual environment of the model's own (`useVenv`).
     pub use_venv: bool,
+    /// A stateful model's sequences (`sequenceBatching` with `sequenceMaxIdleMSec`).
+    pub sequence: Option<SequenceSettings>,
 }
 
 /// Keys of model-config.yaml that TorchServe documents and ferroserve cannot honour: a model
@@ -84,10 +89,12 @@ pub fn unsupported(yaml: &crate::archive::ModelConfig) -> Option<String> {
     if yaml.bool("continuousBatching") == Some(true) {
         return refuse("continuousBatching", "continuous batching between the server and a streaming Python worker is not implemented yet");
     }
-    if yaml.bool("sequenceBatching") == Some(true) {
+    if yaml.bool("sequenceBatching") == Some(true)
+        && yaml.int("sequenceMaxIdleMSec").unwrap_or(0) <= 0
+    {
         return refuse(
             "sequenceBatching",
-            "stateful sequence batching is not implemented yet",
+            "a stateful model needs sequenceMaxIdleMSec > 0 (without it TorchServe refuses every request of the model)",
         );
     }
     None
@@ -178,6 +185,17 @@ impl ModelParams {
                 as usize,
             use_job_ticket: yaml.bool("useJobTicket").unwrap_or(false),
             use_venv: yaml.bool("useVenv").unwrap_or(false),
+            sequence: (yaml.bool("sequenceBatching") == Some(true))
+                .then(|| positive("sequenceMaxIdleMSec"))
+                .flatten()
+                .map(|idle| SequenceSettings {
+                    max_idle: Duration::from_millis((idle as u64).min(MAX_WAIT_S * 1000)),
+                    max_age: positive("sequenceTimeoutMSec")
+                        .map(|t| Duration::from_millis((t as u64).min(MAX_WAIT_S * 1000))),
+                    max_sequences: positive("maxNumSequence").unwrap_or(1) as usize,
+                    queue_size: positive("maxSequenceJobQueueSize").unwrap_or(1) as usize,
+                    headers: settings.sequence_headers.clone(),
+                }),
         }
     }
 }
@@ -310,6 +328,11 @@ mod tests {
         assert!(refused("torchrun:\n  nproc-per-node: 4\n").contains("torchrun"));
         assert!(refused("deepspeed:\n  config: x.json\n").contains("deepspeed"));
         assert!(refused("asyncCommunication: true\n").contains("asyncCommunication"));
+        assert!(refused("sequenceBatching: true\n").contains("sequenceMaxIdleMSec > 0"));
+        assert_eq!(
+            refused("sequenceBatching: true\nsequenceMaxIdleMSec: 10\n"),
+            ""
+        );
         // What TorchServe itself ignores is no refusal: a type without a level, a level of
         // none, or a flag that is off.
         assert_eq!(refused("parallelType: tp\n"), "");

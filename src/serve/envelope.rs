@@ -53,7 +53,8 @@ pub(super) async fn kserve_v1(call: &Call, request: RequestInput) -> Result<Repl
             }],
         };
         let prepared = prepare(&call.mv, input).await?;
-        pending.push(call.wait(call.submit(prepared)?));
+        // The native envelope serves native handlers, which keep no sequence state.
+        pending.push(call.wait(call.submit(prepared, None)?));
     }
     let mut answers = Vec::with_capacity(pending.len());
     let mut queued = std::time::Duration::ZERO;

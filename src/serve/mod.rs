@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use crate::batching::sequence::Membership;
 use crate::batching::{Job, SubmitError};
 use crate::error::ServeError;
 use crate::handler::{Prepared, Reply, RequestInput};
@@ -140,9 +141,16 @@ impl Call {
         if self.mv.native_envelope.as_deref() == Some("kserve") {
             return envelope::kserve_v1(self, input).await;
         }
+        let mut input = input;
+        // A stateful model's request joins its sequence (the headers tell the handler too).
+        let sequence = self
+            .mv
+            .queue
+            .sequence_headers()
+            .map(|headers| headers.assign(&mut input));
         let shadow = self.shadow_call().map(|call| (call, input.clone()));
         let prepared = prepare(&self.mv, input).await?;
-        let answer = self.submit(prepared)?;
+        let answer = self.submit(prepared, sequence)?;
         if let Some((call, input)) = shadow {
             mirror(call, input);
         }
@@ -168,6 +176,7 @@ impl Call {
     fn submit(
         &self,
         input: Prepared,
+        sequence: Option<Membership>,
     ) -> Result<oneshot::Receiver<crate::batching::JobResult>, ServeError> {
         let (model, version) = (self.mv.name.as_str(), self.asked.as_deref());
         if !self.mv.pool.has_workers() {
@@ -180,6 +189,7 @@ impl Call {
             solo: false,
             enqueued: Instant::now(),
             span: tracing::Span::current(),
+            sequence,
         };
         self.mv.queue.submit(job).map_err(|e| match e {
             SubmitError::Full => ServeError::QueueFull {
@@ -248,7 +258,8 @@ fn mirror(call: Call, input: RequestInput) {
             let Ok(prepared) = prepare(&call.mv, input).await else {
                 return;
             };
-            let Ok(answer) = call.submit(prepared) else {
+            // A shadow copy joins no sequence: its model's state is not the one answering.
+            let Ok(answer) = call.submit(prepared, None) else {
                 return;
             };
             let result = call.wait(answer).await;

@@ -154,11 +154,22 @@ pub struct Inference {
 type PredictionStream = Pin<Box<dyn Stream<Item = Result<PredictionResponse, Status>> + Send>>;
 
 impl Inference {
+    /// One prediction; a `sequence_id` names the stateful sequence it belongs to (the
+    /// header a REST client sends; a stateful model opens a new sequence without it).
     async fn run(&self, r: PredictionsRequest) -> Result<crate::handler::Reply, Status> {
-        if r.sequence_id.is_some() {
-            return Err(Status::unimplemented(
-                "stateful sequences are not served by ferroserve",
-            ));
+        let headers = &self.state.settings.sequence_headers;
+        let mut extra = Vec::new();
+        if let Some(id) = r.sequence_id.as_deref().and_then(nonempty) {
+            extra.push((headers.id.clone(), id.to_string()));
+        }
+        // A sequence's last request says so in its input map, as TorchServe's clients do.
+        let last = r.input.get(&headers.end).is_some_and(|v| {
+            String::from_utf8_lossy(v)
+                .trim()
+                .eq_ignore_ascii_case("true")
+        });
+        if last {
+            extra.push((headers.end.clone(), "true".into()));
         }
         // The input map's entries become parameters named by their keys, without a content
         // type (so never decoded as JSON), as in TorchServe.
@@ -175,9 +186,48 @@ impl Inference {
             &self.state,
             &r.model_name,
             nonempty(&r.model_version),
+            extra,
             params,
         )
         .await
+    }
+
+    /// A `StreamPredictions2` message's answer, errors in-band as TorchServe sends them.
+    async fn sequence_step(&self, r: PredictionsRequest) -> PredictionResponse {
+        let sequence_id = r.sequence_id.clone();
+        let start = &self.state.settings.sequence_headers.start;
+        let starts = r.input.get(start).is_some_and(|v| {
+            String::from_utf8_lossy(v)
+                .trim()
+                .eq_ignore_ascii_case("true")
+        });
+        let answer = if sequence_id.as_deref().unwrap_or("").is_empty() && !starts {
+            Err(Status::internal("Parameter sequenceId is required."))
+        } else {
+            match self.run(r).await {
+                Ok(reply) => reply
+                    .collect(self.state.settings.max_response_size)
+                    .await
+                    .map_err(Status::internal),
+                Err(e) => Err(e),
+            }
+        };
+        match answer {
+            Ok(body) => PredictionResponse {
+                prediction: body.to_vec(),
+                sequence_id,
+                status: None,
+            },
+            Err(e) => PredictionResponse {
+                prediction: Vec::new(),
+                sequence_id,
+                status: Some(pb::google::rpc::Status {
+                    code: e.code() as i32,
+                    message: e.message().to_string(),
+                    details: Vec::new(),
+                }),
+            },
+        }
     }
 }
 
@@ -187,6 +237,7 @@ pub(super) async fn infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
+    headers: Vec<(String, String)>,
     params: Vec<Param>,
 ) -> Result<crate::handler::Reply, Status> {
     let target = Target {
@@ -201,7 +252,7 @@ pub(super) async fn infer(
         .map_err(|e| Status::internal(e.to_string()))?;
     let input = RequestInput {
         request_id: uuid::Uuid::new_v4().to_string(),
-        headers: Vec::new(),
+        headers,
         params,
     };
     let reply = call
@@ -282,13 +333,31 @@ impl InferenceApIsService for Inference {
 
     type StreamPredictions2Stream = PredictionStream;
 
+    /// A stateful sequence over one stream: each message is answered in order, errors
+    /// in-band (`status`) so the sequence goes on, as in TorchServe.
     async fn stream_predictions2(
         &self,
-        _req: Request<tonic::Streaming<PredictionsRequest>>,
+        req: Request<tonic::Streaming<PredictionsRequest>>,
     ) -> Result<Response<Self::StreamPredictions2Stream>, Status> {
-        Err(Status::unimplemented(
-            "StreamPredictions2 (stateful sequences) is not served by ferroserve",
-        ))
+        authorize(&self.state, &req, KeyKind::Inference)?;
+        let mut inbound = req.into_inner();
+        let this = Inference {
+            state: self.state.clone(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(message) = inbound.next().await {
+                let Ok(r) = message else { break };
+                let answer = this.sequence_step(r).await;
+                if tx.send(Ok(answer)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 

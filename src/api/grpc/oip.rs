@@ -195,7 +195,14 @@ impl GrpcInferenceService for OpenInference {
             content_type: Some("application/json".into()),
             value: serde_json::to_vec(&body).unwrap_or_default().into(),
         };
-        let reply = infer(&self.state, model, nonempty(&r.model_version), vec![param]).await?;
+        let reply = infer(
+            &self.state,
+            model,
+            nonempty(&r.model_version),
+            Vec::new(),
+            vec![param],
+        )
+        .await?;
         let answer: Value = serde_json::from_slice(&reply.body).map_err(|e| {
             Status::internal(format!("the handler's answer is not KServe v2 JSON: {e}"))
         })?;

@@ -4,6 +4,9 @@
 //! Workers of one model version share the queue; the one holding the receiver assembles a batch
 //! (as TorchServe's model-wide lock does): the first job blocks, then up to `batch_size - 1`
 //! more are taken until `max_batch_delay` after the first was taken. A batch of one never waits.
+//! A stateful model's requests wait in their sequences instead ([`sequence`]).
+
+pub mod sequence;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +31,8 @@ pub struct Job {
     pub enqueued: Instant,
     /// The request's span: the worker runs the batch inside it.
     pub span: tracing::Span,
+    /// A stateful model's request: the sequence it belongs to.
+    pub sequence: Option<sequence::Membership>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +73,8 @@ pub struct Intake {
     /// request takes one, so requests are taken only while a worker waits (TorchServe's
     /// job tickets). `None`: requests queue up to the capacity.
     tickets: Option<AtomicUsize>,
+    /// A stateful model's sequences: its requests wait there, not in `rx`.
+    sequences: Option<sequence::Sequences>,
 }
 
 /// What the gathering worker holds: a solo job met while a batch was being gathered starts
@@ -88,15 +95,17 @@ pub const MAX_QUEUE_SIZE: usize = 100_000;
 
 impl JobQueue {
     pub fn new(capacity: usize) -> Self {
-        Self::build(capacity, false)
+        Self::with(capacity, false, None)
     }
 
-    /// A queue that takes a request only while a worker waits for one (`useJobTicket`).
-    pub fn with_job_tickets(capacity: usize) -> Self {
-        Self::build(capacity, true)
-    }
-
-    fn build(capacity: usize, job_tickets: bool) -> Self {
+    /// A queue that takes a request only while a worker waits for one (`useJobTicket`), and
+    /// for a stateful model, keeps requests in their sequences; `workers` share the
+    /// sequences out.
+    pub fn with(
+        capacity: usize,
+        job_tickets: bool,
+        sequences: Option<(sequence::SequenceSettings, usize)>,
+    ) -> Self {
         let capacity = capacity.min(MAX_QUEUE_SIZE);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let gather = crossbeam_channel::bounded(1);
@@ -112,6 +121,8 @@ impl JobQueue {
                 pending: AtomicUsize::new(0),
                 emptied: Default::default(),
                 tickets: job_tickets.then(|| AtomicUsize::new(0)),
+                sequences: sequences
+                    .map(|(settings, workers)| sequence::Sequences::new(settings, workers)),
             }),
             capacity,
         }
@@ -126,6 +137,19 @@ impl JobQueue {
             }
         }
         self.intake.pending.fetch_add(1, Ordering::SeqCst);
+        if let Some(sequences) = &self.intake.sequences {
+            // A request outside any sequence (a describe request) is a sequence of its own.
+            let member = job
+                .sequence
+                .clone()
+                .unwrap_or_else(|| sequence::Membership {
+                    id: format!("ts-seq-{}", uuid::Uuid::new_v4()),
+                    last: true,
+                });
+            return sequences
+                .submit(member, job)
+                .inspect_err(|_| self.intake.taken(1));
+        }
         self.tx.try_send(job).map_err(|e| {
             self.intake.taken(1);
             match e {
@@ -147,6 +171,19 @@ impl JobQueue {
         self.intake.clone()
     }
 
+    /// The headers that carry a stateful model's sequences; none for other models.
+    pub fn sequence_headers(&self) -> Option<&sequence::SequenceHeaders> {
+        self.intake
+            .sequences
+            .as_ref()
+            .map(|s| &s.settings().headers)
+    }
+
+    /// A stateful model's sequence settings.
+    pub fn sequence_settings(&self) -> Option<&sequence::SequenceSettings> {
+        self.intake.sequences.as_ref().map(|s| s.settings())
+    }
+
     /// Waits until no job is pending, at most until `deadline`; true when none is.
     pub fn wait_empty(&self, deadline: Instant) -> bool {
         self.intake
@@ -164,17 +201,35 @@ impl Intake {
     }
 
     /// Waits for the right to gather, then for the first job, then gathers more within the
-    /// delay. `None` when the queue closed or `stop` disconnected while waiting.
-    pub fn next_batch(&self, settings: BatchSettings, stop: &Receiver<()>) -> Option<Vec<Job>> {
+    /// delay; for a stateful model, the next requests of `worker`'s sequences. `None` when the
+    /// queue closed or `stop` disconnected while waiting.
+    pub fn next_batch(
+        &self,
+        worker: u32,
+        settings: BatchSettings,
+        stop: &Receiver<()>,
+    ) -> Option<Vec<Job>> {
         if let Some(tickets) = &self.tickets {
             tickets.fetch_add(1, Ordering::SeqCst);
         }
-        let batch = self.wait_and_gather(settings, stop);
+        let batch = match &self.sequences {
+            Some(sequences) => sequences
+                .next_batch(worker, settings, stop)
+                .inspect(|b| self.taken(b.len())),
+            None => self.wait_and_gather(settings, stop),
+        };
         if let (None, Some(tickets)) = (&batch, &self.tickets) {
             // A worker that stops waiting takes its unused ticket back.
             let _ = tickets.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         }
         batch
+    }
+
+    /// A worker stopped for good: a stateful model's sequences it served go to the others.
+    pub fn leave(&self, worker: u32) {
+        if let Some(sequences) = &self.sequences {
+            sequences.leave(worker);
+        }
     }
 
     fn wait_and_gather(&self, settings: BatchSettings, stop: &Receiver<()>) -> Option<Vec<Job>> {
