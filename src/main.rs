@@ -135,6 +135,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     if let Some(wf) = settings.workflow_store() {
         tracing::info!("Workflow Store: {}", wf.display());
     }
+    for (key, why) in &settings.no_effect {
+        tracing::warn!("config.properties: {key} has no effect in ferroserve: {why}");
+    }
     for key in settings.extra.keys() {
         tracing::debug!(key, "configuration key not used by ferroserve");
     }

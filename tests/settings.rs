@@ -719,3 +719,145 @@ fn the_last_request_of_a_sequence_closes_it() {
         in_sequence(&server, Some("d"), "4").0 == 200
     });
 }
+
+/// config.properties keys of TorchServe's that act here: CORS headers on every response of
+/// every listener, `ipex_enable` handed to the Python worker; keys about the JVM are named in
+/// a warning, and a key asking for what ferroserve does not do stops start-up by name.
+#[test]
+fn server_keys_act_warn_or_refuse() {
+    let handler = "import os\n\ndef handle(data, context):\n    \
+        return data and [os.environ.get('TS_IPEX_ENABLE', 'unset') + ' ' + os.environ.get('TS_IPEX_GPU_ENABLE', 'unset')] * len(data)\n";
+    let config = format!(
+        "python={}\ncors_allowed_origin=https://app.example\ncors_allowed_methods=GET, POST\n\
+         cors_allowed_headers=X-Custom\nipex_enable=true\nvmargs=-Xmx4g\nnumber_of_netty_threads=4\n\
+         models={{\"ipex\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n",
+        test_python()
+    );
+    let server = Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("ipex.mar"),
+                r#"{"runtime": "python", "model": {"modelName": "ipex", "handler": "ipex:handle", "modelVersion": "1.0"}}"#,
+                &[("ipex.py", handler.as_bytes())],
+            );
+        },
+    );
+    assert!(wait_models_ready(
+        &server.inference,
+        Duration::from_secs(120)
+    ));
+    let cors = |headers: &[(String, String)]| {
+        (
+            header(headers, "access-control-allow-origin").map(str::to_string),
+            header(headers, "access-control-allow-methods").map(str::to_string),
+            header(headers, "access-control-allow-headers").map(str::to_string),
+        )
+    };
+    let expected = (
+        Some("https://app.example".to_string()),
+        Some("GET, POST".to_string()),
+        Some("X-Custom".to_string()),
+    );
+    let (status, body, headers) = post(
+        &format!("{}/predictions/ipex", server.inference),
+        "text/plain",
+        "x",
+    );
+    assert_eq!((status, body.as_str()), (200, "true false"));
+    assert_eq!(cors(&headers), expected);
+    for url in [
+        format!("{}/ping", server.inference),
+        format!("{}/models", server.management),
+        format!("{}/models/nope", server.management),
+        format!("{}/metrics", server.metrics),
+    ] {
+        assert_eq!(cors(&get(&url).2), expected, "{url}");
+    }
+    let log = server.log_text();
+    for key in ["vmargs", "number_of_netty_threads"] {
+        assert!(
+            log.contains(&format!(
+                "config.properties: {key} has no effect in ferroserve: "
+            )),
+            "{log}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("store")).unwrap();
+    std::fs::write(
+        dir.path().join("config.properties"),
+        "model_store=store\ncpu_launcher_enable=true\n",
+    )
+    .unwrap();
+    let (code, out) = run_to_exit(
+        dir.path(),
+        &["--foreground", "--ts-config", "config.properties"],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("cpu_launcher_enable") && out.contains("not supported by ferroserve"),
+        "{out}"
+    );
+}
+
+/// `grpc_inference_max_connection_age_ms` (+ `_grace_ms`): a connection is closed once it is
+/// that old, and a call still open after the grace is cut.
+#[test]
+fn grpc_connections_are_aged_out() {
+    use ferroserve::api::grpc::pb::inference::inference_ap_is_service_client::InferenceApIsServiceClient;
+    use ferroserve::api::grpc::pb::inference::PredictionsRequest;
+    let gate = Gate::default();
+    let config = format!(
+        "python={}\ngrpc_inference_max_connection_age_ms=300\ngrpc_inference_max_connection_age_grace_ms=200\n\
+         models={{\"gate\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n",
+        test_python()
+    );
+    let server = Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| gate.write_mar(store),
+    );
+    assert!(wait_models_ready(
+        &server.inference,
+        Duration::from_secs(120)
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let held = runtime.block_on(async {
+        let mut c = InferenceApIsServiceClient::connect(server.grpc_inference.clone())
+            .await
+            .unwrap();
+        let call = c.predictions(PredictionsRequest {
+            model_name: "gate".into(),
+            model_version: String::new(),
+            input: std::collections::HashMap::from([("data".to_string(), b"hold".to_vec())]),
+            sequence_id: None,
+        });
+        tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the held call was never cut")
+    });
+    gate.open();
+    // The handler held the call past the connection's age and grace: it was cut.
+    let e = held.expect_err("a call held past the connection's age and grace was answered");
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        ),
+        "{e:?}"
+    );
+}

@@ -214,6 +214,20 @@ fn standard_headers<B>(res: &mut ServiceResponse<B>, id: &str) {
     }
 }
 
+/// `cors_allowed_*`: TorchServe adds each configured header to every response that lacks it
+/// (no preflight logic of its own: an `OPTIONS` request is routed like any other).
+fn cors_headers<B>(res: &mut ServiceResponse<B>, cors: &[(&'static str, String)]) {
+    let headers = res.headers_mut();
+    for (name, value) in cors {
+        let name = HeaderName::from_static(name);
+        if !headers.contains_key(&name) {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        }
+    }
+}
+
 /// What the access log says of a request: TorchServe's
 /// `/<ip>:<port> "<METHOD> <uri> <HTTP/x.y>" <status> <ms>`.
 struct AccessEntry {
@@ -282,6 +296,7 @@ macro_rules! app {
                     standard_headers(&mut res, &id);
                     let status = res.status().as_u16();
                     if let Some(state) = state {
+                        cors_headers(&mut res, &state.settings.cors);
                         state.metrics.response(status);
                     }
                     access.log(status);

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod properties;
 pub mod snapshot;
+pub mod unused;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -58,6 +59,15 @@ const KNOWN_KEYS: &[&str] = &[
     "disable_system_metrics",
     "metric_time_interval",
     "canary_routing_header",
+    "cors_allowed_origin",
+    "cors_allowed_methods",
+    "cors_allowed_headers",
+    "ipex_enable",
+    "grpc_inference_max_connection_age_ms",
+    "grpc_management_max_connection_age_ms",
+    "grpc_inference_max_connection_age_grace_ms",
+    "grpc_management_max_connection_age_grace_ms",
+    "ipex_gpu_enable",
     "ts_header_key_sequence_id",
     "ts_header_key_sequence_start",
     "ts_header_key_sequence_end",
@@ -199,6 +209,19 @@ pub struct Settings {
     pub open_inference_protocol: bool,
     /// The request header whose value pins a client to one version of a split.
     pub canary_routing_header: String,
+    /// `cors_allowed_origin`, `cors_allowed_methods`, `cors_allowed_headers`: the
+    /// `Access-Control-Allow-*` headers every response carries when set.
+    pub cors: Vec<(&'static str, String)>,
+    /// `ipex_enable` / `ipex_gpu_enable`, handed to Python workers as `TS_IPEX_ENABLE` /
+    /// `TS_IPEX_GPU_ENABLE` (TorchServe's handlers then use Intel's extension if installed).
+    pub ipex_enable: bool,
+    pub ipex_gpu_enable: bool,
+    /// `grpc_{inference,management}_max_connection_age[_grace]_ms`: (age, grace) of the
+    /// inference and the management listener's connections; none: forever.
+    pub grpc_connection_age: [(Option<std::time::Duration>, Option<std::time::Duration>); 2],
+    /// TorchServe's keys set here that have no effect in ferroserve, with the reason (logged
+    /// at start-up).
+    pub no_effect: Vec<(String, &'static str)>,
     /// The request headers of a stateful model's sequences (`ts_header_key_sequence_*`).
     pub sequence_headers: crate::batching::sequence::SequenceHeaders,
     /// PEM certificate chain and private key for `https://` listeners.
@@ -416,6 +439,46 @@ impl Settings {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "x-routing-key".into()),
+            cors: [
+                ("cors_allowed_origin", "access-control-allow-origin"),
+                ("cors_allowed_methods", "access-control-allow-methods"),
+                ("cors_allowed_headers", "access-control-allow-headers"),
+            ]
+            .into_iter()
+            .filter_map(|(key, header)| {
+                get(key)
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (header, v))
+            })
+            .collect(),
+            ipex_enable: parse_bool(&get, "ipex_enable", false)?,
+            ipex_gpu_enable: parse_bool(&get, "ipex_gpu_enable", false)?,
+            grpc_connection_age: {
+                let millis = |key: &str| -> Result<Option<std::time::Duration>, ConfigError> {
+                    match get(key)
+                        .map(|v| v.trim().to_string())
+                        .filter(|v| !v.is_empty())
+                    {
+                        None => Ok(None),
+                        Some(v) => v
+                            .parse::<u64>()
+                            .map(|ms| Some(std::time::Duration::from_millis(ms)))
+                            .map_err(|e| ConfigError::invalid(key, &v, e.to_string())),
+                    }
+                };
+                [
+                    (
+                        millis("grpc_inference_max_connection_age_ms")?,
+                        millis("grpc_inference_max_connection_age_grace_ms")?,
+                    ),
+                    (
+                        millis("grpc_management_max_connection_age_ms")?,
+                        millis("grpc_management_max_connection_age_grace_ms")?,
+                    ),
+                ]
+            },
+            no_effect: unused::check(&extra)?,
             sequence_headers: {
                 let named = |key: &str, default: String| {
                     get(key)

@@ -286,6 +286,7 @@ fn python_handler(
         startup_timeout: spec.startup_timeout,
         max_response_size: settings.max_response_size,
         decode_input_request: settings.decode_input_request,
+        ipex: (settings.ipex_enable, settings.ipex_gpu_enable),
         limit_max_image_pixels: settings.limit_max_image_pixels,
         python: worker_python,
         venv,

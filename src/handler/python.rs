@@ -29,6 +29,8 @@ pub struct PythonHandler {
     pub startup_timeout: Duration,
     pub max_response_size: usize,
     pub decode_input_request: bool,
+    /// `ipex_enable` / `ipex_gpu_enable`, passed on as TorchServe does.
+    pub ipex: (bool, bool),
     pub limit_max_image_pixels: bool,
     /// The workers' interpreter: the server's, or the model's virtual environment's.
     pub python: PathBuf,
@@ -295,6 +297,8 @@ impl PythonWorker {
                 "TS_DECODE_INPUT_REQUEST",
                 h.decode_input_request.to_string(),
             )
+            .env("TS_IPEX_ENABLE", h.ipex.0.to_string())
+            .env("TS_IPEX_GPU_ENABLE", h.ipex.1.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

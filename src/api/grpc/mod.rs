@@ -514,6 +514,7 @@ pub async fn serve(
     stop: Arc<tokio::sync::Notify>,
 ) {
     let limit = state.settings.max_request_size;
+    let [inference_age, management_age] = state.settings.grpc_connection_age;
     let incoming = |l: std::net::TcpListener| {
         let addr = l.local_addr().ok();
         tokio::net::TcpListener::from_std(l)
@@ -537,13 +538,21 @@ pub async fn serve(
     let (s1, s2) = (stop.clone(), stop);
     // Calls in flight per connection (hyper's own default, which tonic leaves unset).
     const STREAMS: Option<u32> = Some(200);
-    let a = tonic::transport::Server::builder()
-        .max_concurrent_streams(STREAMS)
+    let aged = |(age, grace): (Option<std::time::Duration>, Option<std::time::Duration>)| {
+        let mut builder = tonic::transport::Server::builder().max_concurrent_streams(STREAMS);
+        if let Some(age) = age {
+            builder = builder.max_connection_age(age);
+        }
+        if let Some(grace) = grace {
+            builder = builder.max_connection_age_grace(grace);
+        }
+        builder
+    };
+    let a = aged(inference_age)
         .add_service(inference)
         .add_optional_service(open_inference)
         .serve_with_incoming_shutdown(inference_in, async move { s1.notified().await });
-    let b = tonic::transport::Server::builder()
-        .max_concurrent_streams(STREAMS)
+    let b = aged(management_age)
         .add_service(management)
         .serve_with_incoming_shutdown(management_in, async move { s2.notified().await });
     let (a, b) = futures_util::future::join(a, b).await;
