@@ -38,6 +38,39 @@ impl Device {
     }
 }
 
+/// A model's device from its model-config.yaml, as TorchServe decides it: `deviceType: cpu`
+/// keeps it on the CPU (`gpu` on a host without one is the CPU too); `deviceIds` names the GPU,
+/// and a list with an id outside `[0, gpus)` is ignored with a warning (on a CPU host it always
+/// is). TorchServe spreads workers round-robin over several ids; ferroserve runs a version on
+/// one device, so a list of several valid ids is refused by name.
+pub fn for_model(
+    device_type: Option<&str>,
+    device_ids: Option<&[i64]>,
+    server: Device,
+    gpus: usize,
+) -> Result<Device, String> {
+    if device_type.is_some_and(|t| t.eq_ignore_ascii_case("cpu")) || !server.is_gpu() {
+        if device_ids.is_some_and(|ids| !ids.is_empty()) {
+            tracing::warn!("model-config.yaml: deviceIds ignored: the model runs on the CPU");
+        }
+        return Ok(Device::Cpu);
+    }
+    let Some(ids) = device_ids.filter(|ids| !ids.is_empty()) else {
+        return Ok(server);
+    };
+    if ids.iter().any(|&id| id < 0 || id as usize >= gpus) {
+        tracing::warn!(?ids, gpus, "model-config.yaml: invalid deviceIds, ignored");
+        return Ok(server);
+    }
+    match (ids, server) {
+        ([id], Device::Cuda(_)) => Ok(Device::Cuda(*id as usize)),
+        ([_], _) => Ok(server),
+        _ => Err(format!(
+            "model-config.yaml: deviceIds is not supported by ferroserve with more than one GPU ({ids:?}): a model version runs on one device; list one id"
+        )),
+    }
+}
+
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -298,5 +331,21 @@ mod tests {
             select(DeviceRequest::Cuda(Some(0)), &mut one).unwrap(),
             Device::Cuda(0)
         );
+    }
+
+    #[test]
+    fn a_models_device_follows_device_type_and_ids() {
+        let gpu = Device::Cuda(0);
+        assert_eq!(for_model(Some("cpu"), None, gpu, 2), Ok(Device::Cpu));
+        assert_eq!(
+            for_model(Some("gpu"), None, Device::Cpu, 0),
+            Ok(Device::Cpu)
+        );
+        assert_eq!(for_model(None, Some(&[1]), gpu, 2), Ok(Device::Cuda(1)));
+        // An id outside the GPUs present: the list is ignored, as in TorchServe.
+        assert_eq!(for_model(None, Some(&[3]), gpu, 2), Ok(gpu));
+        assert_eq!(for_model(None, Some(&[0]), Device::Cpu, 0), Ok(Device::Cpu));
+        let e = for_model(None, Some(&[0, 1]), gpu, 2).unwrap_err();
+        assert!(e.contains("deviceIds"), "{e}");
     }
 }

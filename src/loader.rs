@@ -214,20 +214,28 @@ impl Loader {
         if let Some(reason) = crate::registry::params::unsupported(&archive.config) {
             return Err(LoadError::Invalid(reason));
         }
-        // `deviceType: cpu` keeps this model off the server's GPU.
-        let cpu_only;
-        let runtime = if archive
+        // `deviceType` / `deviceIds` may move this model off the server's device.
+        let ids: Option<Vec<i64>> = archive
             .config
-            .string("deviceType")
-            .is_some_and(|t| t.eq_ignore_ascii_case("cpu"))
-        {
-            cpu_only = RuntimeOptions {
-                device: crate::device::Device::Cpu,
+            .get("deviceIds")
+            .and_then(|v| v.as_array())
+            .map(|ids| ids.iter().filter_map(|id| id.as_i64()).collect());
+        let device = crate::device::for_model(
+            archive.config.string("deviceType").as_deref(),
+            ids.as_deref(),
+            runtime.device,
+            settings.number_of_gpu.unwrap_or(1),
+        )
+        .map_err(LoadError::Invalid)?;
+        let own_device;
+        let runtime = if device == runtime.device {
+            runtime
+        } else {
+            own_device = RuntimeOptions {
+                device,
                 ..runtime.clone()
             };
-            &cpu_only
-        } else {
-            runtime
+            &own_device
         };
         let gpus = if runtime.device.is_gpu() {
             settings.number_of_gpu.unwrap_or(1)

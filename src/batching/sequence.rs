@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{BatchSettings, Job, SubmitError};
+pub use crate::config::SequenceHeaders;
 use crate::handler::RequestInput;
 
 /// A stateful model's sequence settings (model-config.yaml), and the request headers that
@@ -29,24 +30,6 @@ pub struct SequenceSettings {
     pub headers: SequenceHeaders,
 }
 
-/// The request headers of a sequence: its id, and the flags of its first and last request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SequenceHeaders {
-    pub id: String,
-    pub start: String,
-    pub end: String,
-}
-
-impl Default for SequenceHeaders {
-    fn default() -> Self {
-        Self {
-            id: "ts_request_sequence_id".into(),
-            start: "ts_request_sequence_start".into(),
-            end: "ts_request_sequence_end".into(),
-        }
-    }
-}
-
 /// Which sequence a request belongs to, and whether it is that sequence's last.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -54,36 +37,34 @@ pub struct Membership {
     pub last: bool,
 }
 
-impl SequenceHeaders {
-    /// The request's sequence, as TorchServe's frontend decides it: the id header's value, or
-    /// a new `ts-seq-<uuid>` sequence whose first request this is (the start header is added).
-    /// The id header is set either way, so the handler's `context.get_sequence_id` reads it.
-    pub fn assign(&self, input: &mut RequestInput) -> Membership {
-        let find = |input: &RequestInput, name: &str| {
-            input
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let id = match find(input, &self.id).filter(|id| !id.is_empty()) {
-            Some(id) => id,
-            None => {
-                let id = format!("ts-seq-{}", uuid::Uuid::new_v4());
-                input
-                    .headers
-                    .retain(|(k, _)| !k.eq_ignore_ascii_case(&self.start));
-                input.headers.push((self.start.clone(), "true".into()));
-                id
-            }
-        };
+/// The request's sequence, as TorchServe's frontend decides it: the id header's value, or a
+/// new `ts-seq-<uuid>` sequence whose first request this is (the start header is added). The
+/// id header is set either way, so the handler's `context.get_sequence_id` reads it.
+pub fn assign(headers: &SequenceHeaders, input: &mut RequestInput) -> Membership {
+    let find = |input: &RequestInput, name: &str| {
         input
             .headers
-            .retain(|(k, _)| !k.eq_ignore_ascii_case(&self.id));
-        input.headers.push((self.id.clone(), id.clone()));
-        let last = find(input, &self.end).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        Membership { id, last }
-    }
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let id = match find(input, &headers.id).filter(|id| !id.is_empty()) {
+        Some(id) => id,
+        None => {
+            let id = format!("ts-seq-{}", uuid::Uuid::new_v4());
+            input
+                .headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case(&headers.start));
+            input.headers.push((headers.start.clone(), "true".into()));
+            id
+        }
+    };
+    input
+        .headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case(&headers.id));
+    input.headers.push((headers.id.clone(), id.clone()));
+    let last = find(input, &headers.end).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    Membership { id, last }
 }
 
 struct Sequence {
@@ -334,7 +315,7 @@ mod tests {
             headers: vec![("TS_Request_Sequence_Id".into(), "s1".into())],
             ..RequestInput::default()
         };
-        let m = headers.assign(&mut input);
+        let m = assign(&headers, &mut input);
         assert_eq!((m.id.as_str(), m.last), ("s1", false));
         assert_eq!(
             input.headers,
@@ -345,7 +326,7 @@ mod tests {
             headers: vec![("ts_request_sequence_end".into(), "True".into())],
             ..RequestInput::default()
         };
-        let m = headers.assign(&mut input);
+        let m = assign(&headers, &mut input);
         assert!(m.id.starts_with("ts-seq-") && m.last, "{m:?}");
         let get = |name: &str| {
             input

@@ -82,6 +82,25 @@ const KNOWN_KEYS: &[&str] = &[
     "max_connections",
 ];
 
+/// The request headers of a stateful model's sequence (`ts_header_key_sequence_*`): its id,
+/// and the flags of its first and last request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceHeaders {
+    pub id: String,
+    pub start: String,
+    pub end: String,
+}
+
+impl Default for SequenceHeaders {
+    fn default() -> Self {
+        Self {
+            id: "ts_request_sequence_id".into(),
+            start: "ts_request_sequence_start".into(),
+            end: "ts_request_sequence_end".into(),
+        }
+    }
+}
+
 /// A listener address (`http[s]://host[:port]` or `unix:/path`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
@@ -223,7 +242,7 @@ pub struct Settings {
     /// at start-up).
     pub no_effect: Vec<(String, &'static str)>,
     /// The request headers of a stateful model's sequences (`ts_header_key_sequence_*`).
-    pub sequence_headers: crate::batching::sequence::SequenceHeaders,
+    pub sequence_headers: SequenceHeaders,
     /// PEM certificate chain and private key for `https://` listeners.
     pub certificate_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
@@ -486,8 +505,8 @@ impl Settings {
                         .filter(|h| !h.is_empty())
                         .unwrap_or(default)
                 };
-                let d = crate::batching::sequence::SequenceHeaders::default();
-                crate::batching::sequence::SequenceHeaders {
+                let d = SequenceHeaders::default();
+                SequenceHeaders {
                     id: named("ts_header_key_sequence_id", d.id),
                     start: named("ts_header_key_sequence_start", d.start),
                     end: named("ts_header_key_sequence_end", d.end),

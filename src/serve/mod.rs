@@ -147,7 +147,7 @@ impl Call {
             .mv
             .queue
             .sequence_headers()
-            .map(|headers| headers.assign(&mut input));
+            .map(|headers| crate::batching::sequence::assign(headers, &mut input));
         let shadow = self.shadow_call().map(|call| (call, input.clone()));
         let prepared = prepare(&self.mv, input).await?;
         let answer = self.submit(prepared, sequence)?;
