@@ -243,6 +243,11 @@ impl Loader {
             0
         };
         let params = ModelParams::resolve(settings, &archive, &name, &version, gpus, reg);
+        if params.continuous_batching && handler::native_handler_name(&archive).is_some() {
+            return Err(LoadError::Invalid(
+                "model-config.yaml: continuousBatching is not supported by ferroserve for a native handler: it serves streaming Python handlers".into(),
+            ));
+        }
         let handler = handler::load(
             &archive,
             &handler::HandlerSpec {
@@ -278,6 +283,7 @@ impl Loader {
                 client_timeout: (params.client_timeout_ms > 0)
                     .then(|| Duration::from_millis(params.client_timeout_ms)),
             },
+            continuous: params.continuous_batching,
             max_retry: Duration::from_secs(params.max_retry_timeout_s),
             runtime: self.tasks.clone(),
         };

@@ -105,6 +105,8 @@ pub struct Worker {
 pub struct WorkerConfig {
     pub label: String,
     pub batch: BatchSettings,
+    /// `continuousBatching`: the workers serve rounds of streaming requests.
+    pub continuous: bool,
     pub max_retry: Duration,
     /// The model version's metric handles (batch sizes, load times, restarts).
     pub metrics: Arc<crate::metrics::VersionMetrics>,
@@ -284,6 +286,19 @@ fn serve_batches(
     stats: &Stats,
     stop: &Receiver<()>,
 ) -> bool {
+    if cfg.continuous {
+        let outcome = crate::batching::continuous::serve(
+            engine,
+            intake,
+            id,
+            cfg.batch,
+            stop,
+            stats,
+            &cfg.metrics,
+            &cfg.runtime,
+        );
+        return outcome == Outcome::Died && !s.stop.load(Ordering::SeqCst);
+    }
     while let Some(batch) = intake.next_batch(id, cfg.batch, stop) {
         let started = s.epoch.elapsed().as_millis().max(1) as u64;
         s.busy_since_ms.store(started, Ordering::SeqCst);
@@ -562,6 +577,7 @@ mod tests {
                     max_batch_delay: Duration::from_millis(50),
                     client_timeout: None,
                 },
+                continuous: false,
                 max_retry,
                 metrics: Arc::new(crate::metrics::Metrics::with_defaults(
                     crate::metrics::Mode::Prometheus,

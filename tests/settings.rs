@@ -861,3 +861,123 @@ fn grpc_connections_are_aged_out() {
         "{e:?}"
     );
 }
+
+/// `continuousBatching`: a streaming handler written for TorchServe's continuous batching
+/// (state per request id in the context, `context.stopping_criteria` to say when a request is
+/// done) answers each request part by part; a request arriving while another streams joins
+/// the running batch at the next round instead of waiting for it to end, and is sent its
+/// parameters once.
+#[test]
+fn continuous_batching_lets_new_requests_join_a_running_batch() {
+    let handler = "import time\n\n\
+        def handle(data, context):\n    \
+            if data is None:\n        return None\n    \
+            if not hasattr(context, 'steps'):\n        context.steps = {}\n    \
+            out, stops = [], []\n    \
+            for i, row in enumerate(data):\n        \
+                rid = context.request_ids[i]\n        \
+                if rid not in context.steps:\n            \
+                    body = row.get('body') or row.get('data')\n            \
+                    context.steps[rid] = [0, int(body)]\n        \
+                elif row:\n            \
+                    raise ValueError('a continuing request was sent its parameters again')\n        \
+                state = context.steps[rid]\n        \
+                state[0] += 1\n        \
+                done = state[0] >= state[1]\n        \
+                out.append(f'{state[0]}/{len(data)};')\n        \
+                stops.append(lambda _, done=done: done)\n        \
+                if done:\n            del context.steps[rid]\n    \
+            context.stopping_criteria = stops\n    \
+            time.sleep(0.05)\n    \
+            return out\n";
+    let config = format!(
+        "python={}\nmodels={{\"cb\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n",
+        test_python()
+    );
+    let server = std::sync::Arc::new(Server::start_with(
+        Setup {
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            write_mar(
+                &store.join("cb.mar"),
+                r#"{"runtime": "python", "model": {"modelName": "cb", "handler": "cb:handle", "modelVersion": "1.0", "configFile": "model-config.yaml"}}"#,
+                &[
+                    ("cb.py", handler.as_bytes()),
+                    (
+                        "model-config.yaml",
+                        b"continuousBatching: true\nbatchSize: 4\n",
+                    ),
+                ],
+            );
+        },
+    ));
+    assert!(wait_models_ready(
+        &server.inference,
+        Duration::from_secs(120)
+    ));
+    assert_eq!(describe(&server, "cb")["continuousBatching"], true);
+
+    // A long answer (40 parts): once its first part is in, a short one (3 parts) is sent.
+    let mut long = agent()
+        .post(format!("{}/predictions/cb", server.inference))
+        .header("Content-Type", "text/plain")
+        .send("40")
+        .unwrap();
+    assert_eq!(long.status(), 200);
+    let mut reader = long.body_mut().as_reader();
+    let mut first = [0u8; 64];
+    let n = std::io::Read::read(&mut reader, &mut first).unwrap();
+    assert!(std::str::from_utf8(&first[..n])
+        .unwrap()
+        .starts_with("1/1;"));
+    let (status, short, headers) = post(
+        &format!("{}/predictions/cb", server.inference),
+        "text/plain",
+        "3",
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let long_parts: Vec<String> = format!("{}{rest}", std::str::from_utf8(&first[..n]).unwrap())
+        .split_terminator(';')
+        .map(str::to_string)
+        .collect();
+
+    // The short request ran in rounds shared with the long one, and ended first.
+    assert_eq!(
+        (status, short.as_str()),
+        (200, "1/2;2/2;3/2;"),
+        "{headers:?}"
+    );
+    assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+    assert_eq!(long_parts.len(), 40, "{long_parts:?}");
+    for (i, part) in long_parts.iter().enumerate() {
+        assert!(part.starts_with(&format!("{}/", i + 1)), "{long_parts:?}");
+    }
+    assert_eq!(
+        long_parts.iter().filter(|p| p.ends_with("/2")).count(),
+        3,
+        "the long answer shared exactly three rounds: {long_parts:?}"
+    );
+    assert_eq!(describe(&server, "cb")["stats"]["requests"], 2);
+
+    // A client that leaves mid-answer (2,000 parts, about 100 s) leaves the batch: well
+    // before that answer could end, a new request runs alone.
+    let mut endless = agent()
+        .post(format!("{}/predictions/cb", server.inference))
+        .header("Content-Type", "text/plain")
+        .send("2000")
+        .unwrap();
+    let n = std::io::Read::read(&mut endless.body_mut().as_reader(), &mut first).unwrap();
+    assert!(n > 0);
+    drop(endless);
+    eventually("the departed client's request left the batch", || {
+        post(
+            &format!("{}/predictions/cb", server.inference),
+            "text/plain",
+            "2",
+        )
+        .1 == "1/1;2/1;"
+    });
+}

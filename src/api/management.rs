@@ -547,7 +547,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
         parallel_type: "",
         parallel_level: 0,
         device_type: device.device_type(),
-        continuous_batching: false,
+        continuous_batching: m.params.continuous_batching,
         use_job_ticket: m.params.use_job_ticket,
         use_venv: m.params.use_venv,
         stateful: sequence.is_some(),

@@ -6,6 +6,7 @@
 //! more are taken until `max_batch_delay` after the first was taken. A batch of one never waits.
 //! A stateful model's requests wait in their sequences instead ([`sequence`]).
 
+pub mod continuous;
 pub mod sequence;
 
 use std::panic::AssertUnwindSafe;
@@ -225,6 +226,15 @@ impl Intake {
         batch
     }
 
+    /// Up to `n` queued jobs, without waiting (the next round of a continuous batch).
+    pub fn take_now(&self, n: usize) -> Vec<Job> {
+        let jobs: Vec<Job> = self.rx.try_iter().take(n).collect();
+        if !jobs.is_empty() {
+            self.taken(jobs.len());
+        }
+        jobs
+    }
+
     /// A worker stopped for good: a stateful model's sequences it served go to the others.
     pub fn leave(&self, worker: u32) {
         if let Some(sequences) = &self.sequences {
@@ -284,15 +294,13 @@ pub enum Outcome {
     Died,
 }
 
-/// Answers of one batch on their way to the waiting requests; a streamed answer switches a
-/// request from its one-shot reply to a chunk channel.
-struct Delivery<'a> {
-    /// Where the chunk channels' timers run.
-    runtime: &'a tokio::runtime::Handle,
-    /// Each request's wait in the queue, reported with its reply.
-    queued: Vec<Duration>,
-    replies: Vec<Option<oneshot::Sender<JobResult>>>,
-    streams: Vec<Option<tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>>>,
+/// One request's answer on its way: a streamed answer switches the request from its one-shot
+/// reply to a chunk channel.
+struct Answer {
+    /// Its wait in the queue, reported with its reply.
+    queued: Duration,
+    reply: Option<oneshot::Sender<JobResult>>,
+    stream: Option<tokio::sync::mpsc::Sender<Chunk>>,
 }
 
 /// Chunks a streaming handler may run ahead of a slow client.
@@ -320,61 +328,72 @@ fn send_chunk(
     })
 }
 
-impl Delivery<'_> {
-    fn partial(&mut self, i: usize, mut part: Reply) {
-        part.queue_time = self.queued[i];
-        if let Some(tx) = &self.streams[i] {
-            if !send_chunk(self.runtime, tx, Ok(part.body), STREAM_STALL) {
+impl Answer {
+    fn new(reply: oneshot::Sender<JobResult>, queued: Duration) -> Self {
+        Self {
+            queued,
+            reply: Some(reply),
+            stream: None,
+        }
+    }
+
+    /// Nobody waits for it any more: the client left, or its stream was cut.
+    fn abandoned(&self) -> bool {
+        match (&self.reply, &self.stream) {
+            (Some(reply), _) => reply.is_closed(),
+            (None, Some(stream)) => stream.is_closed(),
+            (None, None) => true,
+        }
+    }
+
+    /// A part of a streamed answer (the first starts the stream).
+    fn partial(&mut self, runtime: &tokio::runtime::Handle, mut part: Reply) {
+        part.queue_time = self.queued;
+        if let Some(tx) = &self.stream {
+            if !send_chunk(runtime, tx, Ok(part.body), STREAM_STALL) {
                 tracing::warn!(
                     "streamed answer cut: its client took no chunk for {STREAM_STALL:?} or left"
                 );
-                self.streams[i] = None;
+                self.stream = None;
             }
-        } else if let Some(reply) = self.replies[i].take() {
+        } else if let Some(reply) = self.reply.take() {
             let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
             let _ = reply.send(Ok(Reply {
                 stream: Some(rx),
                 ..part
             }));
-            self.streams[i] = Some(tx);
+            self.stream = Some(tx);
         }
     }
 
-    fn finish(&mut self, i: usize, mut last: Reply) {
-        last.queue_time = self.queued[i];
-        if let Some(tx) = self.streams[i].take() {
-            send_chunk(self.runtime, &tx, Ok(last.body), STREAM_STALL);
-        } else if let Some(reply) = self.replies[i].take() {
+    fn finish(&mut self, runtime: &tokio::runtime::Handle, mut last: Reply) {
+        last.queue_time = self.queued;
+        if let Some(tx) = self.stream.take() {
+            send_chunk(runtime, &tx, Ok(last.body), STREAM_STALL);
+        } else if let Some(reply) = self.reply.take() {
             let _ = reply.send(Ok(last));
         }
     }
 
-    fn fail(&mut self, error: &ServeError) {
-        for (reply, stream) in self.replies.iter_mut().zip(self.streams.iter_mut()) {
-            if let Some(tx) = stream.take() {
-                let failed = std::io::Error::other(error.to_string());
-                send_chunk(self.runtime, &tx, Err(failed), STREAM_STALL);
-            } else if let Some(reply) = reply.take() {
-                let _ = reply.send(Err(error.clone()));
-            }
+    fn fail(&mut self, runtime: &tokio::runtime::Handle, error: &ServeError) {
+        if let Some(tx) = self.stream.take() {
+            let failed = std::io::Error::other(error.to_string());
+            send_chunk(runtime, &tx, Err(failed), STREAM_STALL);
+        } else if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(error.clone()));
         }
     }
 }
 
-/// Runs one batch and answers every job in it; `client_timeout` answers the jobs that waited
-/// longer than it without running them.
-pub fn run_batch(
-    engine: &mut dyn Engine,
+/// The jobs of a batch a worker may run: those whose client left are dropped, and those that
+/// waited past `client_timeout` answered without running; both count as dropped.
+fn admit(
     batch: Vec<Job>,
     client_timeout: Option<Duration>,
+    dispatched: Instant,
     stats: &Stats,
-    metrics: &crate::metrics::VersionMetrics,
-    runtime: &tokio::runtime::Handle,
-) -> Outcome {
+) -> Vec<Job> {
     let total = batch.len();
-    let dispatched = Instant::now();
-    // Requests whose client went away, or that waited past the client's timeout, are dropped
-    // before they reach the model.
     let live: Vec<Job> = batch
         .into_iter()
         .filter(|j| !j.reply.is_closed())
@@ -394,42 +413,77 @@ pub fn run_batch(
             _ => Some(j),
         })
         .collect();
-    // A batch of one runs in its request's span; a larger one in a span that follows all of
-    // theirs, so every log line of the engine names the requests it serves.
-    let span = match live.as_slice() {
-        [one] => one.span.clone(),
-        jobs => {
-            let span =
-                tracing::debug_span!(target: "ferroserve::serve", "batch", size = jobs.len());
-            for job in jobs {
-                span.follows_from(&job.span);
+    stats
+        .dropped
+        .fetch_add((total - live.len()) as u64, Ordering::Relaxed);
+    live
+}
+
+/// The span a batch runs in: a batch of one runs in its request's span; a larger one in a span
+/// that follows all of theirs, so every log line of the engine names the requests it serves.
+fn batch_span<'a>(spans: impl ExactSizeIterator<Item = &'a tracing::Span>) -> tracing::Span {
+    let spans: Vec<&tracing::Span> = spans.collect();
+    match spans.as_slice() {
+        [one] => (*one).clone(),
+        all => {
+            let span = tracing::debug_span!(target: "ferroserve::serve", "batch", size = all.len());
+            for s in all {
+                span.follows_from(*s);
             }
             span
         }
-    };
-    let _entered = span.enter();
-    let queued = live.iter().map(|j| dispatched - j.enqueued).collect();
-    let (inputs, replies): (Vec<Prepared>, Vec<Option<oneshot::Sender<JobResult>>>) =
-        live.into_iter().map(|j| (j.input, Some(j.reply))).unzip();
-    stats
-        .dropped
-        .fetch_add((total - inputs.len()) as u64, Ordering::Relaxed);
-    if inputs.is_empty() {
+    }
+}
+
+/// An engine call's outcome: one reply per request, or the error every request of the batch
+/// gets and what the failure means for the worker.
+fn settle(
+    outcome: std::thread::Result<Result<Vec<Reply>, EngineError>>,
+    requests: usize,
+) -> Result<Vec<Reply>, (ServeError, Outcome)> {
+    match outcome {
+        Ok(Ok(replies)) if replies.len() == requests => Ok(replies),
+        Ok(Ok(_)) => Err((
+            ServeError::PredictionFailed("number of batch response mismatched".into()),
+            Outcome::Done,
+        )),
+        Ok(Err(EngineError::Batch(e))) => Err((e, Outcome::Done)),
+        Ok(Err(EngineError::Died(e))) => Err((e, Outcome::Died)),
+        Err(_) => {
+            tracing::error!("a handler panicked; its batch failed");
+            Err((ServeError::WorkerDied, Outcome::Died))
+        }
+    }
+}
+
+/// Runs one batch and answers every job in it; `client_timeout` answers the jobs that waited
+/// longer than it without running them.
+pub fn run_batch(
+    engine: &mut dyn Engine,
+    batch: Vec<Job>,
+    client_timeout: Option<Duration>,
+    stats: &Stats,
+    metrics: &crate::metrics::VersionMetrics,
+    runtime: &tokio::runtime::Handle,
+) -> Outcome {
+    let dispatched = Instant::now();
+    let live = admit(batch, client_timeout, dispatched, stats);
+    if live.is_empty() {
         return Outcome::Done;
     }
+    let span = batch_span(live.iter().map(|j| &j.span));
+    let _entered = span.enter();
+    let (inputs, mut answers): (Vec<Prepared>, Vec<Answer>) = live
+        .into_iter()
+        .map(|j| (j.input, Answer::new(j.reply, dispatched - j.enqueued)))
+        .unzip();
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats
         .requests
         .fetch_add(inputs.len() as u64, Ordering::Relaxed);
-    let mut delivery = Delivery {
-        runtime,
-        queued,
-        streams: (0..replies.len()).map(|_| None).collect(),
-        replies,
-    };
     let engine_start = Instant::now();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        engine.infer(&inputs, &mut |i, part| delivery.partial(i, part))
+        engine.infer(&inputs, &mut |i, part| answers[i].partial(runtime, part))
     }));
     let engine_time = engine_start.elapsed();
     metrics.batch(
@@ -437,26 +491,19 @@ pub fn run_batch(
         engine_time,
         dispatched.elapsed().saturating_sub(engine_time),
     );
-    let (error, result) = match outcome {
-        Ok(Ok(answers)) if answers.len() == inputs.len() => {
-            for (i, answer) in answers.into_iter().enumerate() {
-                delivery.finish(i, answer);
+    let (error, result) = match settle(outcome, inputs.len()) {
+        Ok(replies) => {
+            for (answer, reply) in answers.iter_mut().zip(replies) {
+                answer.finish(runtime, reply);
             }
             return Outcome::Done;
         }
-        Ok(Ok(_)) => (
-            ServeError::PredictionFailed("number of batch response mismatched".into()),
-            Outcome::Done,
-        ),
-        Ok(Err(EngineError::Batch(e))) => (e, Outcome::Done),
-        Ok(Err(EngineError::Died(e))) => (e, Outcome::Died),
-        Err(_) => {
-            tracing::error!("a handler panicked; the batch failed");
-            (ServeError::WorkerDied, Outcome::Died)
-        }
+        Err(failed) => failed,
     };
     stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-    delivery.fail(&error);
+    for answer in &mut answers {
+        answer.fail(runtime, &error);
+    }
     result
 }
 

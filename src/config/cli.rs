@@ -50,7 +50,7 @@ pub struct Cli {
     /// Python interpreter for custom Python handlers (needs `pip install torchserve==0.12.0`).
     #[arg(long)]
     pub python: Option<PathBuf>,
-    /// Plugins path (accepted and ignored: there are no Java plugins).
+    /// Plugins path: refused (Java plugins cannot be loaded), as `plugins_path` is.
     #[arg(long = "plugins-path", alias = "ppath")]
     pub plugins_path: Option<PathBuf>,
 }

@@ -497,7 +497,16 @@ impl Settings {
                     ),
                 ]
             },
-            no_effect: unused::check(&extra)?,
+            no_effect: {
+                if let Some(path) = &cli.plugins_path {
+                    return Err(ConfigError::invalid(
+                        "--plugins-path",
+                        &path.display().to_string(),
+                        "not supported by ferroserve: Java plugins (endpoints, snapshot serializers) cannot be loaded",
+                    ));
+                }
+                unused::check(&extra)?
+            },
             sequence_headers: {
                 let named = |key: &str, default: String| {
                     get(key)

@@ -128,6 +128,14 @@ pub trait Engine: Send {
         batch: &[Prepared],
         partial: &mut dyn FnMut(usize, Reply),
     ) -> Result<Vec<Reply>, EngineError>;
+    /// One round of continuous batching: one part per request, in order. A request marked
+    /// `true` was in the previous round and is sent without its parameters (the handler keeps
+    /// its state); a part with `ts_stream_next: true` continues in the next round.
+    fn round(&mut self, _batch: &[(&Prepared, bool)]) -> Result<Vec<Reply>, EngineError> {
+        Err(EngineError::Batch(ServeError::Internal(
+            "continuous batching is served by Python handlers only".into(),
+        )))
+    }
     /// The worker process, when the engine has one.
     fn pid(&self) -> Option<u32> {
         None

@@ -471,43 +471,66 @@ pub fn decode_reply<R: Read>(reader: R, limit: usize) -> std::io::Result<WireRep
     })
 }
 
+/// The requests of a batch, which for a Python handler are the requests as received.
+fn requests<'a>(
+    batch: impl Iterator<Item = &'a Prepared>,
+) -> Result<Vec<&'a RequestInput>, EngineError> {
+    batch
+        .map(|p| match p {
+            Prepared::Request(r) => Ok(r),
+            Prepared::Tensor { .. } | Prepared::Array(_) => Err(EngineError::Batch(
+                ServeError::Internal("unexpected input for a Python handler".into()),
+            )),
+        })
+        .collect()
+}
+
+/// A worker's failure status for the whole batch, passed on as TorchServe does.
+fn batch_failure(reply: &WireReply) -> Option<EngineError> {
+    (reply.code != 200).then(|| {
+        let code = if reply.code == 413 { 507 } else { reply.code };
+        EngineError::Batch(ServeError::Backend {
+            status: u16::try_from(code).unwrap_or(500),
+            message: reply.message.clone(),
+        })
+    })
+}
+
+impl PythonWorker {
+    /// The worker's output arrives on its own pipe, after the reply at times: it belongs to
+    /// the current batch until the next one starts.
+    fn serve_under_current_span(&self) {
+        if let Ok(mut serving) = self.serving.lock() {
+            *serving = tracing::Span::current();
+        }
+    }
+
+    fn died(&self) -> impl Fn(std::io::Error) -> EngineError {
+        let tail = self.tail.clone();
+        move |e: std::io::Error| {
+            tracing::error!("Python worker connection failed: {e}; {}", tail_text(&tail));
+            EngineError::Died(ServeError::WorkerDied)
+        }
+    }
+}
+
 impl Engine for PythonWorker {
     fn infer(
         &mut self,
         batch: &[Prepared],
         partial: &mut dyn FnMut(usize, Reply),
     ) -> Result<Vec<Reply>, EngineError> {
-        // The worker's output arrives on its own pipe, after the reply at times: it belongs to
-        // this batch until the next one starts.
-        if let Ok(mut serving) = self.serving.lock() {
-            *serving = tracing::Span::current();
-        }
-        let requests: Vec<&RequestInput> = batch
-            .iter()
-            .map(|p| match p {
-                Prepared::Request(r) => Ok(r),
-                Prepared::Tensor { .. } | Prepared::Array(_) => Err(EngineError::Batch(
-                    ServeError::Internal("unexpected input for a Python handler".into()),
-                )),
-            })
-            .collect::<Result<_, _>>()?;
-        let tail = self.tail.clone();
-        let died = move |e: std::io::Error| {
-            tracing::error!("Python worker connection failed: {e}; {}", tail_text(&tail));
-            EngineError::Died(ServeError::WorkerDied)
-        };
+        self.serve_under_current_span();
+        let requests = requests(batch.iter())?;
+        let died = self.died();
         // Each message of the reply must come within the response timeout, as in TorchServe.
         let timeout = self.response_timeout;
         let mut reply = self
             .exchange(&encode_inference(&requests), timeout)
             .map_err(&died)?;
         loop {
-            if reply.code != 200 {
-                let code = if reply.code == 413 { 507 } else { reply.code };
-                return Err(EngineError::Batch(ServeError::Backend {
-                    status: u16::try_from(code).unwrap_or(500),
-                    message: reply.message,
-                }));
+            if let Some(failed) = batch_failure(&reply) {
+                return Err(failed);
             }
             // Intermediate messages carry `ts_stream_next: true`; they are passed on as
             // they come, and the worker's messages are read until none says more follows.
@@ -537,6 +560,46 @@ impl Engine for PythonWorker {
             }
             reply = self.read_reply(timeout).map_err(&died)?;
         }
+    }
+
+    fn round(&mut self, batch: &[(&Prepared, bool)]) -> Result<Vec<Reply>, EngineError> {
+        self.serve_under_current_span();
+        // Carried over from the last round: headers only, as TorchServe sends them.
+        let requests: Vec<std::borrow::Cow<'_, RequestInput>> =
+            requests(batch.iter().map(|(p, _)| *p))?
+                .into_iter()
+                .zip(batch)
+                .map(|(r, (_, cached))| {
+                    if *cached {
+                        std::borrow::Cow::Owned(RequestInput {
+                            request_id: r.request_id.clone(),
+                            headers: r.headers.clone(),
+                            params: Vec::new(),
+                        })
+                    } else {
+                        std::borrow::Cow::Borrowed(r)
+                    }
+                })
+                .collect();
+        let requests: Vec<&RequestInput> = requests.iter().map(|r| r.as_ref()).collect();
+        let died = self.died();
+        let reply = self
+            .exchange(&encode_inference(&requests), self.response_timeout)
+            .map_err(&died)?;
+        if let Some(failed) = batch_failure(&reply) {
+            return Err(failed);
+        }
+        let mut parts: Vec<Option<Reply>> = (0..requests.len()).map(|_| None).collect();
+        for e in reply.entries {
+            let Some(i) = requests.iter().position(|r| r.request_id == e.request_id) else {
+                return Err(died(std::io::Error::other("reply for an unknown request")));
+            };
+            parts[i] = Some(e.into_reply());
+        }
+        parts
+            .into_iter()
+            .map(|p| p.ok_or_else(|| died(std::io::Error::other("a request got no reply"))))
+            .collect()
     }
 
     fn pid(&self) -> Option<u32> {

@@ -46,6 +46,8 @@ pub struct ModelParams {
     pub use_job_ticket: bool,
     /// Python workers run in a virtual environment of the model's own (`useVenv`).
     pub use_venv: bool,
+    /// `continuousBatching`: workers serve rounds of streaming requests.
+    pub continuous_batching: bool,
     /// A stateful model's sequences (`sequenceBatching` with `sequenceMaxIdleMSec`).
     pub sequence: Option<SequenceSettings>,
 }
@@ -86,8 +88,12 @@ pub fn unsupported(yaml: &crate::archive::ModelConfig) -> Option<String> {
             "the asynchronous worker protocol (replies out of order) is not spoken",
         );
     }
-    if yaml.bool("continuousBatching") == Some(true) {
-        return refuse("continuousBatching", "continuous batching between the server and a streaming Python worker is not implemented yet");
+    if yaml.bool("continuousBatching") == Some(true) && yaml.bool("sequenceBatching") == Some(true)
+    {
+        return refuse(
+            "continuousBatching",
+            "together with sequenceBatching (TorchServe's sequence continuous batching) it is not implemented",
+        );
     }
     if yaml.bool("sequenceBatching") == Some(true)
         && yaml.int("sequenceMaxIdleMSec").unwrap_or(0) <= 0
@@ -185,6 +191,7 @@ impl ModelParams {
                 as usize,
             use_job_ticket: yaml.bool("useJobTicket").unwrap_or(false),
             use_venv: yaml.bool("useVenv").unwrap_or(false),
+            continuous_batching: yaml.bool("continuousBatching").unwrap_or(false),
             sequence: (yaml.bool("sequenceBatching") == Some(true))
                 .then(|| positive("sequenceMaxIdleMSec"))
                 .flatten()
@@ -329,6 +336,11 @@ mod tests {
         assert!(refused("deepspeed:\n  config: x.json\n").contains("deepspeed"));
         assert!(refused("asyncCommunication: true\n").contains("asyncCommunication"));
         assert!(refused("sequenceBatching: true\n").contains("sequenceMaxIdleMSec > 0"));
+        assert_eq!(refused("continuousBatching: true\n"), "");
+        assert!(refused(
+            "continuousBatching: true\nsequenceBatching: true\nsequenceMaxIdleMSec: 10\n"
+        )
+        .contains("continuousBatching"));
         assert_eq!(
             refused("sequenceBatching: true\nsequenceMaxIdleMSec: 10\n"),
             ""
