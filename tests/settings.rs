@@ -981,3 +981,42 @@ fn continuous_batching_lets_new_requests_join_a_running_batch() {
         .1 == "1/1;2/1;"
     });
 }
+
+/// `ts_header_key_sequence_id` renames the header that carries a sequence (the Python worker
+/// reads the same name from `TS_REQUEST_SEQUENCE_ID`, which it inherits, as in TorchServe).
+#[test]
+fn the_sequence_header_can_be_renamed() {
+    let gate = tempfile::tempdir().unwrap();
+    let yaml = "minWorkers: 1\nmaxWorkers: 1\nmaxNumSequence: 4\nsequenceMaxIdleMSec: 600000\nsequenceBatching: true\n";
+    let config = format!(
+        "python={}\nts_header_key_sequence_id=x-session\n",
+        test_python()
+    );
+    let server = Server::start_with(
+        Setup {
+            config: &config,
+            env: &[("TS_REQUEST_SEQUENCE_ID", "x-session")],
+            ..Setup::default()
+        },
+        |store| stateful_mar(store, yaml, gate.path()),
+    );
+    assert!(wait_models_ready(
+        &server.inference,
+        Duration::from_secs(120)
+    ));
+    let send = |session: &str, n: &str| {
+        let (status, body, _) = into_parts(
+            agent()
+                .post(format!("{}/predictions/stateful", server.inference))
+                .header("x-session", session)
+                .header("Content-Type", "text/plain")
+                .send(n)
+                .unwrap(),
+        );
+        assert_eq!(status, 200, "{body}");
+        body.split(' ').next().unwrap().to_string()
+    };
+    assert_eq!(send("a", "2"), "2");
+    assert_eq!(send("b", "10"), "10");
+    assert_eq!(send("a", "3"), "5");
+}

@@ -1,8 +1,10 @@
 """Sends the same management and inference requests to TorchServe 0.12 and to ferroserve and
 compares status codes and bodies (ids, timestamps, pids and ferroserve's extra describe fields
 left out). Usage: compare.py TS_INFERENCE TS_MANAGEMENT FS_INFERENCE FS_MANAGEMENT"""
+import http.client
 import os
 import sys
+import urllib.parse
 import urllib.error
 import urllib.request
 
@@ -86,9 +88,31 @@ REQUESTS = [
     ("DELETE", "m", "/workflows/wf2", None),
     ("GET", "m", "/models/wf2__m", None),
     ("GET", "m", "/workflows", None),
+    # Model settings from model-config.yaml, as describe reports them.
+    ("POST", "m", "/models?url=settings.mar&initial_workers=1&synchronous=true", None),
+    ("GET", "m", "/models/settings", None),
+    ("DELETE", "m", "/models/settings", None),
+    # A .tar.gz archive made by the archiver.
+    ("POST", "m", "/models?url=tgzdouble.tar.gz&initial_workers=1&synchronous=true", None),
+    ("GET", "m", "/models/tgzdouble", None),
+    ("POST", "i", "/predictions/tgzdouble", b'{"values": [4]}'),
+    ("DELETE", "m", "/models/tgzdouble", None),
+    # A stateful model: sequences add up on their own; a third sequence is refused.
+    ("POST", "m", "/models?url=stateful.mar&initial_workers=1&synchronous=true", None),
+    ("GET", "m", "/models/stateful", None),
+    ("POST", "i", "/predictions/stateful", b"1", {"ts_request_sequence_id": "s1"}),
+    ("POST", "i", "/predictions/stateful", b"2", {"ts_request_sequence_id": "s1"}),
+    ("POST", "i", "/predictions/stateful", b"5", {"ts_request_sequence_id": "s2"}),
+    ("POST", "i", "/predictions/stateful", b"4", {"ts_request_sequence_id": "s1"}),
+    ("POST", "i", "/predictions/stateful", b"1", {"ts_request_sequence_id": "s3"}),
+    ("POST", "i", "/predictions/stateful", b"1", None),
+    ("POST", "i", "/predictions/stateful", b"1", {"ts_request_sequence_id": "s2"}),
+    ("DELETE", "m", "/models/stateful", None),
 ]
 
-def call(base, method, path, body):
+def call(base, method, path, body, headers=None):
+    if headers:
+        return call_exact(base, method, path, body, headers)
     req = urllib.request.Request(base + path, data=body, method=method)
     if body is not None:
         req.add_header("Content-Type", "application/json")
@@ -99,13 +123,28 @@ def call(base, method, path, body):
         return e.code, e.read()
 
 
+def call_exact(base, method, path, body, headers):
+    """A request whose header names are sent as written: urllib title-cases them, and
+    TorchServe matches the sequence header's name in exact case."""
+    host = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+    try:
+        conn.request(method, path, body=body,
+                     headers={"Content-Type": "application/json", **headers})
+        res = conn.getresponse()
+        return res.status, res.read()
+    finally:
+        conn.close()
+
+
 def main():
     ts = {"i": sys.argv[1], "m": sys.argv[2]}
     fs = {"i": sys.argv[3], "m": sys.argv[4]}
     equal = 0
-    for method, side, path, body in REQUESTS:
-        a = call(ts[side], method, path, body)
-        b = call(fs[side], method, path, body)
+    for method, side, path, body, *headers in REQUESTS:
+        headers = headers[0] if headers else None
+        a = call(ts[side], method, path, body, headers)
+        b = call(fs[side], method, path, body, headers)
         same = a[0] == b[0] and normal(a[1]) == normal(b[1])
         equal += same
         mark = "equal" if same else "DIFFERENT"

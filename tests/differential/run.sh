@@ -31,21 +31,40 @@ for wf in wf par boom slow twostart cycle dupedge badyaml missing nofunc; do
   "$(dirname "$PY")/torch-workflow-archiver" --workflow-name "$wf" --spec-file "$fixtures/$wf.yaml" \
     --handler "$fixtures/wf_handler.py" --export-path "$work" -f
 done
-"$PY" - "$work/double.mar" "$fixtures/double.py" <<'PY'
+"$PY" - "$work/double.mar" "$fixtures/double.py" tests/fixtures/stateful.py <<'PY'
 import json, sys, zipfile
-with zipfile.ZipFile(sys.argv[1], "w") as z:
-    z.writestr("MAR-INF/MANIFEST.json", json.dumps({"createdOn": "01/01/2024 00:00:00",
-        "runtime": "python", "archiverVersion": "0.12.0",
-        "model": {"modelName": "double", "handler": "double.py", "modelVersion": "1.0"}}))
-    z.write(sys.argv[2], "double.py")
+def mar(path, name, handler, source, config=None):
+    model = {"modelName": name, "handler": handler, "modelVersion": "1.0"}
+    if config is not None:
+        model["configFile"] = "model-config.yaml"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("MAR-INF/MANIFEST.json", json.dumps({"createdOn": "01/01/2024 00:00:00",
+            "runtime": "python", "archiverVersion": "0.12.0", "model": model}))
+        z.write(source, handler)
+        if config is not None:
+            z.writestr("model-config.yaml", config)
+mar(sys.argv[1], "double", "double.py", sys.argv[2])
+# Model settings as describe reports them (no request is sent to it: with useJobTicket a
+# request right after registration depends on whether the worker already waits).
+mar(sys.argv[1].replace("double.mar", "settings.mar"), "settings", "double.py", sys.argv[2],
+    "minWorkers: 1\nmaxWorkers: 1\nclientTimeoutInMills: 5000\nuseJobTicket: true\n"
+    "jobQueueSize: 7\nmaxRetryTimeoutInSec: 100\ndeviceType: cpu\ncontinuousBatching: false\n")
+# A stateful model: two sequences at most, two requests waiting in each.
+mar(sys.argv[1].replace("double.mar", "stateful.mar"), "stateful", "stateful.py", sys.argv[3],
+    "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nsequenceBatching: true\n"
+    "sequenceMaxIdleMSec: 600000\nmaxNumSequence: 2\nmaxSequenceJobQueueSize: 2\n")
 # The same handler without a manifest: TorchServe assumes a Python model.
 with zipfile.ZipFile(sys.argv[1].replace("double.mar", "nomanifest.mar"), "w") as z:
     z.write(sys.argv[2], "double.py")
 PY
+# A .tar.gz archive from the real archiver (--archive-format tgz).
+mkdir -p "$work/tgz"
+"$(dirname "$PY")/torch-model-archiver" --model-name tgzdouble --version 1.0 \
+  --handler "$fixtures/double.py" --archive-format tgz --export-path "$work/tgz" -f
 for side in ts fs; do
   mkdir -p "$work/$side/store"
   cp model-store/sign.mar "$work/$side/store/"
-  cp "$work"/*.war "$work/double.mar" "$work/nomanifest.mar" "$work/$side/store/"
+  cp "$work"/*.war "$work"/*.mar "$work/tgz/tgzdouble.tar.gz" "$work/$side/store/"
 done
 config() {
   printf '%s\n' "inference_address=http://127.0.0.1:$1" "management_address=http://127.0.0.1:$2" \
