@@ -987,7 +987,8 @@ fn continuous_batching_lets_new_requests_join_a_running_batch() {
 #[test]
 fn the_sequence_header_can_be_renamed() {
     let gate = tempfile::tempdir().unwrap();
-    let yaml = "minWorkers: 1\nmaxWorkers: 1\nmaxNumSequence: 4\nsequenceMaxIdleMSec: 600000\nsequenceBatching: true\n";
+    // Two sequences at most: were the header not the sequence's, every request would open one.
+    let yaml = "minWorkers: 1\nmaxWorkers: 1\nmaxNumSequence: 2\nsequenceMaxIdleMSec: 600000\nsequenceBatching: true\n";
     let config = format!(
         "python={}\nts_header_key_sequence_id=x-session\n",
         test_python()
@@ -1014,9 +1015,12 @@ fn the_sequence_header_can_be_renamed() {
                 .unwrap(),
         );
         assert_eq!(status, 200, "{body}");
+        // No sequence was opened for it by the server (that would flag its start).
+        assert!(body.ends_with(" None"), "{body}");
         body.split(' ').next().unwrap().to_string()
     };
     assert_eq!(send("a", "2"), "2");
     assert_eq!(send("b", "10"), "10");
     assert_eq!(send("a", "3"), "5");
+    assert_eq!(send("b", "1"), "11");
 }
