@@ -180,11 +180,6 @@ impl JobQueue {
             .map(|s| &s.settings().headers)
     }
 
-    /// A stateful model's sequence settings.
-    pub fn sequence_settings(&self) -> Option<&sequence::SequenceSettings> {
-        self.intake.sequences.as_ref().map(|s| s.settings())
-    }
-
     /// Waits until no job is pending, at most until `deadline`; true when none is.
     pub fn wait_empty(&self, deadline: Instant) -> bool {
         self.intake

@@ -294,11 +294,6 @@ impl Sequences {
         table.ring(None);
     }
 
-    /// Requests waiting in all sequences.
-    pub fn waiting(&self) -> usize {
-        self.table().sequences.values().map(|s| s.jobs.len()).sum()
-    }
-
     pub fn settings(&self) -> &SequenceSettings {
         &self.settings
     }

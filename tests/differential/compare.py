@@ -110,6 +110,11 @@ REQUESTS = [
     ("DELETE", "m", "/models/stateful", None),
 ]
 
+# A stateful sequence over gRPC StreamPredictions2, each message sent once the previous one is
+# answered (TorchServe ends the reply stream as soon as the client's ends): two sequences
+# adding up, and a message with neither a sequence id nor the start flag (an in-band error).
+SEQUENCE = [("g1", b"3"), ("g1", b"4"), ("", b"1"), ("g2", b"5"), ("g1", b"10")]
+
 def call(base, method, path, body, headers=None):
     if headers:
         return call_exact(base, method, path, body, headers)
@@ -137,10 +142,33 @@ def call_exact(base, method, path, body, headers):
         conn.close()
 
 
+def grpc_sequence(modules, inference_base):
+    """The replies to SEQUENCE over one StreamPredictions2 call, as (prediction, status code,
+    status message, sequence_id); the gRPC port is the inference port + 10 (run.sh)."""
+    import queue
+    import grpc
+    port = urllib.parse.urlsplit(inference_base).port + 10
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=60)
+    stub = modules["inference_pb2_grpc"].InferenceAPIsServiceStub(channel)
+    outbox = queue.Queue()
+    replies = stub.StreamPredictions2(iter(outbox.get, None), timeout=120)
+    answers = []
+    for sequence, value in SEQUENCE:
+        outbox.put(modules["inference_pb2"].PredictionsRequest(
+            model_name="stateful", input={"data": value}, sequence_id=sequence))
+        r = next(replies)
+        answers.append((r.prediction, r.status.code, r.status.message, r.sequence_id))
+    outbox.put(None)
+    channel.close()
+    return answers
+
+
 def main():
     ts = {"i": sys.argv[1], "m": sys.argv[2]}
     fs = {"i": sys.argv[3], "m": sys.argv[4]}
     equal = 0
+    total = len(REQUESTS) + len(SEQUENCE)
     for method, side, path, body, *headers in REQUESTS:
         headers = headers[0] if headers else None
         a = call(ts[side], method, path, body, headers)
@@ -151,8 +179,23 @@ def main():
         print(f"| {method} {path} | {a[0]} | {b[0]} | {mark} |")
         if not same:
             print(f"|  | `{normal(a[1])}` | `{normal(b[1])}` | |".replace("\n", " "))
-    print(f"\ndifferential: {equal} passed, {len(REQUESTS) - equal} failed")
-    return 0 if equal == len(REQUESTS) else 1
+    import tempfile
+    import grpc_client
+    register = "/models?url=stateful.mar&initial_workers=1&synchronous=true"
+    with tempfile.TemporaryDirectory() as out:
+        modules = grpc_client.load(out)
+        for side in (ts, fs):
+            call(side["m"], "POST", register, None)
+        answers = [grpc_sequence(modules, side["i"]) for side in (ts, fs)]
+        for side in (ts, fs):
+            call(side["m"], "DELETE", "/models/stateful", None)
+    for (sequence, value), a, b in zip(SEQUENCE, *answers):
+        same = a == b
+        equal += same
+        print(f"| gRPC StreamPredictions2 {sequence or '(none)'}:{value.decode()} | {a} | {b} | "
+              f"{'equal' if same else 'DIFFERENT'} |")
+    print(f"\ndifferential: {equal} passed, {total - equal} failed")
+    return 0 if equal == total else 1
 
 
 sys.exit(main())

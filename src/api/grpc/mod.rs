@@ -192,16 +192,16 @@ impl Inference {
         .await
     }
 
-    /// A `StreamPredictions2` message's answer, errors in-band as TorchServe sends them.
+    /// A `StreamPredictions2` message's answer, errors in-band as TorchServe sends them (its
+    /// replies carry no `sequence_id`).
     async fn sequence_step(&self, r: PredictionsRequest) -> PredictionResponse {
-        let sequence_id = r.sequence_id.clone();
         let start = &self.state.settings.sequence_headers.start;
         let starts = r.input.get(start).is_some_and(|v| {
             String::from_utf8_lossy(v)
                 .trim()
                 .eq_ignore_ascii_case("true")
         });
-        let answer = if sequence_id.as_deref().unwrap_or("").is_empty() && !starts {
+        let answer = if r.sequence_id.as_deref().unwrap_or("").is_empty() && !starts {
             Err(Status::internal("Parameter sequenceId is required."))
         } else {
             match self.run(r).await {
@@ -215,12 +215,12 @@ impl Inference {
         match answer {
             Ok(body) => PredictionResponse {
                 prediction: body.to_vec(),
-                sequence_id,
+                sequence_id: None,
                 status: None,
             },
             Err(e) => PredictionResponse {
                 prediction: Vec::new(),
-                sequence_id,
+                sequence_id: None,
                 status: Some(pb::google::rpc::Status {
                     code: e.code() as i32,
                     message: e.message().to_string(),
