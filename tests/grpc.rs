@@ -92,6 +92,11 @@ fn inference_over_grpc_answers_like_rest() {
             .unwrap_err();
         assert_eq!(e.code(), Code::Internal, "{e:?}");
         assert!(e.message().contains("Model not found: nope"), "{e:?}");
+        let e = c.predictions(predictions("", "", &body)).await.unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::Internal, "Parameter model_name is required.")
+        );
         let e = c
             .predictions(predictions("sign", "", "{not json"))
             .await

@@ -728,24 +728,11 @@ fn the_last_request_of_a_sequence_closes_it() {
 fn server_keys_act_warn_or_refuse() {
     let handler = "import os\n\ndef handle(data, context):\n    \
         return data and [os.environ.get('TS_IPEX_ENABLE', 'unset') + ' ' + os.environ.get('TS_IPEX_GPU_ENABLE', 'unset')] * len(data)\n";
-    let config = format!(
-        "python={}\ncors_allowed_origin=https://app.example\ncors_allowed_methods=GET, POST\n\
-         cors_allowed_headers=X-Custom\nipex_enable=true\nvmargs=-Xmx4g\nnumber_of_netty_threads=4\n\
-         models={{\"ipex\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n",
-        test_python()
-    );
-    let server = Server::start_with(
-        Setup {
-            config: &config,
-            ..Setup::default()
-        },
-        |store| {
-            write_mar(
-                &store.join("ipex.mar"),
-                r#"{"runtime": "python", "model": {"modelName": "ipex", "handler": "ipex:handle", "modelVersion": "1.0"}}"#,
-                &[("ipex.py", handler.as_bytes())],
-            );
-        },
+    let server = python_model_server(
+        "ipex",
+        handler,
+        "cors_allowed_origin=https://app.example\ncors_allowed_methods=GET, POST\n\
+         cors_allowed_headers=X-Custom\nipex_enable=true\nvmargs=-Xmx4g\nnumber_of_netty_threads=4\n",
     );
     assert!(wait_models_ready(
         &server.inference,

@@ -157,6 +157,9 @@ impl Inference {
     /// One prediction; a `sequence_id` names the stateful sequence it belongs to (the
     /// header a REST client sends; a stateful model opens a new sequence without it).
     async fn run(&self, r: PredictionsRequest) -> Result<crate::handler::Reply, Status> {
+        if r.model_name.is_empty() {
+            return Err(Status::internal("Parameter model_name is required."));
+        }
         let headers = &self.state.settings.sequence_headers;
         let mut extra = Vec::new();
         if let Some(id) = r.sequence_id.as_deref().and_then(nonempty) {
