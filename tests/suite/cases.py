@@ -269,6 +269,30 @@ def grpc_inference_cases():
              "status": code, "check": check} for n, rpc, params, code, check in rows]
 
 
+def grpc_oip_cases():
+    """KServe's Open Inference Protocol over gRPC (`ts_open_inference_protocol=true`): server
+    liveness, readiness and metadata, a model's readiness and metadata, unknown models and
+    versions; answers compared field by field (protobuf text)."""
+    m = "squeezenet1_1"
+    rows = [
+        ("Server live", "ServerLive", {}),
+        ("Server ready", "ServerReady", {}),
+        ("Server metadata", "ServerMetadata", {}),
+        ("Register", "RegisterModel",
+         {"url": f"{m}.mar", "model_name": m, "initial_workers": 1, "synchronous": True}),
+        ("Model ready", "ModelReady", {"name": m}),
+        ("Model ready, a version", "ModelReady", {"name": m, "version": "1.0"}),
+        ("Model ready, unknown model", "ModelReady", {"name": "nope"}),
+        ("Model ready, unknown version", "ModelReady", {"name": m, "version": "9.9"}),
+        ("Model metadata", "ModelMetadata", {"name": m}),
+        ("Model metadata, unknown model", "ModelMetadata", {"name": "nope"}),
+        ("Unregister", "UnregisterModel", {"model_name": m}),
+        ("Model ready after unregistration", "ModelReady", {"name": m}),
+    ]
+    return [{"name": n, "port": "grpc", "method": rpc, "path": rpc, "grpc": (rpc, params),
+             "status": None, "check": None} for n, rpc, params in rows]
+
+
 # inference_data.json: (model name, archive URL, input, check). Archive URLs of TorchServe's
 # model zoo are served by {dl}; `mar_path_*` ones are names in the store.
 IMAGE = ("recorded", "image", 5)
@@ -407,7 +431,29 @@ def token_cases():
             if status == 200:
                 case["check"] = IMAGE
         cases.append(case)
-    return cases
+    # The same keys as `authorization` metadata on the gRPC services (inference key on the
+    # inference service, management key on the management one), before the unregistration.
+    image = {"model_name": "squeezenet1_1", "input": {"data": "kitten.jpg"}}
+    grpc_rows = [
+        ("gRPC ping without a key", "Ping", {}, None, 7),
+        ("gRPC ping with the inference key", "Ping", {}, ok, 0),
+        ("gRPC ping with the management key", "Ping", {}, mgmt, 7),
+        ("gRPC predict without a key", "Predictions", image, None, 7),
+        ("gRPC predict with a wrong key", "Predictions", image,
+         {"Authorization": "Bearer nope1234"}, 7),
+        ("gRPC predict with the inference key", "Predictions", image, ok, 0),
+        ("gRPC list without a key", "ListModels", {}, None, 7),
+        ("gRPC list with the inference key", "ListModels", {}, ok, 7),
+        ("gRPC list with the management key", "ListModels", {}, mgmt, 0),
+        ("gRPC describe with the management key", "DescribeModel",
+         {"model_name": "squeezenet1_1"}, mgmt, 0),
+    ]
+    # Answers are compared with TorchServe's by the differential check.
+    grpc_cases = [{"name": n, "port": "grpc", "method": rpc, "path": rpc, "grpc": (rpc, params),
+                   "headers": headers or {}, "status": code, "check": None}
+                  for n, rpc, params, headers, code in grpc_rows]
+    unregister = len(cases) - 1
+    return cases[:unregister] + grpc_cases + cases[unregister:]
 
 
 def workflow_cases():
@@ -493,6 +539,8 @@ SUITES = [
     {"name": "grpc_management", "config": BASE, "cases": grpc_management_cases()},
     {"name": "grpc_inference", "config": ["metrics_mode=prometheus", *BASE],
      "cases": grpc_inference_cases()},
+    {"name": "grpc_oip", "config": ["ts_open_inference_protocol=true", *BASE],
+     "cases": grpc_oip_cases()},
     {"name": "explanation", "config": ["metrics_mode=prometheus", *BASE],
      "cases": model_zoo_cases(with_input(MNIST, "0.png", None),
                               [("Explanations", "/explanations/{m}", ("recorded", "close", 1))])},
@@ -512,6 +560,9 @@ LISTED_NAMES = {
 # gRPC codes TorchServe sends without details where ferroserve says what went wrong
 # (docs/compatibility.md): a conflict's UNKNOWN.
 GRPC_SILENT = {2: "a version already registered: UNKNOWN with no message"}
+# RPCs TorchServe's services leave UNIMPLEMENTED (12) and ferroserve serves
+# (docs/compatibility.md).
+GRPC_UNIMPLEMENTED = {"ServerMetadata": "TorchServe's OIP service has no ServerMetadata"}
 # Fields of JSON answers that differ between any two runs (worker ids, pids, times, memory)
 # or that ferroserve adds (docs/compatibility.md: describe's `device` and `stats`).
 DYNAMIC = {"startTime", "pid", "id", "memoryUsage", "device", "stats", "gpuUsage"}

@@ -16,12 +16,20 @@ def load(out):
     args = ["protoc", f"-I{PROTO}", f"-I{os.path.dirname(protoc.__file__)}/_proto",
             f"--python_out={out}", f"--grpc_python_out={out}",
             os.path.join(PROTO, "inference.proto"), os.path.join(PROTO, "management.proto"),
+            os.path.join(PROTO, "open_inference_grpc.proto"),
             os.path.join(PROTO, "google", "rpc", "status.proto")]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on proto/*.proto")
     sys.path.insert(0, out)
     return {name: importlib.import_module(name) for name in
-            ("inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc")}
+            ("inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc",
+             "open_inference_grpc_pb2", "open_inference_grpc_pb2_grpc")}
+
+
+# KServe's Open Inference Protocol service, on the inference port with
+# ts_open_inference_protocol=true.
+OIP = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+       "ModelInfer")
 
 
 class Client:
@@ -34,6 +42,7 @@ class Client:
         for c in channels:
             grpc.channel_ready_future(c).result(timeout=60)
         self.inference = modules["inference_pb2_grpc"].InferenceAPIsServiceStub(channels[0])
+        self.oip = modules["open_inference_grpc_pb2_grpc"].GRPCInferenceServiceStub(channels[0])
         self.management = modules["management_pb2_grpc"].ManagementAPIsServiceStub(channels[1])
 
     def request(self, rpc, params):
@@ -42,6 +51,8 @@ class Client:
         if rpc in ("Ping",):
             from google.protobuf import empty_pb2
             return empty_pb2.Empty()
+        if rpc in OIP:
+            return getattr(self.m["open_inference_grpc_pb2"], rpc + "Request")(**params)
         module = self.m["inference_pb2"] if rpc.startswith(("Predictions", "Stream")) \
             else self.m["management_pb2"]
         name = {"Predictions": "PredictionsRequest", "StreamPredictions": "PredictionsRequest",
@@ -51,19 +62,23 @@ class Client:
                 "ListModels": "ListModelsRequest", "DescribeModel": "DescribeModelRequest"}[rpc]
         return getattr(module, name)(**params)
 
-    def call(self, rpc, request):
-        """(0, message) on success, else (gRPC status code, details)."""
+    def call(self, rpc, request, metadata=()):
+        """(0, message) on success, else (gRPC status code, details); `metadata` is sent with
+        the call (`authorization`)."""
         stub = self.inference if rpc in ("Ping", "Predictions", "StreamPredictions") \
-            else self.management
+            else self.oip if rpc in OIP else self.management
         try:
             if rpc == "StreamPredictions":
-                replies = list(stub.StreamPredictions(request, timeout=300))
+                replies = list(stub.StreamPredictions(request, timeout=300, metadata=metadata))
                 return 0, b"".join(r.prediction for r in replies)
-            reply = getattr(stub, rpc)(request, timeout=300)
+            reply = getattr(stub, rpc)(request, timeout=300, metadata=metadata)
         except grpc.RpcError as e:
             return e.code().value[0], (e.details() or "").encode()
         if rpc == "Ping":
             return 0, reply.health.encode()
         if rpc == "Predictions":
             return 0, reply.prediction
+        if rpc in OIP:
+            from google.protobuf import text_format
+            return 0, text_format.MessageToString(reply).encode()
         return 0, reply.msg.encode()
