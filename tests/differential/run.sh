@@ -31,7 +31,7 @@ for wf in wf par boom slow twostart cycle dupedge badyaml missing nofunc; do
   "$(dirname "$PY")/torch-workflow-archiver" --workflow-name "$wf" --spec-file "$fixtures/$wf.yaml" \
     --handler "$fixtures/wf_handler.py" --export-path "$work" -f
 done
-"$PY" - "$work/double.mar" "$fixtures/double.py" tests/fixtures/stateful.py <<'PY'
+"$PY" - "$work/double.mar" "$fixtures/double.py" tests/fixtures/stateful.py tests/fixtures/stream.py <<'PY'
 import json, sys, zipfile
 def mar(path, name, handler, source, config=None):
     model = {"modelName": name, "handler": handler, "modelVersion": "1.0"}
@@ -53,6 +53,8 @@ mar(sys.argv[1].replace("double.mar", "settings.mar"), "settings", "double.py", 
 mar(sys.argv[1].replace("double.mar", "stateful.mar"), "stateful", "stateful.py", sys.argv[3],
     "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nsequenceBatching: true\n"
     "sequenceMaxIdleMSec: 600000\nmaxNumSequence: 2\nmaxSequenceJobQueueSize: 2\n")
+# A streaming model (intermediate answers).
+mar(sys.argv[1].replace("double.mar", "stream.mar"), "stream", "stream.py", sys.argv[4])
 # The same handler without a manifest: TorchServe assumes a Python model.
 with zipfile.ZipFile(sys.argv[1].replace("double.mar", "nomanifest.mar"), "w") as z:
     z.write(sys.argv[2], "double.py")
