@@ -56,7 +56,8 @@ pub enum SubmitError {
 pub struct Stats {
     pub batches: AtomicU64,
     pub requests: AtomicU64,
-    /// Requests whose client left before a worker reached them.
+    /// Requests dropped before a worker ran them: their client left, or they waited past
+    /// `clientTimeoutInMills`.
     pub dropped: AtomicU64,
     pub failed_batches: AtomicU64,
 }
@@ -143,10 +144,7 @@ impl JobQueue {
             let member = job
                 .sequence
                 .clone()
-                .unwrap_or_else(|| sequence::Membership {
-                    id: format!("ts-seq-{}", uuid::Uuid::new_v4()),
-                    last: true,
-                });
+                .unwrap_or_else(sequence::Membership::single);
             return sequences
                 .submit(member, job)
                 .inspect_err(|_| self.intake.taken(1));
@@ -416,18 +414,15 @@ fn admit(
 
 /// The span a batch runs in: a batch of one runs in its request's span; a larger one in a span
 /// that follows all of theirs, so every log line of the engine names the requests it serves.
-fn batch_span<'a>(spans: impl ExactSizeIterator<Item = &'a tracing::Span>) -> tracing::Span {
-    let spans: Vec<&tracing::Span> = spans.collect();
-    match spans.as_slice() {
-        [one] => (*one).clone(),
-        all => {
-            let span = tracing::debug_span!(target: "ferroserve::serve", "batch", size = all.len());
-            for s in all {
-                span.follows_from(*s);
-            }
-            span
-        }
+fn batch_span<'a>(mut spans: impl ExactSizeIterator<Item = &'a tracing::Span>) -> tracing::Span {
+    if spans.len() == 1 {
+        return spans.next().cloned().unwrap_or_else(tracing::Span::none);
     }
+    let span = tracing::debug_span!(target: "ferroserve::serve", "batch", size = spans.len());
+    for s in spans {
+        span.follows_from(s);
+    }
+    span
 }
 
 /// An engine call's outcome: one reply per request, or the error every request of the batch

@@ -37,6 +37,21 @@ pub struct Membership {
     pub last: bool,
 }
 
+/// A sequence id of the server's making, as TorchServe's frontend makes them.
+fn new_id() -> String {
+    format!("ts-seq-{}", uuid::Uuid::new_v4())
+}
+
+impl Membership {
+    /// A sequence of one request, opened and closed by it.
+    pub fn single() -> Self {
+        Self {
+            id: new_id(),
+            last: true,
+        }
+    }
+}
+
 /// The request's sequence, as TorchServe's frontend decides it: the id header's value, or a
 /// new `ts-seq-<uuid>` sequence whose first request this is (the start header is added). The
 /// id header is set either way, so the handler's `context.get_sequence_id` reads it.
@@ -51,7 +66,7 @@ pub fn assign(headers: &SequenceHeaders, input: &mut RequestInput) -> Membership
     let id = match find(input, &headers.id).filter(|id| !id.is_empty()) {
         Some(id) => id,
         None => {
-            let id = format!("ts-seq-{}", uuid::Uuid::new_v4());
+            let id = new_id();
             input
                 .headers
                 .retain(|(k, _)| !k.eq_ignore_ascii_case(&headers.start));

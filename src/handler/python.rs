@@ -81,37 +81,21 @@ pub fn install_requirements(
         .filter(|p| p.is_file())
         .ok_or_else(|| failed(format!("{file} is missing from the archive")))?;
     tracing::info!(model, "installing {file} for this model");
-    let (mut cmd, target) = match into {
+    let (interpreter, target) = match into {
         Requirements::Directory => {
             let target = tempfile::Builder::new()
                 .prefix("pydeps-")
                 .tempdir()
                 .map_err(|e| failed(e.to_string()))?;
-            let mut cmd = Command::new(python);
-            cmd.args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "-U",
-                "-t",
-            ])
-            .arg(target.path());
-            (cmd, Some(target))
+            (python, Some(target))
         }
-        Requirements::Venv(venv_python) => {
-            let mut cmd = Command::new(venv_python);
-            cmd.args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "-U",
-                "--upgrade-strategy",
-                "only-if-needed",
-            ]);
-            (cmd, None)
-        }
+        Requirements::Venv(venv_python) => (venv_python, None),
+    };
+    let mut cmd = Command::new(interpreter);
+    cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "-U"]);
+    match &target {
+        Some(dir) => cmd.arg("-t").arg(dir.path()),
+        None => cmd.args(["--upgrade-strategy", "only-if-needed"]),
     };
     let out = cmd
         .arg("-r")
@@ -564,27 +548,17 @@ impl Engine for PythonWorker {
 
     fn round(&mut self, batch: &[(&Prepared, bool)]) -> Result<Vec<Reply>, EngineError> {
         self.serve_under_current_span();
+        let requests = requests(batch.iter().map(|(p, _)| *p))?;
         // Carried over from the last round: headers only, as TorchServe sends them.
-        let requests: Vec<std::borrow::Cow<'_, RequestInput>> =
-            requests(batch.iter().map(|(p, _)| *p))?
-                .into_iter()
+        let message = encode_requests(
+            requests
+                .iter()
                 .zip(batch)
-                .map(|(r, (_, cached))| {
-                    if *cached {
-                        std::borrow::Cow::Owned(RequestInput {
-                            request_id: r.request_id.clone(),
-                            headers: r.headers.clone(),
-                            params: Vec::new(),
-                        })
-                    } else {
-                        std::borrow::Cow::Borrowed(r)
-                    }
-                })
-                .collect();
-        let requests: Vec<&RequestInput> = requests.iter().map(|r| r.as_ref()).collect();
+                .map(|(r, (_, cached))| (*r, !cached)),
+        );
         let died = self.died();
         let reply = self
-            .exchange(&encode_inference(&requests), self.response_timeout)
+            .exchange(&message, self.response_timeout)
             .map_err(&died)?;
         if let Some(failed) = batch_failure(&reply) {
             return Err(failed);
@@ -753,15 +727,22 @@ fn encode_load(h: &PythonHandler) -> Vec<u8> {
 
 /// An INFERENCE message for a batch.
 pub fn encode_inference(requests: &[&RequestInput]) -> Vec<u8> {
+    encode_requests(requests.iter().map(|r| (*r, true)))
+}
+
+/// An `I` message whose requests carry their parameters or not: a continuous batch sends a
+/// request carried over from the last round with its headers only.
+fn encode_requests<'a>(requests: impl Iterator<Item = (&'a RequestInput, bool)>) -> Vec<u8> {
     let mut buf = vec![b'I'];
-    for r in requests {
+    for (r, with_params) in requests {
         put_bytes(&mut buf, r.request_id.as_bytes());
         for (k, v) in &r.headers {
             put_bytes(&mut buf, k.as_bytes());
             put_bytes(&mut buf, v.as_bytes());
         }
         put_int(&mut buf, -1);
-        for p in &r.params {
+        let params: &[super::Param] = if with_params { &r.params } else { &[] };
+        for p in params {
             put_bytes(&mut buf, p.name.as_bytes());
             put_bytes(&mut buf, p.content_type.as_deref().unwrap_or("").as_bytes());
             put_bytes(&mut buf, &p.value);

@@ -13,6 +13,11 @@ use crate::config::Settings;
 /// TorchServe accepts it, but deadlines are instants, and `now + i64::MAX s` would overflow.
 const MAX_WAIT_S: u64 = 366 * 24 * 3600;
 
+/// A positive number of milliseconds from model-config.yaml, at most [`MAX_WAIT_S`].
+fn millis(v: i64) -> u64 {
+    (v.max(0) as u64).min(MAX_WAIT_S * 1000)
+}
+
 /// What a registration call (`POST /models`) sets explicitly; start-up loading sets nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Registration {
@@ -185,8 +190,7 @@ impl ModelParams {
             ),
             max_retry_timeout_s: (positive("maxRetryTimeoutInSec").unwrap_or(300) as u64)
                 .min(MAX_WAIT_S),
-            client_timeout_ms: (positive("clientTimeoutInMills").unwrap_or(0) as u64)
-                .min(MAX_WAIT_S * 1000),
+            client_timeout_ms: millis(positive("clientTimeoutInMills").unwrap_or(0)),
             job_queue_size: positive("jobQueueSize").unwrap_or(settings.job_queue_size as i64)
                 as usize,
             use_job_ticket: yaml.bool("useJobTicket").unwrap_or(false),
@@ -196,9 +200,9 @@ impl ModelParams {
                 .then(|| positive("sequenceMaxIdleMSec"))
                 .flatten()
                 .map(|idle| SequenceSettings {
-                    max_idle: Duration::from_millis((idle as u64).min(MAX_WAIT_S * 1000)),
+                    max_idle: Duration::from_millis(millis(idle)),
                     max_age: positive("sequenceTimeoutMSec")
-                        .map(|t| Duration::from_millis((t as u64).min(MAX_WAIT_S * 1000))),
+                        .map(|t| Duration::from_millis(millis(t))),
                     max_sequences: positive("maxNumSequence").unwrap_or(1) as usize,
                     queue_size: positive("maxSequenceJobQueueSize").unwrap_or(1) as usize,
                     headers: settings.sequence_headers.clone(),

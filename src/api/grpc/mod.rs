@@ -143,6 +143,15 @@ fn message(answer: Result<Answer, ServeError>) -> Result<Response<ManagementResp
     Ok(Response::new(ManagementResponse { msg }))
 }
 
+/// Whether a request's input map sets `key` to `true` (TorchServe's sequence flags).
+fn flag(r: &PredictionsRequest, key: &str) -> bool {
+    r.input.get(key).is_some_and(|v| {
+        String::from_utf8_lossy(v)
+            .trim()
+            .eq_ignore_ascii_case("true")
+    })
+}
+
 pub(super) fn nonempty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
@@ -166,12 +175,7 @@ impl Inference {
             extra.push((headers.id.clone(), id.to_string()));
         }
         // A sequence's last request says so in its input map, as TorchServe's clients do.
-        let last = r.input.get(&headers.end).is_some_and(|v| {
-            String::from_utf8_lossy(v)
-                .trim()
-                .eq_ignore_ascii_case("true")
-        });
-        if last {
+        if flag(&r, &headers.end) {
             extra.push((headers.end.clone(), "true".into()));
         }
         // The input map's entries become parameters named by their keys, without a content
@@ -198,12 +202,7 @@ impl Inference {
     /// A `StreamPredictions2` message's answer, errors in-band as TorchServe sends them (its
     /// replies carry no `sequence_id`).
     async fn sequence_step(&self, r: PredictionsRequest) -> PredictionResponse {
-        let start = &self.state.settings.sequence_headers.start;
-        let starts = r.input.get(start).is_some_and(|v| {
-            String::from_utf8_lossy(v)
-                .trim()
-                .eq_ignore_ascii_case("true")
-        });
+        let starts = flag(&r, &self.state.settings.sequence_headers.start);
         let answer = if r.sequence_id.as_deref().unwrap_or("").is_empty() && !starts {
             Err(Status::internal("Parameter sequenceId is required."))
         } else {
