@@ -15,26 +15,34 @@ fn describe(server: &Server, model: &str) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(&body).unwrap()[0].clone()
 }
 
-/// A server with the gate model (one worker) whose model-config.yaml is `yaml`.
-fn gated(gate: &Gate, yaml: &str) -> Server {
-    let config = format!(
-        "python={}\nmodels={{\"gate\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n",
-        test_python()
-    );
+/// A server with the test interpreter, `config` and the archives `prepare` writes, once its
+/// start-up models' workers are up (no request then waits for a worker to start).
+fn ready(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Server {
+    let config = format!("python={}\n{config}", test_python());
     let server = Server::start_with(
         Setup {
             config: &config,
+            env,
             ..Setup::default()
         },
-        |store| gate.write_mar_with_config(store, Some(yaml)),
+        prepare,
     );
-    // Its worker is up: no request waits for it to start.
     assert!(
         wait_models_ready(&server.inference, Duration::from_secs(120)),
         "{}",
         server.log_text()
     );
     server
+}
+
+/// The gate model (one worker) as its config line.
+const GATE_WORKER: &str = "models={\"gate\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}\n";
+
+/// A server with the gate model (one worker) whose model-config.yaml is `yaml`.
+fn gated(gate: &Gate, yaml: &str) -> Server {
+    ready(GATE_WORKER, &[], |store| {
+        gate.write_mar_with_config(store, Some(yaml))
+    })
 }
 
 fn ask(server: &Server, body: &str) -> (u16, String, Vec<(String, String)>) {
@@ -264,26 +272,14 @@ fn tar_gz_archives_load_from_the_store_urls_and_registration() {
     let registered = archiver_tgz(sources.path(), "registered", &echo_source("registered"));
     let reg_port = serve_bytes(std::fs::read(&registered).unwrap());
     let config = format!(
-        "python={py}\nenable_model_api=true\ndefault_workers_per_model=1\n\
+        "enable_model_api=true\ndefault_workers_per_model=1\n\
          load_models=tgz.tar.gz,http://127.0.0.1:{port}/remote.tar.gz,file://{{model_store}}/incoming/local.tar.gz\n",
-        py = test_python(),
     );
-    let server = Server::start_with(
-        Setup {
-            config: &config,
-            ..Setup::default()
-        },
-        |store| {
-            archiver_tgz(store, "tgz", &echo_source("from the store"));
-            std::fs::create_dir(store.join("incoming")).unwrap();
-            archiver_tgz(&store.join("incoming"), "local", &echo_source("from file"));
-        },
-    );
-    assert!(
-        wait_models_ready(&server.inference, Duration::from_secs(120)),
-        "{}",
-        server.log_text()
-    );
+    let server = ready(&config, &[], |store| {
+        archiver_tgz(store, "tgz", &echo_source("from the store"));
+        std::fs::create_dir(store.join("incoming")).unwrap();
+        archiver_tgz(&store.join("incoming"), "local", &echo_source("from file"));
+    });
     let predict = |model: &str| {
         post(
             &format!("{}/predictions/{model}", server.inference),
@@ -386,27 +382,15 @@ fn use_venv_gives_a_model_its_own_environment() {
             ],
         );
     };
-    let config = format!("python={}\ninstall_py_dep_per_model=true\n", test_python());
-    let server = Server::start_with(
-        Setup {
-            config: &config,
-            ..Setup::default()
-        },
-        |store| {
-            write(
-                store,
-                "venv",
-                "useVenv: true\nminWorkers: 2\nmaxWorkers: 2\n",
-                true,
-            );
-            write(store, "other", "minWorkers: 1\nmaxWorkers: 1\n", false);
-        },
-    );
-    assert!(
-        wait_models_ready(&server.inference, Duration::from_secs(120)),
-        "{}",
-        server.log_text()
-    );
+    let server = ready("install_py_dep_per_model=true\n", &[], |store| {
+        write(
+            store,
+            "venv",
+            "useVenv: true\nminWorkers: 2\nmaxWorkers: 2\n",
+            true,
+        );
+        write(store, "other", "minWorkers: 1\nmaxWorkers: 1\n", false);
+    });
     assert_eq!(describe(&server, "venv")["useVenv"], true);
     assert_eq!(describe(&server, "other")["useVenv"], false);
     let ask = |model: &str| {
@@ -497,20 +481,7 @@ fn stateful_mar(store: &Path, yaml: &str, gate: &Path) {
 }
 
 fn stateful_server(yaml: &str, gate: &Path) -> Server {
-    let config = format!("python={}\n", test_python());
-    let server = Server::start_with(
-        Setup {
-            config: &config,
-            ..Setup::default()
-        },
-        |store| stateful_mar(store, yaml, gate),
-    );
-    assert!(
-        wait_models_ready(&server.inference, Duration::from_secs(120)),
-        "{}",
-        server.log_text()
-    );
-    server
+    ready("", &[], |store| stateful_mar(store, yaml, gate))
 }
 
 /// `(status, body)` of a request to the stateful model, in sequence `sequence` if given.
@@ -802,21 +773,9 @@ fn grpc_connections_are_aged_out() {
     use ferroserve::api::grpc::pb::inference::PredictionsRequest;
     let gate = Gate::default();
     let config = format!(
-        "python={}\ngrpc_inference_max_connection_age_ms=300\ngrpc_inference_max_connection_age_grace_ms=200\n\
-         models={{\"gate\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n",
-        test_python()
+        "grpc_inference_max_connection_age_ms=300\ngrpc_inference_max_connection_age_grace_ms=200\n{GATE_WORKER}"
     );
-    let server = Server::start_with(
-        Setup {
-            config: &config,
-            ..Setup::default()
-        },
-        |store| gate.write_mar(store),
-    );
-    assert!(wait_models_ready(
-        &server.inference,
-        Duration::from_secs(120)
-    ));
+    let server = ready(&config, &[], |store| gate.write_mar(store));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -878,33 +837,20 @@ fn continuous_batching_lets_new_requests_join_a_running_batch() {
             context.stopping_criteria = stops\n    \
             time.sleep(0.05)\n    \
             return out\n";
-    let config = format!(
-        "python={}\nmodels={{\"cb\": {{\"1.0\": {{\"minWorkers\": 1, \"maxWorkers\": 1}}}}}}\n",
-        test_python()
-    );
-    let server = std::sync::Arc::new(Server::start_with(
-        Setup {
-            config: &config,
-            ..Setup::default()
-        },
-        |store| {
-            write_mar(
-                &store.join("cb.mar"),
-                r#"{"runtime": "python", "model": {"modelName": "cb", "handler": "cb:handle", "modelVersion": "1.0", "configFile": "model-config.yaml"}}"#,
-                &[
-                    ("cb.py", handler.as_bytes()),
-                    (
-                        "model-config.yaml",
-                        b"continuousBatching: true\nbatchSize: 4\n",
-                    ),
-                ],
-            );
-        },
-    ));
-    assert!(wait_models_ready(
-        &server.inference,
-        Duration::from_secs(120)
-    ));
+    let config = "models={\"cb\": {\"1.0\": {\"minWorkers\": 1, \"maxWorkers\": 1}}}\n";
+    let server = std::sync::Arc::new(ready(config, &[], |store| {
+        write_mar(
+            &store.join("cb.mar"),
+            r#"{"runtime": "python", "model": {"modelName": "cb", "handler": "cb:handle", "modelVersion": "1.0", "configFile": "model-config.yaml"}}"#,
+            &[
+                ("cb.py", handler.as_bytes()),
+                (
+                    "model-config.yaml",
+                    b"continuousBatching: true\nbatchSize: 4\n",
+                ),
+            ],
+        );
+    }));
     assert_eq!(describe(&server, "cb")["continuousBatching"], true);
 
     // A long answer (40 parts): once its first part is in, a short one (3 parts) is sent.
@@ -977,22 +923,11 @@ fn the_sequence_header_can_be_renamed() {
     let gate = tempfile::tempdir().unwrap();
     // Two sequences at most: were the header not the sequence's, every request would open one.
     let yaml = "minWorkers: 1\nmaxWorkers: 1\nmaxNumSequence: 2\nsequenceMaxIdleMSec: 600000\nsequenceBatching: true\n";
-    let config = format!(
-        "python={}\nts_header_key_sequence_id=x-session\n",
-        test_python()
-    );
-    let server = Server::start_with(
-        Setup {
-            config: &config,
-            env: &[("TS_REQUEST_SEQUENCE_ID", "x-session")],
-            ..Setup::default()
-        },
+    let server = ready(
+        "ts_header_key_sequence_id=x-session\n",
+        &[("TS_REQUEST_SEQUENCE_ID", "x-session")],
         |store| stateful_mar(store, yaml, gate.path()),
     );
-    assert!(wait_models_ready(
-        &server.inference,
-        Duration::from_secs(120)
-    ));
     let send = |session: &str, n: &str| {
         let (status, body, _) = into_parts(
             agent()
