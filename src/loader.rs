@@ -243,12 +243,7 @@ impl Loader {
             0
         };
         let params = ModelParams::resolve(settings, &archive, &name, &version, gpus, reg);
-        if params.continuous_batching && handler::native_handler_name(&archive).is_some() {
-            return Err(LoadError::Invalid(
-                "model-config.yaml: continuousBatching is not supported by ferroserve for a native handler: it serves streaming Python handlers".into(),
-            ));
-        }
-        let handler = handler::load(
+        let (handler, served_by) = handler::load(
             &archive,
             &handler::HandlerSpec {
                 runtime,
@@ -262,6 +257,20 @@ impl Loader {
                 metrics: &self.metrics,
             },
         )?;
+        let native = served_by.runtime == "native";
+        if params.continuous_batching && native {
+            return Err(LoadError::Invalid(
+                "model-config.yaml: continuousBatching is not supported by ferroserve for a native handler: it serves streaming Python handlers".into(),
+            ));
+        }
+        tracing::info!(
+            model = %name,
+            version = %version,
+            runtime = served_by.runtime,
+            handler = %served_by.handler,
+            reason = %served_by.reason,
+            "handler chosen"
+        );
         let queue = JobQueue::with(
             params.job_queue_size.max(1),
             params.use_job_ticket,
@@ -271,8 +280,9 @@ impl Loader {
                 .map(|s| (s, params.min_workers.max(1))),
         );
         let metrics = self.metrics.version(&name, &version);
-        let native_envelope = handler::native_handler_name(&archive)
-            .and(handler::envelope(settings, &archive))
+        let native_envelope = native
+            .then(|| handler::envelope(settings, &archive))
+            .flatten()
             .filter(|e| !e.trim().is_empty());
         let config = WorkerConfig {
             metrics: metrics.clone(),
@@ -310,6 +320,7 @@ impl Loader {
             params,
             loaded_at_startup: at_startup,
             handler,
+            served_by,
             queue,
             pool,
             archive,

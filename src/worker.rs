@@ -500,7 +500,7 @@ mod tests {
     fn value(p: &Prepared) -> f32 {
         match p {
             Prepared::Tensor { tensor, .. } => tensor[0],
-            Prepared::Request(_) | Prepared::Array(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

@@ -507,6 +507,8 @@ struct DescribeView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     customized_metadata: Option<serde_json::Value>,
     device: String,
+    /// Which runtime serves the version (native or Python) and why (ferroserve's extension).
+    served_by: &'a crate::handler::ServedBy,
     stats: StatsView,
     /// The model's traffic split, when it has one (ferroserve's extension).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -584,6 +586,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
             pending_requests: pending,
         },
         device: device.to_string(),
+        served_by: &m.served_by,
         traffic_split: None,
         stats: StatsView {
             batches: count(&stats.batches),

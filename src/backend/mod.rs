@@ -23,9 +23,76 @@ impl Tensor {
     }
 }
 
+/// What a forward pass takes beyond one tensor: torchvision's detectors take a list of images.
+#[derive(Debug)]
+pub enum Input {
+    Tensor(Tensor),
+    Tensors(Vec<Tensor>),
+}
+
+/// A model's structured answer: TorchScript returns tensors and tuples, lists and dicts of
+/// them; ONNX Runtime returns its outputs by name (a dict).
+#[derive(Debug)]
+pub enum Value {
+    Tensor(Tensor),
+    /// A tuple or a list.
+    Seq(Vec<Value>),
+    Dict(Vec<(String, Value)>),
+    Number(f64),
+    /// Anything else (a string, None...), by its kind, for error messages.
+    Other(String),
+}
+
+impl Value {
+    /// The dict entry under `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Dict(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// What the value is, for messages naming an unexpected model answer.
+    pub fn kind(&self) -> String {
+        match self {
+            Value::Tensor(t) => format!("a tensor of shape {:?}", t.shape),
+            Value::Seq(items) => format!("a sequence of {} items", items.len()),
+            Value::Dict(entries) => format!(
+                "a dict with keys {:?}",
+                entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()
+            ),
+            Value::Number(_) => "a number".into(),
+            Value::Other(kind) => kind.clone(),
+        }
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// One forward pass; blocking, called from a worker thread.
     fn forward(&self, input: Tensor) -> Result<Tensor, BackendError>;
+    /// One forward pass with structured values in and out (dict outputs, lists of images).
+    fn call(&self, input: Input) -> Result<Value, BackendError> {
+        match input {
+            Input::Tensor(t) => self.forward(t).map(Value::Tensor),
+            Input::Tensors(_) => Err(BackendError::Inference(format!(
+                "{} models take one input tensor, not a list of images",
+                self.runtime()
+            ))),
+        }
+    }
+    /// Integrated-gradients attributions of output class `target` for each input row, as
+    /// captum's `IntegratedGradients` computes them (zero baseline, Gauss-Legendre steps).
+    fn integrated_gradients(
+        &self,
+        _input: Tensor,
+        _target: i64,
+        _steps: usize,
+    ) -> Result<Tensor, BackendError> {
+        Err(BackendError::Inference(format!(
+            "explanations need gradients, which {} models do not give (TorchScript models do)",
+            self.runtime()
+        )))
+    }
     /// The device the model actually runs on (ONNX Runtime may fall back to the CPU).
     fn device(&self) -> Device;
     /// The input's static dimensions, where the model file records them (`None` = dynamic).

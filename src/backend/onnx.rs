@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 use ort::environment::Environment;
 use ort::session::Session;
 
-use super::{Backend, RuntimeOptions, Tensor};
+use super::{Backend, Input, RuntimeOptions, Tensor, Value};
 use crate::device::Device;
 use crate::error::BackendError;
 
@@ -183,6 +183,38 @@ impl Backend for OnnxModel {
                     shape: shape.iter().map(|&d| d as usize).collect(),
                     data: data.to_vec(),
                 })
+            });
+        self.give_back(session);
+        output
+    }
+
+    /// Every output, by name; integer outputs (a detector's labels) as f32.
+    fn call(&self, input: Input) -> Result<Value, BackendError> {
+        let Input::Tensor(input) = input else {
+            return Err(BackendError::Inference(
+                "ONNX models take one input tensor, not a list of images".into(),
+            ));
+        };
+        let err = |e: ort::Error| BackendError::Inference(e.to_string());
+        let value = ort::value::Tensor::from_array((input.shape, input.data)).map_err(err)?;
+        let mut session = self.take()?;
+        let output = session
+            .run(ort::inputs![self.input_name.as_str() => value])
+            .map_err(err)
+            .and_then(|outputs| {
+                let mut named = Vec::new();
+                for (name, value) in outputs.iter() {
+                    let (shape, data) = match value.try_extract_tensor::<f32>() {
+                        Ok((shape, data)) => (shape.to_vec(), data.to_vec()),
+                        Err(_) => {
+                            let (shape, data) = value.try_extract_tensor::<i64>().map_err(err)?;
+                            (shape.to_vec(), data.iter().map(|&v| v as f32).collect())
+                        }
+                    };
+                    let shape = shape.iter().map(|&d| d as usize).collect();
+                    named.push((name.to_string(), Value::Tensor(Tensor { shape, data })));
+                }
+                Ok(Value::Dict(named))
             });
         self.give_back(session);
         output

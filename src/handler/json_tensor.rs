@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+#[cfg(test)]
+use super::pyjson::push_py_float;
+use super::pyjson::write_nested;
 use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
 use crate::backend::{Backend, Tensor};
 use crate::device::Device;
@@ -113,8 +116,13 @@ impl JsonTensor {
 pub fn parse_array(body: &[u8]) -> Result<Tensor, ServeError> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ServeError::bad_input(format!("invalid request: {e}")))?;
+    array_from_value(&value)
+}
+
+/// A parsed JSON value as a tensor (`torch.as_tensor`): numbers nested rectangularly.
+pub fn array_from_value(value: &serde_json::Value) -> Result<Tensor, ServeError> {
     let mut shape = Vec::new();
-    let mut level = &value;
+    let mut level = value;
     while let serde_json::Value::Array(items) = level {
         shape.push(items.len());
         if shape.len() > MAX_RANK {
@@ -134,7 +142,7 @@ pub fn parse_array(body: &[u8]) -> Result<Tensor, ServeError> {
         )));
     }
     let mut data = Vec::with_capacity(count);
-    flatten(&value, &shape, &mut data)?;
+    flatten(value, &shape, &mut data)?;
     Ok(Tensor::new(shape, data))
 }
 
@@ -159,88 +167,6 @@ fn flatten(
             "invalid request: expected numbers nested {} deep, found {value}",
             shape.len()
         ))),
-    }
-}
-
-/// `json.dumps(row.tolist(), indent=2)`.
-fn write_nested(out: &mut String, shape: &[usize], data: &[f32], depth: usize) {
-    let Some((&len, rest)) = shape.split_first() else {
-        push_py_float(out, f64::from(data[0]));
-        return;
-    };
-    if len == 0 {
-        out.push_str("[]");
-        return;
-    }
-    let step = rest.iter().product::<usize>();
-    out.push('[');
-    for (i, chunk) in data.chunks(step.max(1)).take(len).enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('\n');
-        out.extend(std::iter::repeat_n(' ', 2 * (depth + 1)));
-        write_nested(out, rest, chunk, depth + 1);
-    }
-    out.push('\n');
-    out.extend(std::iter::repeat_n(' ', 2 * depth));
-    out.push(']');
-}
-
-/// A float as Python's `repr` writes it (which `json.dumps` uses): the shortest digits that
-/// read back to the same value, in positional notation for exponents -4 to 15, else
-/// scientific with a signed exponent of at least two digits.
-pub fn push_py_float(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-        return;
-    }
-    if v.is_infinite() {
-        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
-        return;
-    }
-    if v == 0.0 {
-        out.push_str(if v.is_sign_negative() { "-0.0" } else { "0.0" });
-        return;
-    }
-    // Rust's `{:e}` gives the same shortest round-trip digits.
-    let sci = format!("{v:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
-    let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mantissa),
-    };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    out.push_str(sign);
-    if (-4..16).contains(&exp) {
-        if exp < 0 {
-            out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
-            out.push_str(&digits);
-        } else {
-            let point = exp as usize + 1;
-            if digits.len() <= point {
-                out.push_str(&digits);
-                out.extend(std::iter::repeat_n('0', point - digits.len()));
-                out.push_str(".0");
-            } else {
-                out.push_str(&digits[..point]);
-                out.push('.');
-                out.push_str(&digits[point..]);
-            }
-        }
-    } else {
-        out.push_str(&digits[..1]);
-        if digits.len() > 1 {
-            out.push('.');
-            out.push_str(&digits[1..]);
-        }
-        out.push_str(&format!(
-            "e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        ));
     }
 }
 

@@ -1,13 +1,17 @@
 //! Handlers: what turns requests into model inputs and model outputs into replies.
 //!
 //! Native handlers implement TorchServe handler contracts in Rust. Which archives run natively
-//! is explicit (README, "Native handlers"): `ferroserve.native_handler` in the archive's
-//! model-config.yaml, else a manifest `handler` that names a native handler. Any other handler
-//! is Python code, which needs TorchServe's Python worker.
+//! (README, "Native handlers"): `ferroserve.native_handler` in the archive's model-config.yaml
+//! names one (or `false` keeps the archive on Python); else a manifest `handler` that names a
+//! native handler, or one of TorchServe's built-in vision handlers over a TorchScript or ONNX
+//! file. Any other handler is Python code, which needs TorchServe's Python worker.
 
 pub mod json_tensor;
+pub mod labels;
+pub mod pyjson;
 pub mod python;
 pub mod tensor_classifier;
+pub mod vision;
 
 use std::sync::Arc;
 
@@ -99,6 +103,8 @@ pub enum Prepared {
     Tensor { tensor: Vec<f32>, topk: usize },
     /// A request's own array, of its own shape (no batch dimension).
     Array(backend::Tensor),
+    /// A request for attributions of its array's prediction for class `target`.
+    Explain { input: backend::Tensor, target: i64 },
     /// The request as TorchServe's frontend hands it to a Python worker.
     Request(RequestInput),
 }
@@ -107,6 +113,11 @@ pub enum Prepared {
 pub trait Handler: Send + Sync {
     /// Decodes one request; runs on the HTTP side so bad input never occupies a worker.
     fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError>;
+    /// Whether `prepare` takes long whatever the body's size (decoding images), so it runs
+    /// on a blocking thread.
+    fn prepare_is_heavy(&self) -> bool {
+        false
+    }
     /// Starts what one worker runs batches with: a view of the shared native model, or a
     /// Python worker process. Runs on the worker's own thread; blocking, may take seconds.
     /// The error is the reason, for logs.
@@ -151,22 +162,111 @@ pub enum EngineError {
 }
 
 /// Names of the handlers implemented natively.
-pub const NATIVE_HANDLERS: &[&str] = &[tensor_classifier::NAME, json_tensor::NAME];
+pub const NATIVE_HANDLERS: &[&str] = &[
+    tensor_classifier::NAME,
+    json_tensor::NAME,
+    vision::CLASSIFIER,
+    vision::SEGMENTER,
+    vision::DETECTOR,
+];
 
-/// Which native handler, if any, serves this archive.
-pub fn native_handler_name(archive: &ModelArchive) -> Option<String> {
-    if let Some(name) = archive
-        .config
-        .ferroserve("native_handler")
-        .and_then(|v| v.as_str())
-    {
-        return Some(name.to_string());
+/// Which runtime serves a model version, and why: describe's `servedBy`, and the load log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServedBy {
+    /// `native` (in process: libtorch or ONNX Runtime) or `python` (TorchServe's worker).
+    pub runtime: &'static str,
+    pub handler: String,
+    pub reason: String,
+}
+
+/// The choice before loading: a native handler (named by the archive's configuration, or
+/// chosen because the archive's form allows it), or the Python worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Choice {
+    Native {
+        name: String,
+        /// Named by `ferroserve.native_handler`: a model that cannot load natively fails
+        /// instead of falling back to Python.
+        explicit: bool,
+        reason: String,
+    },
+    Python {
+        reason: String,
+    },
+}
+
+impl Choice {
+    pub fn is_native(&self) -> bool {
+        matches!(self, Choice::Native { .. })
     }
-    let handler = archive.manifest.model.handler.as_deref()?;
-    NATIVE_HANDLERS
-        .iter()
-        .find(|n| **n == handler)
-        .map(|n| n.to_string())
+}
+
+/// Which handler serves this archive.
+pub fn choose(archive: &ModelArchive) -> Choice {
+    let configured = archive.config.ferroserve("native_handler");
+    if let Some(name) = configured.and_then(|v| v.as_str()) {
+        return Choice::Native {
+            name: name.to_string(),
+            explicit: true,
+            reason: "ferroserve.native_handler in model-config.yaml".into(),
+        };
+    }
+    if configured.and_then(|v| v.as_bool()) == Some(false) {
+        return Choice::Python {
+            reason: "ferroserve.native_handler: false in model-config.yaml".into(),
+        };
+    }
+    let model = &archive.manifest.model;
+    let Some(handler) = model.handler.as_deref() else {
+        return Choice::Python {
+            reason: "the manifest names no handler".into(),
+        };
+    };
+    if !NATIVE_HANDLERS.contains(&handler) {
+        let reason = if handler == "text_classifier" {
+            "text_classifier needs its pickled torchtext vocabulary: Python".to_string()
+        } else {
+            format!("handler {handler} is Python code")
+        };
+        return Choice::Python { reason };
+    }
+    if !vision::NAMES.contains(&handler) {
+        return Choice::Native {
+            name: handler.to_string(),
+            explicit: false,
+            reason: "the manifest names a native handler".into(),
+        };
+    }
+    // TorchServe's built-in vision handlers load TorchScript with torch.jit.load, or an ONNX
+    // file; an eager model (a Python class and its state dict) needs Python.
+    if model.model_file.as_deref().is_some_and(|f| !f.is_empty()) {
+        return Choice::Python {
+            reason: "an eager model (modelFile and a state dict) needs Python to build".into(),
+        };
+    }
+    let file = model.serialized_file.as_deref().unwrap_or_default();
+    let extension = std::path::Path::new(file)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("pt" | "pth") => Choice::Native {
+            name: handler.to_string(),
+            explicit: false,
+            reason: format!("built-in {handler} over TorchScript {file}"),
+        },
+        Some("onnx") if handler != vision::DETECTOR => Choice::Native {
+            name: handler.to_string(),
+            explicit: false,
+            reason: format!("built-in {handler} over ONNX {file}"),
+        },
+        Some("onnx") => Choice::Python {
+            reason: "object_detector reads torchvision's detection dicts, which ONNX models do not return".into(),
+        },
+        _ => Choice::Python {
+            reason: format!("serializedFile {file:?} is neither TorchScript (.pt) nor ONNX (.onnx)"),
+        },
+    }
 }
 
 /// What building a handler needs beyond the archive.
@@ -192,25 +292,67 @@ pub fn envelope(settings: &crate::config::Settings, archive: &ModelArchive) -> O
         .or_else(|| archive.manifest.model.envelope.clone())
 }
 
-/// Builds the handler for an archive: native when one is selected, else TorchServe's Python
-/// worker running the archive's own handler.
-pub fn load(archive: &ModelArchive, spec: &HandlerSpec) -> Result<Arc<dyn Handler>, LoadError> {
-    let Some(name) = native_handler_name(archive) else {
-        return python_handler(archive, spec);
+/// Builds the handler for an archive: native when one is chosen, else TorchServe's Python
+/// worker running the archive's own handler. A built-in handler whose model file the native
+/// runtime cannot load falls back to Python, with the reason.
+pub fn load(
+    archive: &ModelArchive,
+    spec: &HandlerSpec,
+) -> Result<(Arc<dyn Handler>, ServedBy), LoadError> {
+    let (name, explicit, reason) = match choose(archive) {
+        Choice::Python { reason } => return python_served(archive, spec, reason),
+        Choice::Native {
+            name,
+            explicit,
+            reason,
+        } => (name, explicit, reason),
     };
-    match name.as_str() {
-        tensor_classifier::NAME => Ok(Arc::new(tensor_classifier::TensorClassifier::new(
-            archive,
-            native_model(archive, spec)?,
-        )?)),
-        json_tensor::NAME => Ok(Arc::new(json_tensor::JsonTensor::new(native_model(
-            archive, spec,
-        )?))),
-        other => Err(LoadError::Unsupported(format!(
-            "unknown native handler {other:?} (known: {})",
-            NATIVE_HANDLERS.join(", ")
-        ))),
-    }
+    let model = match native_model(archive, spec) {
+        Ok(model) => model,
+        Err(LoadError::Backend(e @ crate::error::BackendError::Load { .. })) if !explicit => {
+            tracing::warn!(model = spec.model_name, error = %e, "the native runtime cannot load the model file; the Python worker serves it");
+            return python_served(archive, spec, format!("native load failed: {e}"));
+        }
+        Err(e) => return Err(e),
+    };
+    let handler: Arc<dyn Handler> =
+        match name.as_str() {
+            tensor_classifier::NAME => {
+                Arc::new(tensor_classifier::TensorClassifier::new(archive, model)?)
+            }
+            json_tensor::NAME => Arc::new(json_tensor::JsonTensor::new(model)),
+            vision::CLASSIFIER | vision::SEGMENTER | vision::DETECTOR => Arc::new(
+                vision::Vision::new(&name, archive, model, spec.settings.limit_max_image_pixels)?,
+            ),
+            other => {
+                return Err(LoadError::Unsupported(format!(
+                    "unknown native handler {other:?} (known: {})",
+                    NATIVE_HANDLERS.join(", ")
+                )))
+            }
+        };
+    Ok((
+        handler,
+        ServedBy {
+            runtime: "native",
+            handler: name,
+            reason,
+        },
+    ))
+}
+
+fn python_served(
+    archive: &ModelArchive,
+    spec: &HandlerSpec,
+    reason: String,
+) -> Result<(Arc<dyn Handler>, ServedBy), LoadError> {
+    let handler = python_handler(archive, spec)?;
+    let served = ServedBy {
+        runtime: "python",
+        handler: archive.manifest.model.handler.clone().unwrap_or_default(),
+        reason,
+    };
+    Ok((handler, served))
 }
 
 /// The archive's serialized model, loaded by the runtime its file calls for.

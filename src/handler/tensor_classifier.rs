@@ -8,7 +8,6 @@
 //! The shape comes from model-config.yaml (`handler.frames`, `handler.features`), or from the
 //! ONNX input's static dimensions.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
+use super::labels::Labels;
 use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
 use crate::archive::ModelArchive;
 use crate::backend::{Backend, Tensor};
@@ -31,7 +31,7 @@ pub struct TensorClassifier {
     model: Arc<dyn Backend>,
     frames: usize,
     features: usize,
-    labels: Vec<String>,
+    labels: Labels,
 }
 
 impl TensorClassifier {
@@ -66,7 +66,7 @@ impl TensorClassifier {
                 "handler.frames × handler.features is more than {MAX_INPUT_ELEMENTS} values"
             )));
         }
-        let labels = read_labels(archive)?;
+        let labels = Labels::load(archive)?;
         Ok(Self {
             model,
             frames,
@@ -76,40 +76,8 @@ impl TensorClassifier {
     }
 
     fn label(&self, class: usize) -> String {
-        self.labels
-            .get(class)
-            .filter(|l| !l.is_empty())
-            .cloned()
-            .unwrap_or_else(|| class.to_string())
+        self.labels.name(class).into_owned()
     }
-}
-
-/// `index_to_name.json`: `{"0": "hello"}` or ImageNet-style `{"0": ["n01440764", "tench"]}`.
-fn read_labels(archive: &ModelArchive) -> Result<Vec<String>, LoadError> {
-    let path = archive.file("index_to_name.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(Vec::new());
-    };
-    let map: HashMap<String, serde_json::Value> = serde_json::from_str(&text)
-        .map_err(|e| LoadError::Invalid(format!("index_to_name.json: {e}")))?;
-    let mut labels = Vec::new();
-    for (k, v) in map {
-        let Ok(i) = k.parse::<usize>() else { continue };
-        let name = match &v {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(a) => a
-                .last()
-                .and_then(|x| x.as_str())
-                .unwrap_or_default()
-                .to_string(),
-            other => other.to_string(),
-        };
-        if i >= labels.len() {
-            labels.resize(i + 1, String::new());
-        }
-        labels[i] = name;
-    }
-    Ok(labels)
 }
 
 #[derive(Serialize)]

@@ -8,7 +8,7 @@ use crate::archive::ModelArchive;
 use crate::batching::JobQueue;
 use crate::canary::Split;
 use crate::device::Device;
-use crate::handler::Handler;
+use crate::handler::{Handler, ServedBy};
 use crate::metrics::{Outcome, VersionMetrics};
 use crate::worker::WorkerPool;
 
@@ -24,6 +24,8 @@ pub struct ModelVersion {
     pub params: ModelParams,
     pub loaded_at_startup: bool,
     pub handler: Arc<dyn Handler>,
+    /// Which runtime serves this version, and why.
+    pub served_by: ServedBy,
     pub queue: JobQueue,
     pub pool: WorkerPool,
     pub archive: ModelArchive,

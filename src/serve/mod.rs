@@ -239,7 +239,7 @@ impl Call {
 /// Decodes a request for its model, off the async executor when it is large.
 async fn prepare(mv: &Arc<ModelVersion>, input: RequestInput) -> Result<Prepared, ServeError> {
     let size: usize = input.params.iter().map(|p| p.value.len()).sum();
-    if size <= PREPARE_INLINE_BYTES {
+    if size <= PREPARE_INLINE_BYTES && !mv.handler.prepare_is_heavy() {
         return mv.handler.prepare(input);
     }
     let handler = mv.handler.clone();

@@ -1,0 +1,308 @@
+//! TorchServe's built-in vision handlers, natively: `image_classifier`, `image_segmenter` and
+//! `object_detector` (`ts/torch_handler/`). The request decoding, transforms and answers are
+//! theirs; images are decoded and transformed on the request side (off the async executor),
+//! a batch's images run as one forward pass, and `/explanations` computes captum's integrated
+//! gradients with libtorch's autograd.
+
+mod decode;
+mod reply;
+mod resample;
+mod transform;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+use super::labels::Labels;
+use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
+use crate::archive::ModelArchive;
+use crate::backend::{Backend, Input, Tensor};
+use crate::device::Device;
+use crate::error::{LoadError, ServeError};
+
+pub const CLASSIFIER: &str = "image_classifier";
+pub const SEGMENTER: &str = "image_segmenter";
+pub const DETECTOR: &str = "object_detector";
+/// The vision handlers' names, as archives name them.
+pub const NAMES: &[&str] = &[CLASSIFIER, SEGMENTER, DETECTOR];
+
+/// `ImageClassifier.topk`.
+const DEFAULT_TOPK: usize = 5;
+/// `VisionHandler.get_insights`: `IntegratedGradients.attribute(..., n_steps=15)`.
+const EXPLAIN_STEPS: usize = 15;
+/// The classifier's and segmenter's `Resize(256)` and `CenterCrop(224)`.
+const RESIZE: u32 = 256;
+const CROP: u32 = 224;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Classifier,
+    Segmenter,
+    Detector,
+}
+
+pub struct Vision {
+    kind: Kind,
+    model: Arc<dyn Backend>,
+    labels: Labels,
+    topk: usize,
+    /// Pillow's decompression-bomb limit (`limit_max_image_pixels`), None when lifted.
+    max_pixels: Option<u64>,
+}
+
+impl Vision {
+    pub fn new(
+        name: &str,
+        archive: &ModelArchive,
+        model: Arc<dyn Backend>,
+        limit_max_image_pixels: bool,
+    ) -> Result<Self, LoadError> {
+        let kind = match name {
+            CLASSIFIER => Kind::Classifier,
+            SEGMENTER => Kind::Segmenter,
+            DETECTOR => Kind::Detector,
+            other => {
+                return Err(LoadError::Unsupported(format!(
+                    "{other} is not a vision handler"
+                )))
+            }
+        };
+        // `set_max_result_classes`, configured: `handler: {topk: k}` in model-config.yaml.
+        let topk = match archive.config.get("handler").and_then(|h| h.get("topk")) {
+            None => DEFAULT_TOPK,
+            Some(v) => v.as_u64().filter(|&k| k > 0).ok_or_else(|| {
+                LoadError::Invalid(
+                    "model-config.yaml: handler.topk must be a positive integer".into(),
+                )
+            })? as usize,
+        };
+        Ok(Self {
+            kind,
+            model,
+            labels: Labels::load(archive)?,
+            topk,
+            max_pixels: limit_max_image_pixels.then_some(decode::PILLOW_MAX_IMAGE_PIXELS),
+        })
+    }
+
+    /// `VisionHandler.preprocess` for one row: image bytes (a string is base64) through the
+    /// handler's transforms, or a JSON list taken as the tensor itself.
+    fn tensor(&self, content: Content) -> Result<Tensor, ServeError> {
+        let bytes = match content {
+            Content::Array(t) => return Ok(t),
+            Content::Base64(text) => base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| {
+                    ServeError::bad_input(format!("the image is not valid base64: {e}"))
+                })?,
+            Content::Bytes(b) => b.to_vec(),
+        };
+        let image = decode::decode(&bytes, self.max_pixels)?;
+        match self.kind {
+            Kind::Detector => {
+                let shape = vec![3, image.height as usize, image.width as usize];
+                Ok(Tensor::new(shape, transform::to_tensor(&image)))
+            }
+            Kind::Classifier | Kind::Segmenter => {
+                let image = transform::resize(image, RESIZE)?;
+                let side = CROP as usize;
+                let mut data = vec![0f32; 3 * side * side];
+                transform::crop_normalize(&image, CROP, &mut data);
+                Ok(Tensor::new(vec![3, side, side], data))
+            }
+        }
+    }
+
+    /// One forward pass over requests of one shape.
+    fn predict(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ServeError> {
+        let failed = |e: crate::error::BackendError| {
+            ServeError::PredictionFailed(format!("Prediction failed: {e}"))
+        };
+        let bodies = match self.kind {
+            Kind::Classifier => {
+                let logits = self.model.forward(stack(group)).map_err(failed)?;
+                reply::classes(&logits, group.len(), self.topk, &self.labels)?
+            }
+            Kind::Segmenter => {
+                let out = self
+                    .model
+                    .call(Input::Tensor(stack(group)))
+                    .map_err(failed)?;
+                reply::segments(&out, group.len())?
+            }
+            Kind::Detector => {
+                // torchvision's detectors take a list of images; a model of a stacked batch
+                // (as TorchServe passes them) is tried next.
+                let images = group.iter().map(|t| (*t).clone()).collect();
+                let out = match self.model.call(Input::Tensors(images)) {
+                    Ok(out) => out,
+                    Err(_) => self
+                        .model
+                        .call(Input::Tensor(stack(group)))
+                        .map_err(failed)?,
+                };
+                reply::detections(&out, group.len(), &self.labels)?
+            }
+        };
+        Ok(bodies.into_iter().map(reply::json).collect())
+    }
+
+    /// Attributions for requests of one shape and target.
+    fn explain(&self, group: &[&Tensor], target: i64) -> Result<Vec<Reply>, ServeError> {
+        let input = stack(group);
+        let row_shape = input.shape[1..].to_vec();
+        let attributions = self
+            .model
+            .integrated_gradients(input, target, EXPLAIN_STEPS)
+            .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
+        let per_row = row_shape.iter().product::<usize>().max(1);
+        Ok(attributions
+            .data
+            .chunks(per_row)
+            .map(|row| {
+                let mut text = String::with_capacity(row.len() * 26);
+                super::pyjson::write_nested(&mut text, &row_shape, row, 0);
+                reply::json(text)
+            })
+            .collect())
+    }
+}
+
+/// Stacks requests' tensors of one shape into a batch (`torch.stack`).
+fn stack(group: &[&Tensor]) -> Tensor {
+    let mut shape = vec![group.len()];
+    shape.extend_from_slice(&group[0].shape);
+    let mut data = Vec::with_capacity(shape.iter().product());
+    for t in group {
+        data.extend_from_slice(&t.data);
+    }
+    Tensor::new(shape, data)
+}
+
+/// What a request row holds, as `VisionHandler.preprocess` tells them apart.
+enum Content {
+    Bytes(bytes::Bytes),
+    Base64(String),
+    Array(Tensor),
+}
+
+/// A JSON value of a row: a string is base64, a list is the tensor; an object (a KServe
+/// instance) holds them under `data` or `body`, and the explanation's `target`.
+fn from_json(value: &serde_json::Value, target: &mut i64) -> Result<Content, ServeError> {
+    match value {
+        serde_json::Value::String(s) => Ok(Content::Base64(s.clone())),
+        serde_json::Value::Array(_) => {
+            Ok(Content::Array(super::json_tensor::array_from_value(value)?))
+        }
+        serde_json::Value::Object(o) => {
+            if let Some(t) = o.get("target").and_then(|t| t.as_i64()) {
+                *target = t;
+            }
+            let inner = o
+                .get("data")
+                .filter(|v| !v.is_null())
+                .or_else(|| o.get("body"))
+                .ok_or_else(|| {
+                    ServeError::bad_input("the JSON object has no \"data\" or \"body\" image")
+                })?;
+            if inner.is_object() {
+                return Err(ServeError::bad_input(
+                    "\"data\" must be an image (base64 string) or a list of numbers",
+                ));
+            }
+            from_json(inner, target)
+        }
+        _ => Err(ServeError::bad_input(
+            "the request must be an image, a base64 string or a list of numbers",
+        )),
+    }
+}
+
+impl Handler for Vision {
+    fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError> {
+        let explain = input
+            .headers
+            .iter()
+            .any(|(k, v)| k == "explain" && v == "True");
+        let param = input
+            .param("data")
+            .or_else(|| input.param("body"))
+            .ok_or_else(|| ServeError::bad_input("missing request body: send an image"))?;
+        let content_type = param
+            .content_type
+            .as_deref()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let mut target = input
+            .param("target")
+            .and_then(|t| std::str::from_utf8(&t.value).ok()?.trim().parse().ok())
+            .unwrap_or(0);
+        // The Python worker hands JSON bodies over parsed and text as a string.
+        let content = if content_type.starts_with("application/json") {
+            let value: serde_json::Value = serde_json::from_slice(&param.value)
+                .map_err(|e| ServeError::bad_input(format!("invalid JSON body: {e}")))?;
+            from_json(&value, &mut target)?
+        } else if content_type.starts_with("text/") {
+            Content::Base64(String::from_utf8_lossy(&param.value).into_owned())
+        } else {
+            Content::Bytes(param.value.clone())
+        };
+        let tensor = self.tensor(content)?;
+        Ok(if explain {
+            Prepared::Explain {
+                input: tensor,
+                target,
+            }
+        } else {
+            Prepared::Array(tensor)
+        })
+    }
+
+    /// Decoding an image takes milliseconds: never on the async executor.
+    fn prepare_is_heavy(&self) -> bool {
+        true
+    }
+
+    fn start_worker(self: Arc<Self>, _id: u32) -> Result<Box<dyn Engine>, String> {
+        self.model.prepare_thread();
+        Ok(Box::new(SharedModel(self)))
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
+    }
+}
+
+struct SharedModel(Arc<Vision>);
+
+impl Engine for SharedModel {
+    fn infer(
+        &mut self,
+        batch: &[Prepared],
+        _partial: &mut dyn FnMut(usize, Reply),
+    ) -> Result<Vec<Reply>, EngineError> {
+        // (tensor, explanation target) per request; requests of one shape (and target) run
+        // together, in order.
+        let items = batch
+            .iter()
+            .map(|p| match p {
+                Prepared::Array(t) => Ok((t, None)),
+                Prepared::Explain { input, target } => Ok((input, Some(*target))),
+                _ => Err(ServeError::Internal(
+                    "unexpected input for a native handler".into(),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(EngineError::Batch)?;
+        let mut replies = Vec::with_capacity(batch.len());
+        for run in items.chunk_by(|a, b| a.0.shape == b.0.shape && a.1 == b.1) {
+            let group: Vec<&Tensor> = run.iter().map(|(t, _)| *t).collect();
+            let answers = match run[0].1 {
+                None => self.0.predict(&group),
+                Some(target) => self.0.explain(&group, target),
+            };
+            replies.extend(answers.map_err(EngineError::Batch)?);
+        }
+        Ok(replies)
+    }
+}
