@@ -5,7 +5,9 @@
 //! - `overload`: how fast a full queue is refused (503);
 //! - `memory`: RSS of one model with 1 and with 4 workers (the weights are shared);
 //! - `parallel T`: forward passes per second of one loaded model driven from T threads at
-//!   once (TorchScript and ONNX), as T workers of one model version run them.
+//!   once (TorchScript and ONNX), as T workers of one model version run them;
+//! - `vision MODEL.pt IMAGE`: the native image_classifier's limit on one thread: median µs of
+//!   decode + transforms, and of the raw forward pass (`bench/vision.sh`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +17,7 @@ use ferroserve::archive::ModelArchive;
 use ferroserve::backend::{self, RuntimeOptions, Tensor};
 use ferroserve::device::Device;
 use ferroserve::handler::tensor_classifier::parse_request;
+use ferroserve::handler::vision;
 
 const FRAMES: usize = 64;
 const FEATURES: usize = 469;
@@ -292,7 +295,7 @@ impl Drop for Running {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage =
-        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode";
+        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode | vision <model.pt> <image>";
     let bin = PathBuf::from(args.get(1).expect(usage));
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(
@@ -319,8 +322,36 @@ fn main() {
             });
             println!("{:.0}", median(t));
         }
+        Some("vision") => {
+            let (model, image) = (args.get(3).expect(usage), args.get(4).expect(usage));
+            let [decode, forward] = vision(Path::new(model), Path::new(image));
+            println!("{decode:.0} {forward:.0}");
+        }
         _ => panic!("{usage}"),
     }
+}
+
+/// The image classifier's work per request on one thread: decode + transforms, and the raw
+/// forward pass of the model at batch 1 (median µs of each).
+fn vision(model: &Path, image: &Path) -> [f64; 2] {
+    tch::set_num_threads(1);
+    tch::set_num_interop_threads(1);
+    let bytes = std::fs::read(image).expect("image");
+    let limit = Some(vision::PILLOW_MAX_IMAGE_PIXELS);
+    let input = || vision::classifier_input(&bytes, limit).expect("image decodes");
+    time_us(5, || drop(input()));
+    let decode = median(time_us(50, || drop(input())));
+    let options = RuntimeOptions {
+        device: Device::Cpu,
+        intra_op_threads: 1,
+        onnxruntime_library: None,
+    };
+    let model = backend::load(model, &options).expect("model");
+    let one = input();
+    let batch = || Tensor::new(vec![1, 3, 224, 224], one.data.clone());
+    time_us(3, || drop(model.forward(batch()).unwrap()));
+    let forward = median(time_us(30, || drop(model.forward(batch()).unwrap())));
+    [decode, forward]
 }
 
 fn latency(bin: &Path, requests: usize) {

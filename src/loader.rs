@@ -295,6 +295,7 @@ impl Loader {
             },
             continuous: params.continuous_batching,
             max_retry: Duration::from_secs(params.max_retry_timeout_s),
+            startup_timeout: Duration::from_secs(params.startup_timeout_s),
             runtime: self.tasks.clone(),
         };
         let pool = WorkerPool::new(

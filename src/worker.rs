@@ -108,6 +108,9 @@ pub struct WorkerConfig {
     /// `continuousBatching`: the workers serve rounds of streaming requests.
     pub continuous: bool,
     pub max_retry: Duration,
+    /// `startupTimeout`: a worker whose start takes longer has failed to start (as in
+    /// TorchServe, where 0 fails every start).
+    pub startup_timeout: Duration,
     /// The model version's metric handles (batch sizes, load times, restarts).
     pub metrics: Arc<crate::metrics::VersionMetrics>,
     /// The runtime whose timers bound a streamed answer's waits.
@@ -228,6 +231,15 @@ fn serve(
         if s.stop.load(Ordering::SeqCst) {
             return;
         }
+        let started = started.and_then(|engine| {
+            if attempt.elapsed() > cfg.startup_timeout {
+                return Err(format!(
+                    "Backend worker did not respond in given time (startupTimeout {} s)",
+                    cfg.startup_timeout.as_secs()
+                ));
+            }
+            Ok(engine)
+        });
         match started {
             Ok(mut engine) => {
                 // A successful start resets TorchServe's back-off and failure window.
@@ -579,6 +591,7 @@ mod tests {
                 },
                 continuous: false,
                 max_retry,
+                startup_timeout: Duration::from_secs(120),
                 metrics: Arc::new(crate::metrics::Metrics::with_defaults(
                     crate::metrics::Mode::Prometheus,
                 ))

@@ -148,7 +148,7 @@ fn refusal(image: &str) -> &'static str {
 
 #[test]
 fn builtin_vision_handlers_answer_as_torchserve_without_python() {
-    let server = server("");
+    let server = server("metrics_mode=prometheus");
     let recorded = recorded();
     let mut compared = 0;
     for (key, expected) in &recorded {
@@ -227,6 +227,12 @@ fn builtin_vision_handlers_answer_as_torchserve_without_python() {
         for worker in describe[0]["workers"].as_array().unwrap() {
             assert_eq!(worker["pid"], server.pid, "{model}: {body}");
         }
+    }
+    // TorchServe's handler-side metrics, as its Python handlers print them.
+    let (_, metrics, _) = get(&format!("{}/metrics", server.metrics));
+    for name in ["HandlerTime", "PredictionTime"] {
+        let line = format!("{name}{{ModelName=\"vclass\",Level=\"Model\",Hostname=");
+        assert!(metrics.contains(&line), "no {line} in {metrics}");
     }
     let log = server.log_text();
     assert!(log.contains("handler chosen"), "{log}");
@@ -413,4 +419,47 @@ fn decompression_bombs_are_refused_from_the_header() {
         let (status, _) = predict(&server, "vclass", "rgb.png");
         assert_eq!(status, 200);
     }
+}
+
+/// A built-in handler's TorchScript file that libtorch cannot load goes to the Python worker,
+/// with the reason in describe and the log.
+#[test]
+fn a_model_file_libtorch_cannot_load_falls_back_to_python() {
+    let config = format!(
+        "python={}\nmodels={{\"broken\": {{\"1.0\": {{\"minWorkers\": 0, \"maxWorkers\": 1}}}}}}",
+        test_python()
+    );
+    let server = Server::start_with(
+        Setup {
+            archives: &[],
+            config: &config,
+            ..Setup::default()
+        },
+        |store| {
+            let manifest = r#"{"runtime": "python", "model": {"modelName": "broken", "modelVersion": "1.0", "handler": "image_classifier", "serializedFile": "model.pt"}}"#;
+            write_mar(
+                &store.join("broken.mar"),
+                manifest,
+                &[("model.pt", b"not TorchScript".as_slice())],
+            );
+        },
+    );
+    let (status, body, _) = get(&format!("{}/models/broken", server.management));
+    assert_eq!(status, 200, "{body}");
+    let describe: Value = serde_json::from_str(&body).unwrap();
+    let served = &describe[0]["servedBy"];
+    assert_eq!(served["runtime"], "python", "{body}");
+    assert_eq!(served["handler"], "image_classifier", "{body}");
+    assert!(
+        served["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("native load failed: cannot load"),
+        "{body}"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("the native runtime cannot load the model file; the Python worker serves it"),
+        "{log}"
+    );
 }

@@ -483,6 +483,9 @@ pub fn run_batch(
     );
     let (error, result) = match settle(outcome, inputs.len()) {
         Ok(replies) => {
+            if !engine.reports_handler_time() {
+                metrics.handler_time(engine_time);
+            }
             for (answer, reply) in answers.iter_mut().zip(replies) {
                 answer.finish(runtime, reply);
             }

@@ -581,6 +581,10 @@ impl Engine for PythonWorker {
     fn pid(&self) -> Option<u32> {
         Some(self.child.id())
     }
+
+    fn reports_handler_time(&self) -> bool {
+        true
+    }
 }
 
 impl Drop for PythonWorker {

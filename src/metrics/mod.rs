@@ -754,6 +754,25 @@ impl VersionMetrics {
         );
     }
 
+    /// A native handler's successful batch: TorchServe's handler-side `HandlerTime` and
+    /// `PredictionTime` (milliseconds to two decimals), which Python workers print themselves.
+    pub fn handler_time(&self, took: Duration) {
+        let ms = (took.as_secs_f64() * 100_000.0).round() / 100.0;
+        for name in ["HandlerTime", "PredictionTime"] {
+            self.metrics.backend(&BackendMetric {
+                name: name.into(),
+                unit: "ms".into(),
+                value: ms,
+                dimensions: vec![
+                    ("ModelName".into(), self.model.clone()),
+                    ("Level".into(), "Model".into()),
+                ],
+                kind: None,
+                request_id: None,
+            });
+        }
+    }
+
     /// A worker became ready `took` after it started (TorchServe's `WorkerLoadTime`).
     pub fn worker_loaded(&self, worker: &str, took: Duration) {
         let dims = Dims {

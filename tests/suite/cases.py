@@ -565,4 +565,4 @@ GRPC_SILENT = {2: "a version already registered: UNKNOWN with no message"}
 GRPC_UNIMPLEMENTED = {"ServerMetadata": "TorchServe's OIP service has no ServerMetadata"}
 # Fields of JSON answers that differ between any two runs (worker ids, pids, times, memory)
 # or that ferroserve adds (docs/compatibility.md: describe's `device` and `stats`).
-DYNAMIC = {"startTime", "pid", "id", "memoryUsage", "device", "stats", "gpuUsage"}
+DYNAMIC = {"startTime", "pid", "id", "memoryUsage", "device", "stats", "gpuUsage", "servedBy"}

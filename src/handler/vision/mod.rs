@@ -81,7 +81,7 @@ impl Vision {
             model,
             labels: Labels::load(archive)?,
             topk,
-            max_pixels: limit_max_image_pixels.then_some(decode::PILLOW_MAX_IMAGE_PIXELS),
+            max_pixels: limit_max_image_pixels.then_some(PILLOW_MAX_IMAGE_PIXELS),
         })
     }
 
@@ -97,19 +97,13 @@ impl Vision {
                 })?,
             Content::Bytes(b) => b.to_vec(),
         };
-        let image = decode::decode(&bytes, self.max_pixels)?;
         match self.kind {
             Kind::Detector => {
+                let image = decode::decode(&bytes, self.max_pixels)?;
                 let shape = vec![3, image.height as usize, image.width as usize];
                 Ok(Tensor::new(shape, transform::to_tensor(&image)))
             }
-            Kind::Classifier | Kind::Segmenter => {
-                let image = transform::resize(image, RESIZE)?;
-                let side = CROP as usize;
-                let mut data = vec![0f32; 3 * side * side];
-                transform::crop_normalize(&image, CROP, &mut data);
-                Ok(Tensor::new(vec![3, side, side], data))
-            }
+            Kind::Classifier | Kind::Segmenter => classifier_input(&bytes, self.max_pixels),
         }
     }
 
@@ -167,6 +161,20 @@ impl Vision {
             .collect())
     }
 }
+
+/// The classifier's and segmenter's input for one image, `[3, 224, 224]`: decoded, then
+/// `Resize(256)`, `CenterCrop(224)`, `ToTensor` and `Normalize` (their `image_processing`).
+/// `max_pixels` is Pillow's decompression-bomb limit (None: lifted).
+pub fn classifier_input(bytes: &[u8], max_pixels: Option<u64>) -> Result<Tensor, ServeError> {
+    let image = transform::resize(decode::decode(bytes, max_pixels)?, RESIZE)?;
+    let side = CROP as usize;
+    let mut data = vec![0f32; 3 * side * side];
+    transform::crop_normalize(&image, CROP, &mut data);
+    Ok(Tensor::new(vec![3, side, side], data))
+}
+
+/// Pillow's default decompression-bomb limit, as the vision handlers apply it.
+pub const PILLOW_MAX_IMAGE_PIXELS: u64 = decode::PILLOW_MAX_IMAGE_PIXELS;
 
 /// Stacks requests' tensors of one shape into a batch (`torch.stack`).
 fn stack(group: &[&Tensor]) -> Tensor {
