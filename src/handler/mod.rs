@@ -482,7 +482,9 @@ mod tests {
         };
         std::fs::write(
             root.join("MAR-INF/MANIFEST.json"),
-            format!(r#"{{"runtime": "python", "model": {{"modelName": "m", {model}{config_key}}}}}"#),
+            format!(
+                r#"{{"runtime": "python", "model": {{"modelName": "m", {model}{config_key}}}}}"#
+            ),
         )
         .unwrap();
         if let Some(config) = config {
@@ -493,26 +495,68 @@ mod tests {
 
     #[test]
     fn builtin_vision_archives_run_natively_unless_eager_or_told_not_to() {
-        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vision");
-        let open = |name| reason(choose(&ModelArchive::open(&fixtures, name, 1 << 30).unwrap()));
-        assert_eq!(open("vclass.mar"), "native image_classifier: built-in image_classifier over TorchScript grid.pt");
-        assert_eq!(open("vclass_onnx.mar"), "native image_classifier: built-in image_classifier over ONNX grid.onnx");
-        assert_eq!(open("vseg.mar"), "native image_segmenter: built-in image_segmenter over TorchScript segmenter.pt");
-        assert!(open("vclass_eager.mar").starts_with("python: an eager model"), "{}", open("vclass_eager.mar"));
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vision");
+        let open = |name| {
+            reason(choose(
+                &ModelArchive::open(&fixtures, name, 1 << 30).unwrap(),
+            ))
+        };
+        assert_eq!(
+            open("vclass.mar"),
+            "native image_classifier: built-in image_classifier over TorchScript grid.pt"
+        );
+        assert_eq!(
+            open("vclass_onnx.mar"),
+            "native image_classifier: built-in image_classifier over ONNX grid.onnx"
+        );
+        assert_eq!(
+            open("vseg.mar"),
+            "native image_segmenter: built-in image_segmenter over TorchScript segmenter.pt"
+        );
+        assert!(
+            open("vclass_eager.mar").starts_with("python: an eager model"),
+            "{}",
+            open("vclass_eager.mar")
+        );
         let vision = r#""handler": "image_classifier", "serializedFile": "m.pt""#;
         assert!(folder(vision, None).is_native());
         let off = folder(vision, Some("ferroserve:\n  native_handler: false\n"));
-        assert_eq!(reason(off), "python: ferroserve.native_handler: false in model-config.yaml");
-        let named = folder(r#""handler": "h.py", "serializedFile": "m.pt""#, Some("ferroserve:\n  native_handler: json_tensor\n"));
-        assert_eq!(reason(named), "native json_tensor: ferroserve.native_handler in model-config.yaml");
-        let text = folder(r#""handler": "text_classifier", "serializedFile": "m.pt""#, None);
+        assert_eq!(
+            reason(off),
+            "python: ferroserve.native_handler: false in model-config.yaml"
+        );
+        let named = folder(
+            r#""handler": "h.py", "serializedFile": "m.pt""#,
+            Some("ferroserve:\n  native_handler: json_tensor\n"),
+        );
+        assert_eq!(
+            reason(named),
+            "native json_tensor: ferroserve.native_handler in model-config.yaml"
+        );
+        let text = folder(
+            r#""handler": "text_classifier", "serializedFile": "m.pt""#,
+            None,
+        );
         assert!(reason(text).contains("torchtext vocabulary"));
-        let onnx_detector = folder(r#""handler": "object_detector", "serializedFile": "m.onnx""#, None);
+        let onnx_detector = folder(
+            r#""handler": "object_detector", "serializedFile": "m.onnx""#,
+            None,
+        );
         assert!(reason(onnx_detector).starts_with("python: object_detector reads"));
-        let other = folder(r#""handler": "image_classifier", "serializedFile": "m.bin""#, None);
+        let other = folder(
+            r#""handler": "image_classifier", "serializedFile": "m.bin""#,
+            None,
+        );
         assert!(reason(other).contains("neither TorchScript"));
-        let custom = folder(r#""handler": "my_handler.py", "serializedFile": "m.pt""#, None);
-        assert_eq!(reason(custom), "python: handler my_handler.py is Python code");
+        let custom = folder(
+            r#""handler": "my_handler.py", "serializedFile": "m.pt""#,
+            None,
+        );
+        assert_eq!(
+            reason(custom),
+            "python: handler my_handler.py is Python code"
+        );
     }
 
     /// A streamed answer joined whole, and refused once past the limit.
