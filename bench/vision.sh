@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # TorchServe's image_classifier on a TorchScript ResNet-18: ferroserve's native handler vs
-# TorchServe 0.12's Python handler, side by side (bench/vision.py); about 5 minutes.
+# TorchServe 0.12's Python handler, side by side (bench/vision.py; Java 17 and wrk from Debian
+# when missing). Writes bench/results/<date>-<host>-vision.md; about 8 minutes (DURATION,
+# REPS bound it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. scripts/env.sh
-PY=$(scripts/python-env.sh)
+. "$(dirname "$0")/../scripts/env.sh"
+cd "$ROOT"
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+PY=$("$ROOT/scripts/python-env.sh")
 cargo build --release --quiet --bin ferroserve --example bench
-python3 bench/vision.py "$CARGO_TARGET_DIR/release/ferroserve" "$CARGO_TARGET_DIR/release/examples/bench" "$PY"
+mkdir -p bench/results
+out="bench/results/$(date -u +%Y-%m-%d)-$(hostname -s)-vision.md"
+python3 bench/vision.py "$CARGO_TARGET_DIR/release/ferroserve" \
+  "$CARGO_TARGET_DIR/release/examples/bench" "$PY" | tee "$out.tmp"
+mv "$out.tmp" "$out"
+echo "written: $out" >&2
