@@ -91,6 +91,7 @@ PASS=0
 FAIL=0
 REPORT="$OUT/report.md"
 : >"$REPORT"
+: >"$OUT/checks.log"
 check() { # description, then a command that must succeed
   local what=$1
   shift
@@ -150,6 +151,11 @@ for python in $VARIANTS; do
   ports_free || { echo "port 8080 is taken: stop what listens there" >&2; exit 1; }
   ctr=$(buildah from "$image")
   mnt=$(buildah mount "$ctr")
+  # The Python variant's store also holds a Python-handler archive (the model API is off by
+  # default, as in TorchServe: the store is how it gets there).
+  if [ "$python" = true ]; then
+    cp examples/sign_py.mar "$mnt/home/model-server/model-store/"
+  fi
   # The image's own start: entrypoint, default command, UID 1000, its config and model store.
   start=$(date +%s.%N)
   buildah run --user 1000:1000 "$ctr" -- /usr/local/bin/dockerd-entrypoint.sh \
@@ -165,7 +171,7 @@ for python in $VARIANTS; do
   check "/ping with the inference key answers Healthy" bash -c \
     "curl -sf -H 'Authorization: Bearer $INFERENCE_KEY' http://127.0.0.1:8080/ping | grep -q Healthy"
   echo "start to listening: $up_s s" | tee -a "$REPORT" >&2
-  check "both models ready" wait_http http://127.0.0.1:8080/v2/health/ready 120
+  check "every start-up model ready" wait_http http://127.0.0.1:8080/v2/health/ready 120
   check "sign (native TorchScript) predicts the reference label" predicts_sign http://127.0.0.1:8080 sign
   check "sign_onnx (native ONNX) predicts the reference label" predicts_sign http://127.0.0.1:8080 sign_onnx
   check "management without the key is refused" bash -c \
@@ -180,11 +186,8 @@ for python in $VARIANTS; do
       "! buildah run '$ctr' -- bash -c 'command -v python3 || ls /usr/lib/python3*' >/dev/null 2>&1"
   fi
   if [ "$python" = true ]; then
-    cp examples/sign_py.mar "$mnt/home/model-server/model-store/" 2>/dev/null \
-      || buildah copy --chown 1000:1000 "$ctr" examples/sign_py.mar /home/model-server/model-store/ >/dev/null
-    check "a Python-handler archive registers and predicts (TorchServe's Python worker)" bash -c \
-      "curl -sf -X POST -H 'Authorization: Bearer $key' 'http://127.0.0.1:8081/models?url=sign_py.mar&initial_workers=1&synchronous=true' \
-       && $(declare -f predicts_sign); LABEL='$LABEL'; OUT='$OUT'; INFERENCE_KEY='$INFERENCE_KEY'; predicts_sign http://127.0.0.1:8080 sign_py"
+    check "a Python-handler archive in the store predicts (TorchServe's Python worker)" \
+      predicts_sign http://127.0.0.1:8080 sign_py
   fi
   check "SIGTERM drains and the container exits 0" stop_with_sigterm "$run"
 
