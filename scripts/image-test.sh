@@ -220,5 +220,80 @@ for python in $VARIANTS; do
   echo "size: $size uncompressed, $((shipped / 1024 / 1024)) MiB as a gzip'd OCI archive" \
     | tee -a "$REPORT" >&2
 done
+# Kubernetes' readOnlyRootFilesystem (deploy/kubernetes/deployment.yaml), which `buildah run`
+# cannot set: in a mount namespace of its own, the image's root is remounted read-only, the
+# manifest's emptyDir volumes are tmpfs and its ConfigMap's file is mounted read-only; the
+# entrypoint then runs chrooted as UID 1000 with the image's and the manifest's environment.
+readonly_root() { # image
+  local ctr mnt env_file
+  ctr=$(buildah from "$1")
+  mnt=$(buildah mount "$ctr")
+  mkdir -p "$WORK/k8s" "$mnt/etc/ferroserve" "$mnt/home/model-server/work"
+  rm -f "$WORK/k8s/"*
+  python3 - "$WORK/k8s/config.properties" <<'PY'
+import re, sys
+text = open("deploy/kubernetes/configmap.yaml").read()
+body = text.split("config.properties: |\n", 1)[1]
+lines = [l[4:] for l in body.splitlines() if l.startswith("    ") or not l.strip()]
+open(sys.argv[1], "w").write("\n".join(lines).strip() + "\n")
+PY
+  env_file="$WORK/k8s.env"
+  buildah inspect --type image "$1" | python3 -c '
+import json, sys
+for e in json.load(sys.stdin)["Docker"]["config"]["Env"]:
+    print(e)' >"$env_file"
+  printf '%s\n' FERROSERVE_CONFIG=/etc/ferroserve/config.properties TORCH_DEVICE=cpu \
+    LOG_LOCATION=/home/model-server/logs METRICS_LOCATION=/home/model-server/logs \
+    TEMP=/home/model-server/tmp TMPDIR=/home/model-server/tmp HOME=/home/model-server >>"$env_file"
+  # The namespace's script gets its values as arguments.
+  # shellcheck disable=SC2016
+  unshare -m --propagation private bash -c '
+    set -e
+    mnt=$1
+    mount --bind "$mnt" "$mnt"
+    mount -o remount,bind,ro "$mnt"
+    for dir in tmp logs work; do mount -t tmpfs -o uid=1000,gid=1000 tmpfs "$mnt/home/model-server/$dir"; done
+    mount --bind -o ro "$2" "$mnt/etc/ferroserve/config.properties" 2>/dev/null       || { : >/dev/null; mount --bind "$(dirname "$2")" "$mnt/etc/ferroserve"; mount -o remount,bind,ro "$mnt/etc/ferroserve"; }
+    mount -t proc proc "$mnt/proc"
+    mount --rbind /dev "$mnt/dev"
+    if touch "$mnt/probe" 2>/dev/null; then echo "the root is writable" >&2; exit 1; fi
+    exec env -i $(cat "$3") chroot --userspec=1000:1000 "$mnt"       bash -c "cd /home/model-server/work && exec /usr/local/bin/dockerd-entrypoint.sh serve"
+  ' _ "$mnt" "$WORK/k8s" "$env_file" >"$OUT/readonly.log" 2>&1 &
+  local run=$!
+  check "read-only root: the server is up and its models ready" \
+    wait_http http://127.0.0.1:8080/v2/health/ready 120
+  check "read-only root: the key file is in the working directory (an emptyDir)" bash -c \
+    "pid=\$(pgrep -n -f -- 'ferroserve --foreground') && test -s /proc/\$pid/root/home/model-server/work/key_file.json"
+  check "read-only root: /metrics in Prometheus text" bash -c \
+    "curl -sf http://127.0.0.1:8082/metrics | grep -q '^# TYPE ts_inference_requests_total counter'"
+  check "read-only root: SIGTERM drains and exits 0" stop_with_sigterm "$run"
+  buildah umount "$ctr" >/dev/null
+  buildah rm "$ctr" >/dev/null
+}
+if [ -n "$VARIANTS" ]; then
+  echo "### read-only root filesystem ($(tag "${VARIANTS%% *}"))" >>"$REPORT"
+  readonly_root "$(tag "${VARIANTS%% *}")"
+fi
+
+# The CUDA variant (CUDA=1), as far as it goes without a GPU: built, its libraries in place,
+# and the server, asked for CUDA, loading libtorch_cuda.so before it finds no device.
+if [ "${CUDA:-}" = 1 ]; then
+  image=localhost/ferroserve:cuda-native
+  echo "== building $image (VARIANT=cuda PYTHON_WORKER=false)" >&2
+  echo "### $image" >>"$REPORT"
+  buildah bud --layers --format docker --isolation chroot -f Dockerfile.torchserve \
+    --build-arg VARIANT=cuda --build-arg PYTHON_WORKER=false -t "$image" . \
+    >"$OUT/build-cuda.log" 2>&1 || { tail -40 "$OUT/build-cuda.log" >&2; exit 1; }
+  ctr=$(buildah from "$image")
+  check "the CUDA variant carries libtorch_cuda.so and onnxruntime-gpu" buildah run "$ctr" -- \
+    test -f /opt/ferroserve/lib/cuda/libtorch_cuda.so -a -f /opt/ferroserve/lib/onnxruntime-gpu/libonnxruntime.so
+  buildah run --user 1000:1000 --env TORCH_DEVICE=cuda "$ctr" -- /usr/local/bin/dockerd-entrypoint.sh \
+    >"$OUT/serve-cuda.log" 2>&1 || true
+  check "asked for CUDA, the server loads libtorch_cuda.so, then finds no device" bash -c \
+    "grep -q 'FERROSERVE_LIBTORCH_CUDA=/opt/ferroserve/lib/cuda/libtorch_cuda.so' '$OUT/serve-cuda.log' \
+     && ! grep -q 'cannot load' '$OUT/serve-cuda.log' && grep -qi 'cuda' '$OUT/serve-cuda.log'"
+  buildah rm "$ctr" >/dev/null
+  echo "size: $(buildah images --format '{{.Size}}' "$image" | head -1) uncompressed" | tee -a "$REPORT" >&2
+fi
 echo "checks: $PASS passed, $FAIL failed" | tee -a "$REPORT" >&2
 [ "$FAIL" -eq 0 ]
