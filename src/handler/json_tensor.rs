@@ -11,7 +11,9 @@ use bytes::Bytes;
 #[cfg(test)]
 use super::pyjson::push_py_float;
 use super::pyjson::write_nested;
-use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
+use super::{
+    native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
+};
 use crate::backend::{Backend, Tensor};
 use crate::device::Device;
 use crate::error::ServeError;
@@ -42,9 +44,7 @@ impl Handler for JsonTensor {
     }
 
     fn start_worker(self: Arc<Self>, _id: u32) -> Result<Box<dyn Engine>, String> {
-        // Called on the worker's own thread.
-        self.model.prepare_thread();
-        Ok(Box::new(SharedModel(self)))
+        native_worker(self)
     }
 
     fn device(&self) -> Device {
@@ -52,37 +52,32 @@ impl Handler for JsonTensor {
     }
 }
 
-struct SharedModel(Arc<JsonTensor>);
+impl NativeBatch for JsonTensor {
+    fn model(&self) -> &dyn Backend {
+        self.model.as_ref()
+    }
 
-impl Engine for SharedModel {
-    fn infer(
-        &mut self,
-        batch: &[Prepared],
-        _partial: &mut dyn FnMut(usize, Reply),
-    ) -> Result<Vec<Reply>, EngineError> {
+    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError> {
         let arrays = batch
             .iter()
             .map(|p| match p {
                 Prepared::Array(t) => Ok(t),
-                _ => Err(ServeError::Internal(
-                    "unexpected input for a native handler".into(),
-                )),
+                _ => Err(unexpected_input()),
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(EngineError::Batch)?;
+            .collect::<Result<Vec<_>, _>>()?;
         // Requests of one shape run as one forward pass; a batch mixing shapes (which
         // `torch.as_tensor` would refuse whole) runs one pass per run of equal shapes.
         let mut replies = Vec::with_capacity(batch.len());
         for group in arrays.chunk_by(|a, b| a.shape == b.shape) {
-            let rows = self.0.run(group).map_err(EngineError::Batch)?;
-            replies.extend(rows);
+            replies.extend(self.rows(group)?);
         }
         Ok(replies)
     }
 }
 
 impl JsonTensor {
-    fn run(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ServeError> {
+    /// One forward pass over requests of one shape; each gets its row.
+    fn rows(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ServeError> {
         let n = group.len();
         let mut shape = vec![n];
         shape.extend_from_slice(&group[0].shape);

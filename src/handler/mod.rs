@@ -158,6 +158,38 @@ pub trait Engine: Send {
     }
 }
 
+/// A native handler's work on a batch, with the model version's one loaded model: all its
+/// workers share the handler, so adding workers adds no copy of the weights.
+pub trait NativeBatch: Send + Sync + 'static {
+    fn model(&self) -> &dyn backend::Backend;
+    /// One reply per request, in order; an error fails the batch and the worker carries on.
+    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError>;
+}
+
+/// Starts a native worker: readies the calling (worker) thread for the model's forward passes.
+pub fn native_worker<H: NativeBatch>(handler: Arc<H>) -> Result<Box<dyn Engine>, String> {
+    handler.model().prepare_thread();
+    Ok(Box::new(Native(handler)))
+}
+
+/// A native worker's engine.
+struct Native<H>(Arc<H>);
+
+impl<H: NativeBatch> Engine for Native<H> {
+    fn infer(
+        &mut self,
+        batch: &[Prepared],
+        _partial: &mut dyn FnMut(usize, Reply),
+    ) -> Result<Vec<Reply>, EngineError> {
+        self.0.run(batch).map_err(EngineError::Batch)
+    }
+}
+
+/// A prepared input of another handler's kind reached a native handler.
+pub fn unexpected_input() -> ServeError {
+    ServeError::Internal("unexpected input for a native handler".into())
+}
+
 #[derive(Debug, Clone)]
 pub enum EngineError {
     /// The batch failed (a handler error); the worker carries on.

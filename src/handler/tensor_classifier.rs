@@ -16,7 +16,9 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Serialize;
 
 use super::labels::Labels;
-use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
+use super::{
+    native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
+};
 use crate::archive::ModelArchive;
 use crate::backend::{Backend, Tensor};
 use crate::device::Device;
@@ -103,9 +105,7 @@ impl Handler for TensorClassifier {
     }
 
     fn start_worker(self: Arc<Self>, _id: u32) -> Result<Box<dyn Engine>, String> {
-        // Called on the worker's own thread.
-        self.model.prepare_thread();
-        Ok(Box::new(SharedModel(self)))
+        native_worker(self)
     }
 
     fn device(&self) -> Device {
@@ -113,29 +113,18 @@ impl Handler for TensorClassifier {
     }
 }
 
-/// A native worker's engine: the model version's one loaded model, shared.
-struct SharedModel(Arc<TensorClassifier>);
-
-impl Engine for SharedModel {
-    fn infer(
-        &mut self,
-        batch: &[Prepared],
-        _partial: &mut dyn FnMut(usize, Reply),
-    ) -> Result<Vec<Reply>, EngineError> {
-        self.0.run(batch).map_err(EngineError::Batch)
+impl NativeBatch for TensorClassifier {
+    fn model(&self) -> &dyn Backend {
+        self.model.as_ref()
     }
-}
 
-impl TensorClassifier {
     fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError> {
         let per_item = self.frames * self.features;
         let mut data = Vec::with_capacity(batch.len() * per_item);
         let mut topks = Vec::with_capacity(batch.len());
         for item in batch {
             let Prepared::Tensor { tensor, topk } = item else {
-                return Err(ServeError::Internal(
-                    "unexpected input for a native handler".into(),
-                ));
+                return Err(unexpected_input());
             };
             data.extend_from_slice(tensor);
             topks.push(*topk);

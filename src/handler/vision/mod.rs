@@ -14,7 +14,9 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use super::labels::Labels;
-use super::{Engine, EngineError, Handler, Prepared, Reply, RequestInput};
+use super::{
+    native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
+};
 use crate::archive::ModelArchive;
 use crate::backend::{Backend, Input, Tensor};
 use crate::device::Device;
@@ -272,8 +274,7 @@ impl Handler for Vision {
     }
 
     fn start_worker(self: Arc<Self>, _id: u32) -> Result<Box<dyn Engine>, String> {
-        self.model.prepare_thread();
-        Ok(Box::new(SharedModel(self)))
+        native_worker(self)
     }
 
     fn device(&self) -> Device {
@@ -281,35 +282,28 @@ impl Handler for Vision {
     }
 }
 
-struct SharedModel(Arc<Vision>);
+impl NativeBatch for Vision {
+    fn model(&self) -> &dyn Backend {
+        self.model.as_ref()
+    }
 
-impl Engine for SharedModel {
-    fn infer(
-        &mut self,
-        batch: &[Prepared],
-        _partial: &mut dyn FnMut(usize, Reply),
-    ) -> Result<Vec<Reply>, EngineError> {
-        // (tensor, explanation target) per request; requests of one shape (and target) run
-        // together, in order.
+    /// Requests of one shape (and explanation target) run together, in order.
+    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError> {
         let items = batch
             .iter()
             .map(|p| match p {
                 Prepared::Array(t) => Ok((t, None)),
                 Prepared::Explain { input, target } => Ok((input, Some(*target))),
-                _ => Err(ServeError::Internal(
-                    "unexpected input for a native handler".into(),
-                )),
+                _ => Err(unexpected_input()),
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(EngineError::Batch)?;
+            .collect::<Result<Vec<_>, _>>()?;
         let mut replies = Vec::with_capacity(batch.len());
         for run in items.chunk_by(|a, b| a.0.shape == b.0.shape && a.1 == b.1) {
             let group: Vec<&Tensor> = run.iter().map(|(t, _)| *t).collect();
-            let answers = match run[0].1 {
-                None => self.0.predict(&group),
-                Some(target) => self.0.explain(&group, target),
-            };
-            replies.extend(answers.map_err(EngineError::Batch)?);
+            replies.extend(match run[0].1 {
+                None => self.predict(&group)?,
+                Some(target) => self.explain(&group, target)?,
+            });
         }
         Ok(replies)
     }
