@@ -169,55 +169,63 @@ fn open(path: &Path, options: &RuntimeOptions) -> Result<(Session, Device), Back
     Ok((session, device))
 }
 
-impl Backend for OnnxModel {
-    fn forward(&self, input: Tensor) -> Result<Tensor, BackendError> {
-        let err = |e: ort::Error| BackendError::Inference(e.to_string());
-        let value = ort::value::Tensor::from_array((input.shape, input.data)).map_err(err)?;
+fn inference(e: ort::Error) -> BackendError {
+    BackendError::Inference(e.to_string())
+}
+
+/// An output as an f32 tensor; integer outputs (a detector's labels) are converted.
+fn tensor_of(value: &ort::value::DynValue) -> Result<Tensor, BackendError> {
+    let (shape, data) = match value.try_extract_tensor::<f32>() {
+        Ok((shape, data)) => (shape.to_vec(), data.to_vec()),
+        Err(_) => {
+            let (shape, data) = value.try_extract_tensor::<i64>().map_err(inference)?;
+            (shape.to_vec(), data.iter().map(|&v| v as f32).collect())
+        }
+    };
+    Ok(Tensor {
+        shape: shape.iter().map(|&d| d as usize).collect(),
+        data,
+    })
+}
+
+impl OnnxModel {
+    /// Runs `input` on an idle session; `read` takes what it needs from the outputs before
+    /// the session goes back to the pool.
+    fn run<T>(
+        &self,
+        input: Tensor,
+        read: impl FnOnce(&ort::session::SessionOutputs<'_>) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let value = ort::value::Tensor::from_array((input.shape, input.data)).map_err(inference)?;
         let mut session = self.take()?;
         let output = session
             .run(ort::inputs![self.input_name.as_str() => value])
-            .map_err(err)
-            .and_then(|outputs| {
-                let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
-                Ok(Tensor {
-                    shape: shape.iter().map(|&d| d as usize).collect(),
-                    data: data.to_vec(),
-                })
-            });
+            .map_err(inference)
+            .and_then(|outputs| read(&outputs));
         self.give_back(session);
         output
     }
+}
 
-    /// Every output, by name; integer outputs (a detector's labels) as f32.
+impl Backend for OnnxModel {
+    fn forward(&self, input: Tensor) -> Result<Tensor, BackendError> {
+        self.run(input, |outputs| tensor_of(&outputs[0]))
+    }
+
+    /// Every output, by name.
     fn call(&self, input: Input) -> Result<Value, BackendError> {
         let Input::Tensor(input) = input else {
             return Err(BackendError::Inference(
                 "ONNX models take one input tensor, not a list of images".into(),
             ));
         };
-        let err = |e: ort::Error| BackendError::Inference(e.to_string());
-        let value = ort::value::Tensor::from_array((input.shape, input.data)).map_err(err)?;
-        let mut session = self.take()?;
-        let output = session
-            .run(ort::inputs![self.input_name.as_str() => value])
-            .map_err(err)
-            .and_then(|outputs| {
-                let mut named = Vec::new();
-                for (name, value) in outputs.iter() {
-                    let (shape, data) = match value.try_extract_tensor::<f32>() {
-                        Ok((shape, data)) => (shape.to_vec(), data.to_vec()),
-                        Err(_) => {
-                            let (shape, data) = value.try_extract_tensor::<i64>().map_err(err)?;
-                            (shape.to_vec(), data.iter().map(|&v| v as f32).collect())
-                        }
-                    };
-                    let shape = shape.iter().map(|&d| d as usize).collect();
-                    named.push((name.to_string(), Value::Tensor(Tensor { shape, data })));
-                }
-                Ok(Value::Dict(named))
-            });
-        self.give_back(session);
-        output
+        self.run(input, |outputs| {
+            outputs
+                .iter()
+                .map(|(name, value)| Ok((name.to_string(), Value::Tensor(tensor_of(&value)?))))
+                .collect::<Result<_, BackendError>>()
+                .map(Value::Dict)
+        })
     }
 
     fn device(&self) -> Device {
