@@ -530,23 +530,47 @@ impl Metrics {
     /// unless `model_metrics_auto_detect` is on; then the line's type and dimensions (plus
     /// `Hostname`) define them.
     pub fn backend(&self, m: &BackendMetric) {
+        self.record_backend(
+            &m.name,
+            &m.unit,
+            m.value,
+            &m.dimensions,
+            m.kind.as_deref(),
+            m.request_id.as_deref(),
+        );
+    }
+
+    /// A handler-side metric sample (a worker's line, or a native handler's own), its
+    /// dimensions by name.
+    fn record_backend<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        name: &str,
+        unit: &str,
+        value: f64,
+        dimensions: &[(K, V)],
+        kind: Option<&str>,
+        request_id: Option<&str>,
+    ) {
         let known = self
             .backend
             .read()
-            .map(|b| b.contains_key(&m.name))
+            .map(|b| b.contains_key(name))
             .unwrap_or(false);
         if !known {
             if !self.auto_detect {
                 return;
             }
-            let mut dims: Vec<String> = m.dimensions.iter().map(|(k, _)| k.clone()).collect();
+            let mut dims: Vec<String> = dimensions
+                .iter()
+                .map(|(k, _)| k.as_ref().to_string())
+                .collect();
             dims.push("Hostname".into());
             let spec = Spec {
-                name: m.name.clone(),
-                unit: m.unit.clone(),
+                name: name.to_string(),
+                unit: unit.to_string(),
                 dimensions: dims,
             };
-            let kind = Kind::from_line(m.kind.as_deref());
+            let kind = Kind::from_line(kind);
             let Some(entry) = Entry::new(kind, spec, self.mode == Mode::Prometheus, LogTo::Model)
             else {
                 return;
@@ -554,16 +578,16 @@ impl Metrics {
             let Ok(mut backend) = self.backend.write() else {
                 return;
             };
-            if let Err(e) = usable_name(&self.frontend, &m.name) {
+            if let Err(e) = usable_name(&self.frontend, name) {
                 tracing::warn!("backend metric not exposed: {e}");
                 return;
             }
-            backend.entry(m.name.clone()).or_insert(entry);
+            backend.entry(name.to_string()).or_insert(entry);
         }
         let Ok(backend) = self.backend.read() else {
             return;
         };
-        let Some(entry) = backend.get(&m.name) else {
+        let Some(entry) = backend.get(name) else {
             return;
         };
         // Dimensions by name; the host is this machine's, like the worker's.
@@ -574,14 +598,14 @@ impl Metrics {
                 if d == "Hostname" {
                     return self.hostname.as_str();
                 }
-                m.dimensions
+                dimensions
                     .iter()
-                    .find(|(k, _)| k == d)
-                    .map(|(_, v)| v.as_str())
+                    .find(|(k, _)| k.as_ref() == d)
+                    .map(|(_, v)| v.as_ref())
                     .unwrap_or("")
             })
             .collect();
-        entry.update(m.value, &values, &self.hostname, m.request_id.as_deref());
+        entry.update(value, &values, &self.hostname, request_id);
     }
 
     /// The label-bound handles of one model version.
@@ -758,18 +782,10 @@ impl VersionMetrics {
     /// `PredictionTime` (milliseconds to two decimals), which Python workers print themselves.
     pub fn handler_time(&self, took: Duration) {
         let ms = (took.as_secs_f64() * 100_000.0).round() / 100.0;
+        let dimensions = [("ModelName", self.model.as_str()), ("Level", "Model")];
         for name in ["HandlerTime", "PredictionTime"] {
-            self.metrics.backend(&BackendMetric {
-                name: name.into(),
-                unit: "ms".into(),
-                value: ms,
-                dimensions: vec![
-                    ("ModelName".into(), self.model.clone()),
-                    ("Level".into(), "Model".into()),
-                ],
-                kind: None,
-                request_id: None,
-            });
+            self.metrics
+                .record_backend(name, "ms", ms, &dimensions, None, None);
         }
     }
 
