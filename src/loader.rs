@@ -257,7 +257,7 @@ impl Loader {
                 metrics: &self.metrics,
             },
         )?;
-        let native = served_by.runtime == "native";
+        let native = served_by.runtime == handler::Runtime::Native;
         if params.continuous_batching && native {
             return Err(LoadError::Invalid(
                 "model-config.yaml: continuousBatching is not supported by ferroserve for a native handler: it serves streaming Python handlers".into(),
@@ -266,7 +266,7 @@ impl Loader {
         tracing::info!(
             model = %name,
             version = %version,
-            runtime = served_by.runtime,
+            runtime = %served_by.runtime,
             handler = %served_by.handler,
             reason = %served_by.reason,
             "handler chosen"

@@ -210,10 +210,26 @@ pub const NATIVE_HANDLERS: &[&str] = &[
 /// Which runtime serves a model version, and why: describe's `servedBy`, and the load log.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ServedBy {
-    /// `native` (in process: libtorch or ONNX Runtime) or `python` (TorchServe's worker).
-    pub runtime: &'static str,
+    pub runtime: Runtime,
     pub handler: String,
     pub reason: String,
+}
+
+/// In process (libtorch or ONNX Runtime), or TorchServe's Python worker.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Native,
+    Python,
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Runtime::Native => "native",
+            Runtime::Python => "python",
+        })
+    }
 }
 
 /// The choice before loading: a native handler (named by the archive's configuration, or
@@ -371,7 +387,7 @@ pub fn load(
     Ok((
         handler,
         ServedBy {
-            runtime: "native",
+            runtime: Runtime::Native,
             handler: name,
             reason,
         },
@@ -385,7 +401,7 @@ fn python_served(
 ) -> Result<(Arc<dyn Handler>, ServedBy), LoadError> {
     let handler = python_handler(archive, spec)?;
     let served = ServedBy {
-        runtime: "python",
+        runtime: Runtime::Python,
         handler: archive.manifest.model.handler.clone().unwrap_or_default(),
         reason,
     };
