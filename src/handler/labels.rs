@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use crate::archive::ModelArchive;
 use crate::error::LoadError;
 
+/// The names by class index. TorchServe looks a class up as `mapping[str(class)]`, so only
+/// keys spelled as Python spells an index (`"7"`, not `"07"`) can ever name one.
 #[derive(Debug, Default, Clone)]
-pub struct Labels(Option<HashMap<String, String>>);
+pub struct Labels(Option<HashMap<usize, String>>);
 
 impl Labels {
     pub fn load(archive: &ModelArchive) -> Result<Self, LoadError> {
@@ -32,28 +34,30 @@ impl Labels {
             return names
                 .iter()
                 .enumerate()
-                .map(|(i, v)| Ok((i.to_string(), label(v)?)))
+                .map(|(i, v)| Ok((i, label(v)?)))
                 .collect::<Result<_, String>>()
                 .map(|m| Self(Some(m)));
         }
-        map.iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    serde_json::Value::Array(items) => items.last().unwrap_or(v),
-                    _ => v,
-                };
-                Ok((k.clone(), label(v)?))
-            })
-            .collect::<Result<_, String>>()
-            .map(|m| Self(Some(m)))
+        let mut names = HashMap::new();
+        for (k, v) in &map {
+            let v = match v {
+                serde_json::Value::Array(items) => items.last().unwrap_or(v),
+                _ => v,
+            };
+            // Every value is checked, as TorchServe does, even under a key no class reaches.
+            let name = label(v)?;
+            if let Some(class) = k.parse::<usize>().ok().filter(|c| c.to_string() == *k) {
+                names.insert(class, name);
+            }
+        }
+        Ok(Self(Some(names)))
     }
 
     /// The name of a class; a class the mapping lacks is named by its index.
     pub fn name(&self, class: usize) -> Cow<'_, str> {
-        let key = class.to_string();
-        match self.0.as_ref().and_then(|m| m.get(&key)) {
+        match self.0.as_ref().and_then(|m| m.get(&class)) {
             Some(name) => Cow::Borrowed(name.as_str()),
-            None => Cow::Owned(key),
+            None => Cow::Owned(class.to_string()),
         }
     }
 }
@@ -77,6 +81,7 @@ mod tests {
         let l = Labels::parse(r#"{"object_type_names": ["bg", "person"]}"#).unwrap();
         assert_eq!(l.name(1), "person");
         assert_eq!(Labels::default().name(3), "3");
+        assert_eq!(Labels::parse(r#"{"07": "x"}"#).unwrap().name(7), "7");
         assert!(Labels::parse(r#"{"0": 5}"#).is_err());
         assert!(Labels::parse(r#"["a"]"#).is_err());
     }

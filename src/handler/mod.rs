@@ -10,6 +10,7 @@ pub mod json_tensor;
 pub mod labels;
 pub mod pyjson;
 pub mod python;
+pub mod scores;
 pub mod tensor_classifier;
 pub mod vision;
 

@@ -16,6 +16,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Serialize;
 
 use super::labels::Labels;
+use super::scores::{ranked, softmax};
 use super::{
     native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
 };
@@ -149,10 +150,8 @@ impl NativeBatch for TensorClassifier {
             .zip(output.data.chunks(classes))
             .map(|(topk, logits)| {
                 let probs = softmax(logits);
-                let mut order: Vec<usize> = (0..classes).collect();
-                order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
                 let answer = Answer {
-                    predictions: order
+                    predictions: ranked(&probs)
                         .into_iter()
                         .take(topk.clamp(&1, &classes).to_owned())
                         .map(|c| Prediction {
@@ -171,13 +170,6 @@ impl NativeBatch for TensorClassifier {
             })
             .collect())
     }
-}
-
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
 }
 
 /// Parses the JSON body straight into the zero-padded `[frames, features]` buffer: no
@@ -416,12 +408,5 @@ mod tests {
                 ServeError::BadInput(_)
             ));
         }
-    }
-
-    #[test]
-    fn softmax_sums_to_one() {
-        let p = softmax(&[1.0, 2.0, 3.0]);
-        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(p[2] > p[1] && p[1] > p[0]);
     }
 }

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::super::labels::Labels;
 use super::super::pyjson::{push_py_float, push_py_str, write_float_dict, write_nested};
+use super::super::scores::{ranked, softmax};
 use super::super::Reply;
 use crate::backend::{Tensor, Value};
 use crate::error::ServeError;
@@ -18,14 +19,6 @@ pub fn json(text: String) -> Reply {
 
 fn unexpected(what: String) -> ServeError {
     ServeError::PredictionFailed(format!("Prediction failed: {what}"))
-}
-
-/// Softmax over `values`, in f32 as torch computes it.
-fn softmax(values: &[f32]) -> Vec<f32> {
-    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = values.iter().map(|&v| (v - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
 }
 
 /// `ImageClassifier.postprocess`: softmax, the top k classes (most probable first) as
@@ -53,9 +46,7 @@ pub fn classes(
         .chunks(classes)
         .map(|row| {
             let probs = softmax(row);
-            let mut order: Vec<usize> = (0..classes).collect();
-            // Stable: equal probabilities keep the lower class first.
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            let order = ranked(&probs);
             let names: Vec<_> = order.iter().take(topk).map(|&c| labels.name(c)).collect();
             let mut text = String::with_capacity(64 * topk);
             write_float_dict(
