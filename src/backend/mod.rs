@@ -25,9 +25,9 @@ impl Tensor {
 
 /// What a forward pass takes beyond one tensor: torchvision's detectors take a list of images.
 #[derive(Debug)]
-pub enum Input {
+pub enum Input<'a> {
     Tensor(Tensor),
-    Tensors(Vec<Tensor>),
+    Tensors(&'a [&'a Tensor]),
 }
 
 /// A model's structured answer: TorchScript returns tensors and tuples, lists and dicts of
@@ -71,7 +71,7 @@ pub trait Backend: Send + Sync {
     /// One forward pass; blocking, called from a worker thread.
     fn forward(&self, input: Tensor) -> Result<Tensor, BackendError>;
     /// One forward pass with structured values in and out (dict outputs, lists of images).
-    fn call(&self, input: Input) -> Result<Value, BackendError> {
+    fn call(&self, input: Input<'_>) -> Result<Value, BackendError> {
         match input {
             Input::Tensor(t) => self.forward(t).map(Value::Tensor),
             Input::Tensors(_) => Err(BackendError::Inference(format!(

@@ -213,7 +213,7 @@ impl Backend for OnnxModel {
     }
 
     /// Every output, by name.
-    fn call(&self, input: Input) -> Result<Value, BackendError> {
+    fn call(&self, input: Input<'_>) -> Result<Value, BackendError> {
         let Input::Tensor(input) = input else {
             return Err(BackendError::Inference(
                 "ONNX models take one input tensor, not a list of images".into(),

@@ -130,7 +130,7 @@ impl Backend for TorchScriptModel {
         from_tch(&y)
     }
 
-    fn call(&self, input: Input) -> Result<Value, BackendError> {
+    fn call(&self, input: Input<'_>) -> Result<Value, BackendError> {
         let _guard = tch::no_grad_guard();
         let arg = match &input {
             Input::Tensor(t) => tch::IValue::Tensor(self.to_tch(t)),

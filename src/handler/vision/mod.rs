@@ -9,6 +9,7 @@ mod reply;
 mod resample;
 mod transform;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -18,9 +19,9 @@ use super::{
     native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
 };
 use crate::archive::ModelArchive;
-use crate::backend::{Backend, Input, Tensor};
+use crate::backend::{Backend, Input, Tensor, Value};
 use crate::device::Device;
-use crate::error::{LoadError, ServeError};
+use crate::error::{BackendError, LoadError, ServeError};
 
 pub const CLASSIFIER: &str = "image_classifier";
 pub const SEGMENTER: &str = "image_segmenter";
@@ -50,7 +51,13 @@ pub struct Vision {
     topk: usize,
     /// Pillow's decompression-bomb limit (`limit_max_image_pixels`), None when lifted.
     max_pixels: Option<u64>,
+    /// The input form the detector takes, once a batch has shown it (UNKNOWN, LIST, STACKED).
+    detector_form: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const LIST: u8 = 1;
+const STACKED: u8 = 2;
 
 impl Vision {
     pub fn new(
@@ -84,36 +91,42 @@ impl Vision {
             labels: Labels::load(archive)?,
             topk,
             max_pixels: limit_max_image_pixels.then_some(PILLOW_MAX_IMAGE_PIXELS),
+            detector_form: AtomicU8::new(UNKNOWN),
         })
     }
 
     /// `VisionHandler.preprocess` for one row: image bytes (a string is base64) through the
     /// handler's transforms, or a JSON list taken as the tensor itself.
     fn tensor(&self, content: Content) -> Result<Tensor, ServeError> {
-        let bytes = match content {
-            Content::Array(t) => return Ok(t),
-            Content::Base64(text) => base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .map_err(|e| {
-                    ServeError::bad_input(format!("the image is not valid base64: {e}"))
-                })?,
-            Content::Bytes(b) => b.to_vec(),
-        };
+        match content {
+            Content::Array(t) => Ok(t),
+            Content::Bytes(b) => self.image(&b),
+            Content::Base64(text) => self.image(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|e| {
+                        ServeError::bad_input(format!("the image is not valid base64: {e}"))
+                    })?,
+            ),
+        }
+    }
+
+    /// An image through the handler's transforms.
+    fn image(&self, bytes: &[u8]) -> Result<Tensor, ServeError> {
         match self.kind {
             Kind::Detector => {
-                let image = decode::decode(&bytes, self.max_pixels)?;
+                let image = decode::decode(bytes, self.max_pixels)?;
                 let shape = vec![3, image.height as usize, image.width as usize];
                 Ok(Tensor::new(shape, transform::to_tensor(&image)))
             }
-            Kind::Classifier | Kind::Segmenter => classifier_input(&bytes, self.max_pixels),
+            Kind::Classifier | Kind::Segmenter => classifier_input(bytes, self.max_pixels),
         }
     }
 
     /// One forward pass over requests of one shape.
     fn predict(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ServeError> {
-        let failed = |e: crate::error::BackendError| {
-            ServeError::PredictionFailed(format!("Prediction failed: {e}"))
-        };
+        let failed =
+            |e: BackendError| ServeError::PredictionFailed(format!("Prediction failed: {e}"));
         let bodies = match self.kind {
             Kind::Classifier => {
                 let logits = self.model.forward(stack(group)).map_err(failed)?;
@@ -127,20 +140,40 @@ impl Vision {
                 reply::segments(&out, group.len())?
             }
             Kind::Detector => {
-                // torchvision's detectors take a list of images; a model of a stacked batch
-                // (as TorchServe passes them) is tried next.
-                let images = group.iter().map(|t| (*t).clone()).collect();
-                let out = match self.model.call(Input::Tensors(images)) {
-                    Ok(out) => out,
-                    Err(_) => self
-                        .model
-                        .call(Input::Tensor(stack(group)))
-                        .map_err(failed)?,
-                };
+                let out = self.detect(group).map_err(failed)?;
                 reply::detections(&out, group.len(), &self.labels)?
             }
         };
         Ok(bodies.into_iter().map(reply::json).collect())
+    }
+
+    /// A detector's forward pass. torchvision's detectors take a list of images, models of a
+    /// stacked batch (as TorchServe passes them) a tensor: the first batch tries the list,
+    /// then the stack, and the form that worked is kept for the model's later batches.
+    fn detect(&self, group: &[&Tensor]) -> Result<Value, BackendError> {
+        let form = self.detector_form.load(Ordering::Relaxed);
+        if form != STACKED {
+            match self.model.call(Input::Tensors(group)) {
+                Ok(out) => {
+                    self.detector_form.store(LIST, Ordering::Relaxed);
+                    return Ok(out);
+                }
+                Err(e) if form == LIST => return Err(e),
+                Err(list) => {
+                    let out = self
+                        .model
+                        .call(Input::Tensor(stack(group)))
+                        .map_err(|stacked| {
+                            BackendError::Inference(format!(
+                                "as a list of images: {list}; as a stacked batch: {stacked}"
+                            ))
+                        })?;
+                    self.detector_form.store(STACKED, Ordering::Relaxed);
+                    return Ok(out);
+                }
+            }
+        }
+        self.model.call(Input::Tensor(stack(group)))
     }
 
     /// Attributions for requests of one shape and target.
