@@ -21,6 +21,25 @@ fn unexpected(what: String) -> ServeError {
     ServeError::PredictionFailed(format!("Prediction failed: {what}"))
 }
 
+/// The dimensions of a model's `[batch, classes, ...]` answer, checked against the batch.
+fn batch_dims<const N: usize>(
+    t: &Tensor,
+    batch: usize,
+    what: &str,
+    expected: &str,
+) -> Result<[usize; N], ServeError> {
+    let dims: [usize; N] = t.shape[..]
+        .try_into()
+        .map_err(|_| unexpected(format!("{what} has shape {:?}; {expected}", t.shape)))?;
+    if dims[0] != batch || dims.get(1) == Some(&0) {
+        return Err(unexpected(format!(
+            "{what} has shape {:?} for a batch of {batch}",
+            t.shape
+        )));
+    }
+    Ok(dims)
+}
+
 /// `ImageClassifier.postprocess`: softmax, the top k classes (most probable first) as
 /// `{label: probability}`.
 pub fn classes(
@@ -29,18 +48,12 @@ pub fn classes(
     topk: usize,
     labels: &Labels,
 ) -> Result<Vec<String>, ServeError> {
-    let [rows, classes] = logits.shape[..] else {
-        return Err(unexpected(format!(
-            "the model answered shape {:?}; image_classifier takes [batch, classes] logits",
-            logits.shape
-        )));
-    };
-    if rows != batch || classes == 0 {
-        return Err(unexpected(format!(
-            "the model answered shape {:?} for a batch of {batch}",
-            logits.shape
-        )));
-    }
+    let [_, classes] = batch_dims(
+        logits,
+        batch,
+        "the model's answer",
+        "image_classifier takes [batch, classes] logits",
+    )?;
     Ok(logits
         .data
         .chunks(classes)
@@ -74,18 +87,12 @@ pub fn segments(out: &Value, batch: usize) -> Result<Vec<String>, ServeError> {
             )))
         }
     };
-    let [rows, classes, height, width] = tensor.shape[..] else {
-        return Err(unexpected(format!(
-            "\"out\" has shape {:?}; image_segmenter takes [batch, classes, height, width]",
-            tensor.shape
-        )));
-    };
-    if rows != batch || classes == 0 {
-        return Err(unexpected(format!(
-            "\"out\" has shape {:?} for a batch of {batch}",
-            tensor.shape
-        )));
-    }
+    let [_, classes, height, width] = batch_dims(
+        tensor,
+        batch,
+        "\"out\"",
+        "image_segmenter takes [batch, classes, height, width]",
+    )?;
     let plane = height * width;
     Ok(tensor
         .data
