@@ -8,12 +8,7 @@
 set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
 cd "$ROOT"
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. bench/tools.sh
 PY=$("$ROOT/scripts/python-env.sh")
 cargo build --release --quiet --bin ferroserve --example bench --example bare_echo
 mkdir -p bench/results
