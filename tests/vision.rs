@@ -318,46 +318,44 @@ fn explanations_are_captums_integrated_gradients() {
     assert!(body.contains("explanations need gradients"), "{body}");
 }
 
+/// A KServe v1 call with one instance: its answer under `key`, compared with TorchServe's
+/// recorded answer; the largest difference.
+fn kserve_one(server: &Server, verb: &str, instance: Value, key: &str, recorded: &Value) -> f64 {
+    let body = serde_json::json!({ "instances": [instance] }).to_string();
+    let url = format!("{}/v1/models/vclass:{verb}", server.inference);
+    let (status, body) = send(&url, "application/json", body.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let theirs: Value = serde_json::from_str(recorded["body"].as_str().unwrap()).unwrap();
+    max_difference(&answer[key][0], &theirs, 1.0).unwrap_or_else(|e| panic!("{e}\n{body}"))
+}
+
 #[test]
 fn kserve_envelope_carries_base64_images_and_explanations() {
     let server = server("service_envelope=kserve");
     let recorded = recorded();
     let image = std::fs::read(fixture("baseline-420.jpg")).unwrap();
-    let instances = serde_json::json!({"instances": [{"data": base64_encode(&image)}]});
-    let (status, body) = send(
-        &format!("{}/v1/models/vclass:predict", server.inference),
-        "application/json",
-        instances.to_string().as_bytes(),
+    let instance = serde_json::json!({"data": base64_encode(&image)});
+    let worst = kserve_one(
+        &server,
+        "predict",
+        instance,
+        "predictions",
+        &recorded["vclass baseline-420.jpg"],
     );
-    assert_eq!(status, 200, "{body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
-    let theirs: Value = serde_json::from_str(
-        recorded["vclass baseline-420.jpg"]["body"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    let worst = max_difference(&answer["predictions"][0], &theirs, 1.0).unwrap();
-    assert!(worst <= TOLERANCE, "{body}");
+    assert!(worst <= TOLERANCE, "off by {worst}");
 
     let tensor: Value =
         serde_json::from_slice(&std::fs::read(fixture("tensor.json")).unwrap()).unwrap();
-    let instances = serde_json::json!({"instances": [{"data": tensor, "target": 0}]});
-    let (status, body) = send(
-        &format!("{}/v1/models/vclass:explain", server.inference),
-        "application/json",
-        instances.to_string().as_bytes(),
+    let instance = serde_json::json!({"data": tensor, "target": 0});
+    let worst = kserve_one(
+        &server,
+        "explain",
+        instance,
+        "explanations",
+        &recorded["vclass explanations tensor.json"],
     );
-    assert_eq!(status, 200, "{body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
-    let theirs: Value = serde_json::from_str(
-        recorded["vclass explanations tensor.json"]["body"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    let worst = max_difference(&answer["explanations"][0], &theirs, 1.0).unwrap();
-    assert!(worst <= EXPLAIN_TOLERANCE, "{body}");
+    assert!(worst <= EXPLAIN_TOLERANCE, "off by {worst}");
 }
 
 #[test]
