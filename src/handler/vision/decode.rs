@@ -6,7 +6,7 @@
 
 use std::io::Cursor;
 
-use image::{ExtendedColorType, ImageDecoder};
+use image::{ExtendedColorType, ImageDecoder, ImageFormat};
 
 use crate::error::ServeError;
 
@@ -25,26 +25,15 @@ pub struct Rgb {
     pub pixels: Vec<u8>,
 }
 
-/// How Pillow would open the image, by its header.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Format {
-    Jpeg,
-    Png,
-    Gif,
-    Bmp,
-    WebP,
-    Tiff,
-}
-
-fn sniff(bytes: &[u8]) -> Option<Format> {
-    let starts = |magic: &[u8]| bytes.starts_with(magic);
-    Some(match () {
-        _ if starts(&[0xFF, 0xD8, 0xFF]) => Format::Jpeg,
-        _ if starts(b"\x89PNG\r\n\x1a\n") => Format::Png,
-        _ if starts(b"GIF87a") || starts(b"GIF89a") => Format::Gif,
-        _ if starts(b"BM") => Format::Bmp,
-        _ if starts(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") => Format::WebP,
-        _ if starts(b"II*\0") || starts(b"MM\0*") => Format::Tiff,
+/// The formats Pillow opens that the handlers take, by the name messages give them.
+fn format_name(format: ImageFormat) -> Option<&'static str> {
+    Some(match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        ImageFormat::Gif => "GIF",
+        ImageFormat::Bmp => "BMP",
+        ImageFormat::WebP => "WebP",
+        ImageFormat::Tiff => "TIFF",
         _ => return None,
     })
 }
@@ -53,11 +42,15 @@ fn sniff(bytes: &[u8]) -> Option<Format> {
 /// `limit_max_image_pixels=false`). The size is checked from the header, before any pixel
 /// memory is taken.
 pub fn decode(bytes: &[u8], max_pixels: Option<u64>) -> Result<Rgb, ServeError> {
-    let format = sniff(bytes).ok_or_else(|| {
-        ServeError::bad_input(
-            "cannot identify image file: not a JPEG, PNG, GIF, BMP, WebP or TIFF image",
-        )
-    })?;
+    // By the file's magic bytes, as Pillow tells formats apart.
+    let format = image::guess_format(bytes)
+        .ok()
+        .filter(|f| format_name(*f).is_some())
+        .ok_or_else(|| {
+            ServeError::bad_input(
+                "cannot identify image file: not a JPEG, PNG, GIF, BMP, WebP or TIFF image",
+            )
+        })?;
     let check_size = |width: u32, height: u32| {
         let pixels = u64::from(width) * u64::from(height);
         match max_pixels {
@@ -73,7 +66,7 @@ pub fn decode(bytes: &[u8], max_pixels: Option<u64>) -> Result<Rgb, ServeError> 
         }
     };
     match format {
-        Format::Jpeg => decode_jpeg(bytes, check_size),
+        ImageFormat::Jpeg => decode_jpeg(bytes, check_size),
         other => decode_other(bytes, other, check_size),
     }
 }
@@ -160,26 +153,12 @@ fn png_mode(bytes: &[u8]) -> &'static str {
 
 fn decode_other(
     bytes: &[u8],
-    format: Format,
+    format: ImageFormat,
     check_size: impl Fn(u32, u32) -> Result<(), ServeError>,
 ) -> Result<Rgb, ServeError> {
-    let name = match format {
-        Format::Png => "PNG",
-        Format::Gif => "GIF",
-        Format::Bmp => "BMP",
-        Format::WebP => "WebP",
-        Format::Tiff => "TIFF",
-        Format::Jpeg => "JPEG",
-    };
+    let name = format_name(format).unwrap_or("image");
     let mut reader = image::ImageReader::new(Cursor::new(bytes));
-    reader.set_format(match format {
-        Format::Png => image::ImageFormat::Png,
-        Format::Gif => image::ImageFormat::Gif,
-        Format::Bmp => image::ImageFormat::Bmp,
-        Format::WebP => image::ImageFormat::WebP,
-        Format::Tiff => image::ImageFormat::Tiff,
-        Format::Jpeg => image::ImageFormat::Jpeg,
-    });
+    reader.set_format(format);
     // The pixel limit above bounds memory (as Pillow's does); image's own default would
     // refuse images Pillow opens.
     reader.no_limits();
@@ -187,11 +166,11 @@ fn decode_other(
     let (width, height) = decoder.dimensions();
     check_size(width, height)?;
     let mode = match format {
-        Format::Png => png_mode(bytes),
+        ImageFormat::Png => png_mode(bytes),
         // Pillow opens a GIF's first frame as a palette image.
-        Format::Gif => "P",
+        ImageFormat::Gif => "P",
         // Bits per pixel: up to 8 is a palette in Pillow, 16 to 32 is RGB.
-        Format::Bmp => match bytes.get(28) {
+        ImageFormat::Bmp => match bytes.get(28) {
             Some(bits) if *bits <= 8 => "P",
             _ => "RGB",
         },
