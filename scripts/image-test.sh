@@ -135,6 +135,11 @@ assert test[0] == "CMD", test
 print("\n".join(test[1:]))')
   buildah run --user 1000:1000 "$2" -- "${cmd[@]}"
 }
+# A token key from the key file the server wrote in the image's working directory.
+key() { # container root, key kind
+  python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['key'])" \
+    "$1/home/model-server/key_file.json" "$2"
+}
 # A file as the running server sees it (in its own mount namespace and root).
 server_file() { # path
   local pid
@@ -169,10 +174,8 @@ for python in $VARIANTS; do
   # The liveness route needs no token; the rest does, with the keys the server wrote.
   check "the server is up (/v2/health/live)" wait_http http://127.0.0.1:8080/v2/health/live 60
   up_s=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
-  key() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['key'])" \
-    "$mnt/home/model-server/key_file.json" "$1"; }
-  INFERENCE_KEY=$(key inference)
-  key=$(key management)
+  INFERENCE_KEY=$(key "$mnt" inference)
+  key=$(key "$mnt" management)
   check "/ping with the inference key answers Healthy" bash -c \
     "curl -sf -H 'Authorization: Bearer $INFERENCE_KEY' http://127.0.0.1:8080/ping | grep -q Healthy"
   echo "start to listening: $up_s s" | tee -a "$REPORT" >&2
