@@ -70,10 +70,36 @@ struct Shared {
     changed: Arc<Signal>,
 }
 
+impl WorkerState {
+    fn running(self) -> bool {
+        matches!(self, Self::Starting | Self::Ready | Self::BackingOff)
+    }
+
+    /// The worker thread and the pool change the state concurrently: a stop must not be
+    /// undone by the thread's next step, nor an exit by a late stop (the pool would then
+    /// wait for an exit that already happened).
+    fn may_become(self, next: Self) -> bool {
+        match next {
+            Self::Starting | Self::Ready | Self::BackingOff | Self::Retiring => self.running(),
+            Self::Dead => self != Self::Exited,
+            Self::Exited => self != Self::Dead,
+        }
+    }
+}
+
 impl Shared {
     fn set(&self, state: WorkerState) {
-        self.state.store(state as u8, Ordering::SeqCst);
-        self.changed.notify();
+        let changed = self
+            .state
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                WorkerState::from_u8(now)
+                    .may_become(state)
+                    .then_some(state as u8)
+            })
+            .is_ok();
+        if changed {
+            self.changed.notify();
+        }
     }
 
     fn state(&self) -> WorkerState {
@@ -144,9 +170,7 @@ impl Worker {
             .spawn(move || {
                 serve(id, &s, &cfg, &intake, handler, &stats, &stop_rx);
                 intake.leave(id);
-                if s.state() != WorkerState::Dead {
-                    s.set(WorkerState::Exited);
-                }
+                s.set(WorkerState::Exited);
             })?;
         Ok(Self {
             id,
@@ -195,18 +219,13 @@ impl Worker {
     }
 
     fn retire(&self) {
+        self.shared.set(WorkerState::Retiring);
         self.shared.stop.store(true, Ordering::SeqCst);
         self.stop.lock().expect("worker lock").take();
-        if self.state() != WorkerState::Dead {
-            self.shared.set(WorkerState::Retiring);
-        }
     }
 
     fn running(&self) -> bool {
-        !matches!(
-            self.state(),
-            WorkerState::Retiring | WorkerState::Dead | WorkerState::Exited
-        )
+        self.state().running()
     }
 }
 
@@ -498,6 +517,43 @@ mod tests {
             *self.gate.0.lock().unwrap() = true;
             self.gate.1.notify_all();
         }
+    }
+
+    /// A worker's state as its thread and its pool race to change it.
+    fn shared() -> Shared {
+        Shared {
+            stop: AtomicBool::new(false),
+            state: AtomicU8::new(WorkerState::Starting as u8),
+            busy_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            failing_since: Mutex::new(None),
+            restarts: AtomicU64::new(0),
+            pid: AtomicU32::new(0),
+            changed: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_late_stop_does_not_undo_an_exit_nor_a_thread_step_a_stop() {
+        let s = shared();
+        s.set(WorkerState::Ready);
+        s.set(WorkerState::Exited);
+        s.set(WorkerState::Retiring);
+        assert_eq!(s.state(), WorkerState::Exited);
+
+        let s = shared();
+        s.set(WorkerState::Retiring);
+        s.set(WorkerState::Ready);
+        s.set(WorkerState::BackingOff);
+        assert_eq!(s.state(), WorkerState::Retiring);
+        s.set(WorkerState::Exited);
+        assert_eq!(s.state(), WorkerState::Exited);
+
+        let s = shared();
+        s.set(WorkerState::Dead);
+        s.set(WorkerState::Retiring);
+        s.set(WorkerState::Exited);
+        assert_eq!(s.state(), WorkerState::Dead);
     }
 
     /// Waits until `f` holds; fails after a minute.

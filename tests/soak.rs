@@ -76,8 +76,8 @@ fn process_tree(root: u32) -> Vec<u32> {
     tree
 }
 
-fn sample(server: &Server) -> Sample {
-    let tree = process_tree(server.pid);
+fn sample(pid: u32, dir: &std::path::Path) -> Sample {
+    let tree = process_tree(pid);
     let sum = |f: &dyn Fn(u32) -> f64| tree.iter().map(|p| f(*p)).sum::<f64>();
     Sample {
         rss_mib: sum(&|p| status_field(p, "VmRSS:")) / 1024.0,
@@ -88,7 +88,7 @@ fn sample(server: &Server) -> Sample {
         cycles: 0,
         // The server's TMPDIR is its directory: extracted archives (models/), worker
         // sockets (ferroserve-<pid>/) and downloads live there.
-        tmp_files: std::fs::read_dir(server.dir.path())
+        tmp_files: std::fs::read_dir(dir)
             .map(|rd| {
                 rd.filter_map(Result::ok)
                     .filter(|e| {
@@ -171,13 +171,19 @@ fn soak_without_growth() {
             }
         }));
     }
-    // Management churn: register, scale, predict, unregister, again and again.
+    // Management churn: register, scale, predict, unregister, again and again. The tree is
+    // sampled at the same point of every cycle: once the unregistered version has retired
+    // (its extracted files gone with its last reference), so that no sample catches a model
+    // half loaded or half released.
     let done_cycles = Arc::new(AtomicUsize::new(0));
     let churn = {
         let (stop, m, inference) = (stop.clone(), m.clone(), server.inference.clone());
+        let (pid, dir) = (server.pid, server.dir.path().to_path_buf());
+        let resting_files = sample(pid, &dir).tmp_files;
         let done_cycles = done_cycles.clone();
         let body = request_body(&reference.cases()[1], reference.features(), 1);
         std::thread::spawn(move || {
+            let mut samples = Vec::new();
             let mut cycles = 0;
             while !stop.load(Ordering::SeqCst) {
                 let name = format!("cycle{}", cycles % 3);
@@ -205,9 +211,23 @@ fn soak_without_growth() {
                 let gone = agent().delete(format!("{m}/models/{name}")).call().unwrap();
                 assert_eq!(gone.status(), 200);
                 cycles += 1;
+                let retired_by = Instant::now() + Duration::from_secs(60);
+                let at_rest = loop {
+                    let s = sample(pid, &dir);
+                    if s.tmp_files <= resting_files {
+                        break s;
+                    }
+                    assert!(
+                        Instant::now() < retired_by,
+                        "{name} never released its files after unregistration ({} > {resting_files})",
+                        s.tmp_files
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                samples.push(Sample { cycles, ..at_rest });
                 done_cycles.store(cycles, Ordering::SeqCst);
             }
-            cycles
+            samples
         })
     };
 
@@ -216,26 +236,25 @@ fn soak_without_growth() {
     const MIN_CYCLES: usize = 80;
     let started = Instant::now();
     let give_up = started + Duration::from_secs(secs.max(300));
-    let mut samples = Vec::new();
     while (started.elapsed() < Duration::from_secs(secs)
         || done_cycles.load(Ordering::SeqCst) < MIN_CYCLES)
         && Instant::now() < give_up
     {
-        std::thread::sleep(Duration::from_secs(2));
-        samples.push(Sample {
-            cycles: done_cycles.load(Ordering::SeqCst),
-            ..sample(&server)
-        });
+        std::thread::sleep(Duration::from_secs(1));
     }
     stop.store(true, Ordering::SeqCst);
     for t in load {
         t.join().unwrap();
     }
-    let cycles = churn.join().unwrap();
+    let samples = churn.join().unwrap();
+    let cycles = samples.len();
     assert!(cycles >= MIN_CYCLES, "only {cycles} management cycles");
 
-    // Warm-up excluded: the first quarter against the last quarter.
-    let q = (samples.len() / 4).max(1);
+    // Warm-up excluded: the first quarter against the last quarter for descriptors, threads
+    // and files; for memory, the trend over everything after the first quarter (Theil-Sen:
+    // the median of the slopes between every two samples), which the allocators' back and
+    // forth under the request load does not move as it moves two medians.
+    let q = samples.len() / 4;
     let (first, last) = (&samples[..q], &samples[samples.len() - q..]);
     let med = |s: &[Sample], f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
     let rss = (med(first, |s| s.rss_mib), med(last, |s| s.rss_mib));
@@ -248,11 +267,22 @@ fn soak_without_growth() {
         med(first, |s| s.tmp_files as f64),
         med(last, |s| s.tmp_files as f64),
     );
-    let between = (med(last, |s| s.cycles as f64) - med(first, |s| s.cycles as f64)).max(1.0);
+    let settled = &samples[q..];
+    let per_cycle = median(
+        settled
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| {
+                settled[i + 1..]
+                    .iter()
+                    .map(move |b| (b.rss_mib - a.rss_mib) / (b.cycles - a.cycles) as f64)
+            })
+            .collect(),
+    );
+    let between = settled.len();
     // A cycle loads the model for one worker, then for a second: leaking one load per
     // cycle would grow the tree by at least the weights each time.
     let weights_mib = serialized_size("model-store/sign.mar") / (1024.0 * 1024.0);
-    let per_cycle = (rss.1 - rss.0) / between;
     println!(
         "soak {:.0} s: {} requests served, {} failed, {cycles} register/scale/unregister cycles; \
          process tree ({} processes) RSS {:.1} -> {:.1} MiB over {between} cycles \
@@ -276,10 +306,9 @@ fn soak_without_growth() {
         0,
         "requests failed under churn"
     );
-    // Allocators and the Python worker settle by a few MiB whatever the cycles; a leaked load
-    // per cycle adds the weights each time, well past a quarter of them.
+    // A leaked load per cycle adds at least the weights each time, well past a quarter of them.
     assert!(
-        rss.1 - rss.0 < 8.0 + between * weights_mib / 4.0,
+        per_cycle < weights_mib / 4.0,
         "the process tree's RSS grew {per_cycle:.3} MiB per cycle over {between} cycles: {rss:?}"
     );
     assert!(fds.1 <= fds.0 + 16.0, "descriptors grew: {fds:?}");
