@@ -288,9 +288,49 @@ def grpc_oip_cases():
         ("Model metadata, unknown model", "ModelMetadata", {"name": "nope"}),
         ("Unregister", "UnregisterModel", {"model_name": m}),
         ("Model ready after unregistration", "ModelReady", {"name": m}),
+        *model_infer_rows(),
     ]
     return [{"name": n, "port": "grpc", "method": rpc, "path": rpc, "grpc": (rpc, params),
              "status": None, "check": None} for n, rpc, params in rows]
+
+
+def model_infer_rows():
+    """ModelInfer on a handler that echoes the v2 JSON it is given and answers every input
+    transformed in its own datatype (tests/suite/fixtures.py OIP_HANDLER): how each datatype
+    travels to the handler and back (BYTES as base64 one way and as JSON text the other,
+    unsigned values through Java's signed integers, FP16 not carried), and the error paths."""
+    m = "oip_echo"
+    every = [
+        {"name": "f32", "datatype": "FP32", "shape": [2], "contents": {"fp32_contents": [1.5, -2.25]}},
+        {"name": "f64", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [0.1]}},
+        {"name": "i8", "datatype": "INT8", "shape": [1], "contents": {"int_contents": [-7]}},
+        {"name": "i32", "datatype": "INT32", "shape": [1, 2], "contents": {"int_contents": [7, -8]}},
+        {"name": "i64", "datatype": "INT64", "shape": [1],
+         "contents": {"int64_contents": [3000000000]}},
+        {"name": "u32", "datatype": "UINT32", "shape": [1],
+         "contents": {"uint_contents": [4000000000]}},
+        {"name": "u64", "datatype": "UINT64", "shape": [1],
+         "contents": {"uint64_contents": [2 ** 64 - 1]}},
+        {"name": "b", "datatype": "BOOL", "shape": [2], "contents": {"bool_contents": [True, False]}},
+        {"name": "s", "datatype": "BYTES", "shape": [2],
+         "contents": {"bytes_contents": [b"hi", b"\x00\xff"]}},
+        {"name": "h", "datatype": "FP16", "shape": [1], "contents": {"fp32_contents": [1.0]}},
+    ]
+    one = [{"name": "x", "datatype": "FP32", "shape": [1], "contents": {"fp32_contents": [4.0]}}]
+    return [
+        ("Register the v2 echo", "RegisterModel",
+         {"url": f"{m}.mar", "model_name": m, "initial_workers": 1, "synchronous": True}),
+        ("Infer, every datatype", "ModelInfer", {"model_name": m, "id": "r1", "inputs": every}),
+        ("Infer, a version", "ModelInfer",
+         {"model_name": m, "model_version": "1.0", "id": "r2", "inputs": one}),
+        ("Infer, no inputs", "ModelInfer", {"model_name": m, "id": "r3"}),
+        ("Infer, the handler fails", "ModelInfer", {"model_name": m, "id": "fail", "inputs": one}),
+        ("Infer, unknown model", "ModelInfer", {"model_name": "nope", "inputs": one}),
+        ("Infer, unknown version", "ModelInfer",
+         {"model_name": m, "model_version": "9.9", "inputs": one}),
+        ("Infer, no model name", "ModelInfer", {"inputs": one}),
+        ("Unregister the v2 echo", "UnregisterModel", {"model_name": m}),
+    ]
 
 
 # inference_data.json: (model name, archive URL, input, check). Archive URLs of TorchServe's

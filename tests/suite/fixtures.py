@@ -210,6 +210,37 @@ def big(data, context):
 }
 
 
+# A handler for the Open Inference Protocol's ModelInfer: it is given the request as KServe v2
+# JSON and answers v2 JSON. It echoes the request as it received it (key order, base64 BYTES,
+# what a datatype carries) and answers each input transformed, in the input's datatype.
+OIP_HANDLER = '''
+import json
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    answers = []
+    for row in data:
+        request = row.get("body")
+        if request.get("id") == "fail":
+            raise ValueError("asked to fail")
+        outputs = [{"name": "request", "datatype": "BYTES", "shape": [1],
+                    "data": [json.dumps(request)]}]
+        for tensor in request["inputs"]:
+            kind, values = tensor["datatype"], tensor.get("data", [])
+            if kind == "BOOL":
+                values = [not v for v in values]
+            elif kind != "BYTES":
+                values = [v * 2 for v in values]
+            outputs.append({"name": tensor["name"] + "_out", "datatype": kind,
+                            "shape": tensor["shape"], "data": values})
+        answers.append({"id": request["id"], "model_name": request["model_name"],
+                        "model_version": "1.0", "outputs": outputs})
+    return answers
+'''
+
+
 def workflow_archives(work, out):
     tool = os.path.join(os.path.dirname(sys.executable), "torch-workflow-archiver")
     for file, (name, source, spec) in WORKFLOWS.items():
@@ -271,6 +302,10 @@ def main(out):
 
     workflow_archives(work, out)
     vision_archives(work, out, labels)
+    with open(os.path.join(work, "oip_handler.py"), "w") as f:
+        f.write(OIP_HANDLER)
+    archiver("--model-name", "oip_echo", "--version", "1.0", "--handler",
+             os.path.join(work, "oip_handler.py"), "--export-path", out)
 
     # Inputs: a cat-coloured picture (the collections' kitten.jpg) and a hand-drawn zero.
     kitten = Image.new("RGB", (320, 240))

@@ -40,7 +40,7 @@ import cases as table  # noqa: E402
 # others are fetched by URL during the run.
 IN_STORE = ["squeezenet1_1", "mnist", "densenet161", "resnet-152-batch", "resnet-18",
             "alexnet", "vgg16", "fastrcnn", "maskrcnn", "fcn_resnet_101",
-            "deeplabv3_resnet_101_eager"]
+            "deeplabv3_resnet_101_eager", "oip_echo"]
 
 
 def free_ports(n):
