@@ -42,6 +42,11 @@ pub struct Guards {
     /// `min_requests` too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ratio: Option<f64>,
+    /// Highest Jensen-Shannon divergence (bits, 0–1) between the canary's top-1 labels and
+    /// the default version's over the window, compared by name (native classifiers; both
+    /// need `min_requests` answers with a label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_label_divergence: Option<f64>,
     #[serde(default = "default_window")]
     pub window_sec: u64,
     #[serde(default = "default_min_requests")]
@@ -127,6 +132,12 @@ impl SplitSpec {
             };
             positive("maxErrorRate", g.max_error_rate)?;
             positive("maxP99Ratio", g.max_p99_ratio)?;
+            positive("maxLabelDivergence", g.max_label_divergence)?;
+            if g.max_label_divergence.is_some_and(|d| d > 1.0) {
+                return Err(bad(
+                    "maxLabelDivergence is a Jensen-Shannon divergence between 0 and 1".into(),
+                ));
+            }
             if g.max_error_rate.is_some_and(|r| r > 1.0) {
                 return Err(bad("maxErrorRate is a share between 0 and 1".into()));
             }
@@ -194,10 +205,10 @@ impl Phase {
     }
 }
 
-/// Recent answers of one version: (when, latency, 5xx).
+/// Recent answers of one version: (when, latency, 5xx, top-1 label of a native handler).
 #[derive(Default)]
 struct Window {
-    samples: VecDeque<(Instant, Duration, bool)>,
+    samples: VecDeque<(Instant, Duration, bool, Option<String>)>,
     requests: u64,
     errors: u64,
 }
@@ -211,7 +222,7 @@ impl Window {
         while self
             .samples
             .front()
-            .is_some_and(|(t, _, _)| now.duration_since(*t) > span)
+            .is_some_and(|(t, ..)| now.duration_since(*t) > span)
         {
             self.samples.pop_front();
         }
@@ -220,6 +231,17 @@ impl Window {
     fn error_rate(&self) -> f64 {
         let errors = self.samples.iter().filter(|s| s.2).count();
         errors as f64 / self.samples.len().max(1) as f64
+    }
+
+    /// Top-1 labels in the window, counted.
+    fn labels(&self) -> (BTreeMap<&str, f64>, usize) {
+        let mut counts = BTreeMap::new();
+        let mut n = 0;
+        for label in self.samples.iter().filter_map(|s| s.3.as_deref()) {
+            *counts.entry(label).or_insert(0.0) += 1.0;
+            n += 1;
+        }
+        (counts, n)
     }
 
     fn p99(&self) -> Duration {
@@ -357,12 +379,12 @@ impl Split {
         Route { version, shadow }
     }
 
-    /// Records an answer of `version` (default, canary or shadow).
-    pub fn record(&mut self, version: &str, latency: Duration, error: bool) {
+    /// Records an answer of `version` (default, canary or shadow) and its top-1 label.
+    pub fn record(&mut self, version: &str, latency: Duration, error: bool, top1: Option<String>) {
         let w = self.windows.entry(version.to_string()).or_default();
         w.requests += 1;
         w.errors += u64::from(error);
-        w.samples.push_back((Instant::now(), latency, error));
+        w.samples.push_back((Instant::now(), latency, error, top1));
         if w.samples.len() > MAX_SAMPLES {
             w.samples.pop_front();
         }
@@ -435,6 +457,21 @@ impl Split {
                             p99.as_secs_f64() * 1e3,
                             base.as_secs_f64() * 1e3
                         ));
+                    }
+                }
+                if let (None, Some(max)) = (&reason, g.max_label_divergence) {
+                    let (canary, n_canary) = w.labels();
+                    let base = self.windows.get(default).map(Window::labels);
+                    if let Some((base, n_base)) =
+                        base.filter(|(_, n)| *n >= g.min_requests && n_canary >= g.min_requests)
+                    {
+                        let (p, q) = crate::drift::score::aligned(&canary, &base);
+                        let divergence = crate::drift::score::js(&p, &q);
+                        if divergence > max {
+                            reason = Some(format!(
+                                "top-1 labels of the last {n_canary} requests diverge from the default version's last {n_base}: Jensen-Shannon divergence {divergence:.3} exceeds the limit of {max}"
+                            ));
+                        }
                     }
                 }
                 if let Some(reason) = reason {
@@ -600,10 +637,10 @@ mod tests {
             r#"{"canaries": {"2.0": 50}, "guards": {"maxErrorRate": 0.1, "minRequests": 10}}"#,
         ));
         for i in 0..9 {
-            split.record("2.0", Duration::from_millis(1), i % 2 == 0);
+            split.record("2.0", Duration::from_millis(1), i % 2 == 0, None);
         }
         assert!(split.tick("1.0").is_empty(), "too few requests to judge");
-        split.record("2.0", Duration::from_millis(1), true);
+        split.record("2.0", Duration::from_millis(1), true, None);
         let events = split.tick("1.0");
         assert!(
             matches!(&events[1], Event::RolledBack { version, reason } if version == "2.0" && reason.contains("error rate 60.0%")),
@@ -620,12 +657,37 @@ mod tests {
             r#"{"canaries": {"2.0": 50}, "guards": {"maxP99Ratio": 2, "minRequests": 5}}"#,
         ));
         for _ in 0..5 {
-            split.record("1.0", Duration::from_millis(2), false);
-            split.record("2.0", Duration::from_millis(10), false);
+            split.record("1.0", Duration::from_millis(2), false, None);
+            split.record("2.0", Duration::from_millis(10), false, None);
         }
         let events = split.tick("1.0");
         assert!(
             matches!(&events[1], Event::RolledBack { reason, .. } if reason.contains("5.00x")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_canary_whose_labels_diverge_is_rolled_back() {
+        let guard = r#"{"canaries": {"2.0": 50}, "guards": {"maxLabelDivergence": 0.1, "minRequests": 20}}"#;
+        let ms = Duration::from_millis(1);
+        // The same mix of classes on both sides holds.
+        let mut split = Split::new(spec(guard));
+        for i in 0..40 {
+            split.record("1.0", ms, false, Some((i % 4).to_string()));
+            split.record("2.0", ms, false, Some(((i + 1) % 4).to_string()));
+        }
+        assert_eq!(split.tick("1.0"), vec![]);
+        // The canary answers class 0 three times as often as the default version.
+        let mut split = Split::new(spec(guard));
+        for i in 0..40 {
+            split.record("1.0", ms, false, Some((i % 4).to_string()));
+            let skewed = if i % 4 == 3 { "1" } else { "0" };
+            split.record("2.0", ms, false, Some(skewed.to_string()));
+        }
+        let events = split.tick("1.0");
+        assert!(
+            matches!(&events[1], Event::RolledBack { reason, .. } if reason.contains("Jensen-Shannon divergence 0.3")),
             "{events:?}"
         );
     }
@@ -638,8 +700,8 @@ mod tests {
         assert_eq!(split.weights()[0].1, 5.0);
         assert!(split.tick("1.0").is_empty());
         assert_eq!(split.view("m", "1.0")["state"], "held");
-        split.record("2.0", Duration::from_millis(1), false);
-        split.record("2.0", Duration::from_millis(1), false);
+        split.record("2.0", Duration::from_millis(1), false, None);
+        split.record("2.0", Duration::from_millis(1), false, None);
         assert_eq!(
             split.tick("1.0"),
             vec![Event::Weight {
@@ -647,8 +709,8 @@ mod tests {
                 weight: 50.0
             }]
         );
-        split.record("2.0", Duration::from_millis(1), false);
-        split.record("2.0", Duration::from_millis(1), false);
+        split.record("2.0", Duration::from_millis(1), false, None);
+        split.record("2.0", Duration::from_millis(1), false, None);
         split.tick("1.0");
         assert_eq!(split.weights()[0].1, 100.0);
         assert_eq!(split.view("m", "1.0")["state"], "completed");

@@ -8,6 +8,7 @@ pub mod batching;
 pub mod canary;
 pub mod config;
 pub mod device;
+pub mod drift;
 pub mod error;
 pub mod fetch;
 pub mod handler;

@@ -9,6 +9,7 @@ use crate::archive::{self, ModelArchive};
 use crate::backend::RuntimeOptions;
 use crate::batching::{BatchSettings, JobQueue, Stats};
 use crate::config::Settings;
+use crate::drift;
 use crate::error::{LoadError, ServeError};
 use crate::handler;
 use crate::metrics::Metrics;
@@ -84,6 +85,9 @@ impl Loader {
         let removed = self.registry.remove(name, version)?;
         // Its series go now, so a re-registered version starts afresh.
         self.metrics.forget_version(name, &removed.version);
+        if let Some(drift) = &removed.drift {
+            drift.forget();
+        }
         if let Some(file) = &removed.downloaded {
             let _ = std::fs::remove_file(file);
         }
@@ -280,6 +284,10 @@ impl Loader {
                 .map(|s| (s, params.min_workers.max(1))),
         );
         let metrics = self.metrics.version(&name, &version);
+        let drift = native
+            .then(|| self.drift_monitor(&archive, &name, &version))
+            .transpose()?
+            .flatten();
         let native_envelope = native
             .then(|| handler::envelope(settings, &archive))
             .flatten()
@@ -329,7 +337,52 @@ impl Loader {
             native_envelope,
             downloaded: None,
             workflow: reg.workflow.clone(),
+            drift,
         })
+    }
+
+    /// The drift monitor of a native version, unless `drift_monitoring=false` or its
+    /// model-config.yaml turns it off; the archive's `drift-reference.json` is its reference.
+    fn drift_monitor(
+        &self,
+        archive: &ModelArchive,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Arc<drift::Monitor>>, LoadError> {
+        let settings = drift::Settings::from_config(archive.config.ferroserve("drift"))
+            .map_err(LoadError::Invalid)?;
+        if !(self.settings.drift_monitoring && settings.enabled) {
+            return Ok(None);
+        }
+        let file = archive.dir.join(drift::REFERENCE_FILE);
+        let reference = match std::fs::read(&file) {
+            Ok(bytes) => {
+                let r: drift::Reference = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", drift::REFERENCE_FILE))
+                    .and_then(|r: drift::Reference| {
+                        r.validate()
+                            .map(|_| r)
+                            .map_err(|e| format!("{}: {e}", drift::REFERENCE_FILE))
+                    })
+                    .map_err(LoadError::Invalid)?;
+                Some(r)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(LoadError::Invalid(format!(
+                    "cannot read {}: {e}",
+                    file.display()
+                )))
+            }
+        };
+        Ok(Some(Arc::new(drift::Monitor::new(
+            settings,
+            crate::handler::labels::Labels::load(archive)?,
+            self.metrics.drift().clone(),
+            name,
+            version,
+            reference,
+        ))))
     }
 }
 

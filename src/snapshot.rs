@@ -53,6 +53,11 @@ impl Snapshots {
                         response_timeout: m.params.response_timeout_s,
                         startup_timeout: m.params.startup_timeout_s,
                         runtime_type: Some(m.runtime.clone()),
+                        drift_reference: m
+                            .drift
+                            .as_ref()
+                            .and_then(|d| d.kept_reference())
+                            .and_then(|r| serde_json::to_value(r).ok()),
                     },
                 );
             }

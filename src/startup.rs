@@ -43,6 +43,8 @@ pub struct Entry {
     registration: Registration,
     /// The version (model, version) made the default once loaded: snapshots record it.
     default_version: Option<(String, String)>,
+    /// A drift reference the snapshot kept (captured from traffic).
+    drift_reference: Option<crate::drift::Reference>,
 }
 
 /// What the server will load, checked before any listener opens: a snapshot naming an archive
@@ -58,6 +60,7 @@ pub fn plan(settings: &Settings, store: &Path) -> Result<Vec<Entry>, String> {
                     ..Default::default()
                 },
                 default_version: None,
+                drift_reference: None,
             })
             .collect());
     };
@@ -83,6 +86,10 @@ pub fn plan(settings: &Settings, store: &Path) -> Result<Vec<Entry>, String> {
                     ..Default::default()
                 },
                 default_version: v.default_version.then(|| (name.clone(), version.clone())),
+                drift_reference: v
+                    .drift_reference
+                    .clone()
+                    .and_then(|r| serde_json::from_value(r).ok()),
             });
         }
     }
@@ -104,6 +111,9 @@ pub fn load(loader: &Loader, canaries: &Canaries, entries: Vec<Entry>, state: &S
             .load_url(&entry.url, &entry.registration, true)
             .map_err(|e| e.to_string())
             .and_then(|m| {
+                if let (Some(drift), Some(r)) = (&m.drift, entry.drift_reference.clone()) {
+                    drift.restore(r);
+                }
                 let (n, v, d, w) = (
                     m.name.clone(),
                     m.version.clone(),

@@ -316,6 +316,33 @@ fn a_failing_canary_is_rolled_back_automatically() {
     }
 }
 
+/// The canary names its top-1 class differently from the default version: to clients its
+/// answers' labels diverge completely (Jensen-Shannon divergence 1), past the guard's 0.3.
+#[test]
+fn a_canary_whose_answers_diverge_is_rolled_back() {
+    let server = Server::start_with(
+        Setup {
+            archives: &["probe.mar"],
+            config: "load_models=probe.mar,probe_renamed.mar\nmetrics_mode=prometheus",
+            ..Setup::default()
+        },
+        |store| probe_version(store, "probe_renamed.mar", "4.0", "renamed", ""),
+    );
+    let spec =
+        r#"{"canaries": {"4.0": 50}, "guards": {"maxLabelDivergence": 0.3, "minRequests": 20}}"#;
+    assert_eq!(management(&server, "PUT", "probe/canary", spec).0, 200);
+    let s = drive_until(&server, "rolled_back");
+    let reason = s["rollback"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Jensen-Shannon divergence 1.000 exceeds the limit of 0.3"),
+        "{reason}"
+    );
+    assert_eq!(s["versions"]["4.0"]["weight"], 0.0);
+    for _ in 0..10 {
+        assert_eq!(ask(&server, "probe", None).2, "batch");
+    }
+}
+
 /// The canary batches with a 300 ms delay: its p99 is far above the default's.
 #[test]
 fn a_slow_canary_is_rolled_back_by_the_latency_guard() {

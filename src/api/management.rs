@@ -95,6 +95,17 @@ pub async fn route(
             }
             _ => Err(ApiError::method_not_allowed()),
         },
+        // Drift monitoring (ferroserve's extension).
+        [_, "models", model, version, "drift"] => match method {
+            Method::GET => {
+                drift_monitor(&state, model, version).map(|d| response::json(200, &d.view()))
+            }
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        [_, "models", model, version, "drift", "reference"] => match method {
+            Method::PUT => capture_reference(&state, model, version),
+            _ => Err(ApiError::method_not_allowed()),
+        },
         // TorchServe's quirks: GET describes and DELETE unregisters the *default* version.
         [_, "models", model, version, "set-default"] => match method {
             Method::GET => describe_request(&req, &state, model, None).await,
@@ -363,6 +374,42 @@ pub(super) fn set_default(
     Ok(Answer::Done(status))
 }
 
+/// A version's drift monitor; a version without one (a Python handler, or monitoring off)
+/// is a bad request.
+fn drift_monitor(
+    state: &AppState,
+    model: &str,
+    version: &str,
+) -> Result<std::sync::Arc<crate::drift::Monitor>, ApiError> {
+    let m = state.registry.get(model, Some(version))?;
+    m.drift.clone().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "Model {model} version {version} has no drift monitoring: it runs on {} ({}), or drift monitoring is off",
+            m.served_by.runtime, m.served_by.handler
+        ))
+    })
+}
+
+/// `PUT /models/{m}/{v}/drift/reference`: the version's current window becomes its drift
+/// reference (kept in snapshots); the answer is the reference.
+fn capture_reference(
+    state: &AppState,
+    model: &str,
+    version: &str,
+) -> Result<HttpResponse, ApiError> {
+    let reference = drift_monitor(state, model, version)?
+        .capture()
+        .map_err(ApiError::bad_request)?;
+    tracing::info!(
+        model,
+        version,
+        requests = reference.requests,
+        "drift reference captured"
+    );
+    state.snapshot("snapshot");
+    Ok(response::json(200, &reference))
+}
+
 /// `PUT /models/{m}/canary`: a JSON body with the whole split (`canaries`, `guards`,
 /// `rollout`, `shadow`), or `?version=<v>&weight=<percent>` for one canary.
 async fn set_split(
@@ -513,6 +560,9 @@ struct DescribeView<'a> {
     /// The model's traffic split, when it has one (ferroserve's extension).
     #[serde(skip_serializing_if = "Option::is_none")]
     traffic_split: Option<serde_json::Value>,
+    /// Drift monitoring of a native version (ferroserve's extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<serde_json::Value>,
 }
 
 /// ferroserve's counters for this version (not in TorchServe's describe).
@@ -588,6 +638,7 @@ fn describe_one(m: &ModelVersion) -> DescribeView<'_> {
         device: device.to_string(),
         served_by: &m.served_by,
         traffic_split: None,
+        drift: m.drift.as_ref().map(|d| d.view()),
         stats: StatsView {
             batches: count(&stats.batches),
             requests: count(&stats.requests),

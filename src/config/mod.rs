@@ -44,6 +44,7 @@ const KNOWN_KEYS: &[&str] = &[
     "decode_input_request",
     "service_envelope",
     "limit_max_image_pixels",
+    "drift_monitoring",
     "default_service_handler",
     "install_py_dep_per_model",
     "allowed_urls",
@@ -193,6 +194,8 @@ pub struct Settings {
     pub decode_input_request: bool,
     pub service_envelope: Option<String>,
     pub limit_max_image_pixels: bool,
+    /// Drift monitoring of native versions (on unless `drift_monitoring=false`).
+    pub drift_monitoring: bool,
     pub default_service_handler: Option<String>,
     /// Minutes an inference or management key stays valid (fractions allowed).
     pub token_expiration_min: f64,
@@ -395,6 +398,7 @@ impl Settings {
             decode_input_request: parse_bool(&get, "decode_input_request", true)?,
             service_envelope: get("service_envelope").filter(|e| !e.trim().is_empty()),
             limit_max_image_pixels: parse_bool(&get, "limit_max_image_pixels", true)?,
+            drift_monitoring: parse_bool(&get, "drift_monitoring", true)?,
             install_py_dep_per_model: parse_bool(&get, "install_py_dep_per_model", false)?,
             token_expiration_min: match get("token_expiration_min") {
                 None => 60.0,

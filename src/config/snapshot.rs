@@ -24,6 +24,10 @@ pub struct SnapshotVersion {
     pub startup_timeout: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_type: Option<String>,
+    /// A drift reference captured from traffic (ferroserve's addition; TorchServe ignores
+    /// the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_reference: Option<serde_json::Value>,
 }
 
 fn default_timeout() -> u64 {

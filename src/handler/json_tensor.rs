@@ -98,10 +98,18 @@ impl JsonTensor {
             .data
             .chunks(per_row.max(1))
             .take(n)
-            .map(|row| {
+            .zip(group)
+            .map(|(row, input)| {
                 let mut text = String::with_capacity(row.len() * 12);
                 write_nested(&mut text, row_shape, row, 0);
-                Reply::new(200, None, Vec::new(), Bytes::from(text))
+                let mut seen = Vec::with_capacity(3);
+                super::observe::summarize(&input.data, &mut seen);
+                Reply::new(200, None, Vec::new(), Bytes::from(text)).observed(
+                    super::observe::Observation {
+                        top1: None,
+                        input: seen,
+                    },
+                )
             })
             .collect())
     }

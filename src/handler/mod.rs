@@ -8,6 +8,7 @@
 
 pub mod json_tensor;
 pub mod labels;
+pub mod observe;
 pub mod pyjson;
 pub mod python;
 pub mod scores;
@@ -57,6 +58,8 @@ pub struct Reply {
     pub stream: Option<ReplyStream>,
     /// How long the request waited in the queue before its batch started (set by the worker).
     pub queue_time: std::time::Duration,
+    /// What a native handler saw and answered, for drift monitoring.
+    pub observation: Option<observe::Observation>,
 }
 
 pub type ReplyStream = tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>;
@@ -93,7 +96,13 @@ impl Reply {
             body,
             stream: None,
             queue_time: std::time::Duration::ZERO,
+            observation: None,
         }
+    }
+
+    pub fn observed(mut self, observation: observe::Observation) -> Self {
+        self.observation = Some(observation);
+        self
     }
 }
 
@@ -104,6 +113,11 @@ pub enum Prepared {
     Tensor { tensor: Vec<f32>, topk: usize },
     /// A request's own array, of its own shape (no batch dimension).
     Array(backend::Tensor),
+    /// A decoded image's tensor, and the image's size as decoded (width, height).
+    Image {
+        tensor: backend::Tensor,
+        size: (u32, u32),
+    },
     /// A request for attributions of its array's prediction for class `target`.
     Explain { input: backend::Tensor, target: i64 },
     /// The request as TorchServe's frontend hands it to a Python worker.

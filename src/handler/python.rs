@@ -462,11 +462,12 @@ fn requests<'a>(
     batch
         .map(|p| match p {
             Prepared::Request(r) => Ok(r),
-            Prepared::Tensor { .. } | Prepared::Array(_) | Prepared::Explain { .. } => {
-                Err(EngineError::Batch(ServeError::Internal(
-                    "unexpected input for a Python handler".into(),
-                )))
-            }
+            Prepared::Tensor { .. }
+            | Prepared::Array(_)
+            | Prepared::Image { .. }
+            | Prepared::Explain { .. } => Err(EngineError::Batch(ServeError::Internal(
+                "unexpected input for a Python handler".into(),
+            ))),
         })
         .collect()
 }

@@ -16,6 +16,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Serialize;
 
 use super::labels::Labels;
+use super::observe::{self, Observation};
 use super::scores::{ranked, softmax};
 use super::{
     native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
@@ -81,6 +82,19 @@ impl TensorClassifier {
     fn label(&self, class: usize) -> String {
         self.labels.name(class).into_owned()
     }
+
+    /// The input's summaries for drift monitoring: its values', and the sequence's length
+    /// (the frames before the zero padding).
+    fn summary(&self, tensor: &[f32]) -> Vec<(&'static str, f64)> {
+        let mut seen = Vec::with_capacity(4);
+        observe::summarize(tensor, &mut seen);
+        let frames = tensor
+            .chunks(self.features)
+            .rposition(|f| f.iter().any(|&v| v != 0.0))
+            .map_or(0, |last| last + 1);
+        seen.push(("frames", frames as f64));
+        seen
+    }
 }
 
 #[derive(Serialize)]
@@ -123,12 +137,14 @@ impl NativeBatch for TensorClassifier {
         let per_item = self.frames * self.features;
         let mut data = Vec::with_capacity(batch.len() * per_item);
         let mut topks = Vec::with_capacity(batch.len());
+        let mut inputs = Vec::with_capacity(batch.len());
         for item in batch {
             let Prepared::Tensor { tensor, topk } = item else {
                 return Err(unexpected_input());
             };
             data.extend_from_slice(tensor);
             topks.push(*topk);
+            inputs.push(self.summary(tensor));
         }
         let input = Tensor::new(vec![batch.len(), self.frames, self.features], data);
         let output = self
@@ -148,7 +164,8 @@ impl NativeBatch for TensorClassifier {
         Ok(topks
             .iter()
             .zip(output.data.chunks(classes))
-            .map(|(topk, logits)| {
+            .zip(&mut inputs)
+            .map(|((topk, logits), seen)| {
                 let probs = softmax(logits);
                 let answer = Answer {
                     predictions: ranked(&probs)
@@ -167,6 +184,10 @@ impl NativeBatch for TensorClassifier {
                     Vec::new(),
                     Bytes::from(serde_json::to_vec_pretty(&answer).expect("answer serializes")),
                 )
+                .observed(Observation {
+                    top1: observe::top1(&probs),
+                    input: std::mem::take(seen),
+                })
             })
             .collect())
     }

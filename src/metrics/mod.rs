@@ -9,6 +9,7 @@
 
 mod backend;
 pub mod config;
+pub mod drift;
 pub mod system;
 
 pub use backend::BackendMetric;
@@ -280,6 +281,7 @@ struct Extras {
     build_info: GaugeVec,
     canary_weight: GaugeVec,
     canary_rollbacks: CounterVec,
+    drift: drift::DriftFamilies,
 }
 
 impl Extras {
@@ -361,11 +363,12 @@ impl Extras {
                 &["version", "torchserve_api"],
             )
             .expect("valid metric"),
+            drift: drift::DriftFamilies::new(),
         }
     }
 
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        vec![
+        let own: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.request_duration.clone()),
             Box::new(self.queue_duration.clone()),
             Box::new(self.inference_duration.clone()),
@@ -377,7 +380,8 @@ impl Extras {
             Box::new(self.build_info.clone()),
             Box::new(self.canary_weight.clone()),
             Box::new(self.canary_rollbacks.clone()),
-        ]
+        ];
+        own.into_iter().chain(self.drift.collectors()).collect()
     }
 }
 
@@ -626,6 +630,11 @@ impl Metrics {
             worker_restarts: e.worker_restarts.with_label_values(&mv),
             responses: [class("2xx"), class("4xx"), class("5xx")],
         })
+    }
+
+    /// The drift monitors' families (each monitor binds and forgets its own series).
+    pub fn drift(&self) -> &drift::DriftFamilies {
+        &self.extras.drift
     }
 
     /// A version's share of its model's unversioned traffic under a split.

@@ -8,6 +8,7 @@ use crate::archive::ModelArchive;
 use crate::batching::JobQueue;
 use crate::canary::Split;
 use crate::device::Device;
+use crate::handler::observe::Observation;
 use crate::handler::{Handler, ServedBy};
 use crate::metrics::{Outcome, VersionMetrics};
 use crate::worker::WorkerPool;
@@ -37,6 +38,8 @@ pub struct ModelVersion {
     pub downloaded: Option<std::path::PathBuf>,
     /// The workflow this model is a node of (such models stay out of snapshots).
     pub workflow: Option<String>,
+    /// Drift monitoring of a native version's inputs and answers.
+    pub drift: Option<Arc<crate::drift::Monitor>>,
 }
 
 impl ModelVersion {
@@ -67,19 +70,29 @@ impl ModelVersion {
         Duration::from_secs(self.params.response_timeout_s.max(1))
     }
 
-    /// A request this version answered: its metrics, and the window of the split that
-    /// routed it there (its guard rails judge the version on it).
+    /// A request this version answered: its metrics, its drift monitor, and the window of
+    /// the split that routed it there (its guard rails judge the version on it).
     pub fn finished(
         &self,
         split: Option<&SharedSplit>,
         outcome: Outcome,
         took: Duration,
         queued: Option<Duration>,
+        seen: Option<&Observation>,
     ) {
         self.metrics.request_done(outcome, took, queued);
+        if let (Some(drift), Some(seen)) = (&self.drift, seen) {
+            drift.observe(seen);
+        }
         if let Some(split) = split {
             if let Ok(mut s) = split.lock() {
-                s.record(&self.version, took, outcome == Outcome::ServerError);
+                let top1 = seen
+                    .and_then(|o| o.top1)
+                    .map(|(class, _)| match &self.drift {
+                        Some(drift) => drift.label(class).into_owned(),
+                        None => class.to_string(),
+                    });
+                s.record(&self.version, took, outcome == Outcome::ServerError, top1);
             }
         }
     }

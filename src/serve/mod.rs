@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::batching::sequence::Membership;
 use crate::batching::{Job, SubmitError};
 use crate::error::ServeError;
+use crate::handler::observe::Observation;
 use crate::handler::{Prepared, Reply, RequestInput};
 use crate::metrics::{Metrics, Outcome};
 use crate::registry::{ModelVersion, Registry, SharedSplit};
@@ -134,7 +135,7 @@ impl Call {
     /// The transport could not read the request (too large, malformed): counted as the
     /// client's failure.
     pub fn reject(self) {
-        self.account(Outcome::ClientError, None);
+        self.account(Outcome::ClientError, None, None);
     }
 
     async fn answer(&self, input: RequestInput) -> Result<Reply, ServeError> {
@@ -215,14 +216,19 @@ impl Call {
     /// The version's metrics and its split's window, then the transport's counters.
     fn finish(&self, result: &Result<Reply, ServeError>) {
         match result {
-            Ok(reply) => self.account(Outcome::of_status(reply.status), Some(reply.queue_time)),
-            Err(e) => self.account(Outcome::of_error(e), None),
+            Ok(reply) => self.account(
+                Outcome::of_status(reply.status),
+                Some(reply.queue_time),
+                reply.observation.as_ref(),
+            ),
+            Err(e) => self.account(Outcome::of_error(e), None, None),
         }
     }
 
-    fn account(&self, outcome: Outcome, queued: Option<Duration>) {
+    fn account(&self, outcome: Outcome, queued: Option<Duration>, seen: Option<&Observation>) {
         let took = self.arrived.elapsed();
-        self.mv.finished(self.split.as_ref(), outcome, took, queued);
+        self.mv
+            .finished(self.split.as_ref(), outcome, took, queued, seen);
         let Some(queued) = queued else { return };
         match self.origin {
             Origin::Rest => self

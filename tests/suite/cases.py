@@ -604,5 +604,7 @@ GRPC_SILENT = {2: "a version already registered: UNKNOWN with no message"}
 # (docs/compatibility.md).
 GRPC_UNIMPLEMENTED = {"ServerMetadata": "TorchServe's OIP service has no ServerMetadata"}
 # Fields of JSON answers that differ between any two runs (worker ids, pids, times, memory)
-# or that ferroserve adds (docs/compatibility.md: describe's `device` and `stats`).
-DYNAMIC = {"startTime", "pid", "id", "memoryUsage", "device", "stats", "gpuUsage", "servedBy"}
+# or that ferroserve adds (docs/compatibility.md: describe's `device`, `stats`, `servedBy` and
+# `drift`).
+DYNAMIC = {"startTime", "pid", "id", "memoryUsage", "device", "stats", "gpuUsage", "servedBy",
+           "drift"}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use super::labels::Labels;
+use super::observe::{self, Observation};
 use super::{
     native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
 };
@@ -54,6 +55,9 @@ pub struct Vision {
     /// The input form the detector takes, once a batch has shown it (UNKNOWN, LIST, STACKED).
     detector_form: AtomicU8,
 }
+
+/// A request's tensor and its image's decoded size (none for a JSON list).
+type Sized<'a> = (&'a Tensor, Option<(u32, u32)>);
 
 const UNKNOWN: u8 = 0;
 const LIST: u8 = 1;
@@ -96,12 +100,13 @@ impl Vision {
     }
 
     /// `VisionHandler.preprocess` for one row: image bytes (a string is base64) through the
-    /// handler's transforms, or a JSON list taken as the tensor itself.
-    fn tensor(&self, content: Content) -> Result<Tensor, ServeError> {
+    /// handler's transforms (with the decoded size), or a JSON list taken as the tensor itself.
+    fn tensor(&self, content: Content) -> Result<(Tensor, Option<(u32, u32)>), ServeError> {
+        let image = |bytes: &[u8]| self.image(bytes).map(|(t, size)| (t, Some(size)));
         match content {
-            Content::Array(t) => Ok(t),
-            Content::Bytes(b) => self.image(&b),
-            Content::Base64(text) => self.image(
+            Content::Array(t) => Ok((t, None)),
+            Content::Bytes(b) => image(&b),
+            Content::Base64(text) => image(
                 &base64::engine::general_purpose::STANDARD
                     .decode(text.trim())
                     .map_err(|e| {
@@ -111,46 +116,82 @@ impl Vision {
         }
     }
 
-    /// An image through the handler's transforms.
-    fn image(&self, bytes: &[u8]) -> Result<Tensor, ServeError> {
-        match self.kind {
+    /// An image through the handler's transforms, and its decoded size.
+    fn image(&self, bytes: &[u8]) -> Result<(Tensor, (u32, u32)), ServeError> {
+        let image = decode::decode(bytes, self.max_pixels)?;
+        let size = (image.width, image.height);
+        Ok(match self.kind {
             Kind::Detector => {
-                let image = decode::decode(bytes, self.max_pixels)?;
                 let shape = vec![3, image.height as usize, image.width as usize];
-                Ok(Tensor::new(shape, transform::to_tensor(&image)))
+                (Tensor::new(shape, transform::to_tensor(&image)), size)
             }
-            Kind::Classifier | Kind::Segmenter => classifier_input(bytes, self.max_pixels),
+            Kind::Classifier | Kind::Segmenter => (classifier_tensor(image)?, size),
+        })
+    }
+
+    /// What drift monitoring records of one image: its decoded size and the mean intensity
+    /// (0–1) of each channel of what the model was given.
+    fn observation(&self, input: &Tensor, size: Option<(u32, u32)>) -> Observation {
+        let mut seen = Vec::with_capacity(5);
+        if let Some((width, height)) = size {
+            seen.push(("width", f64::from(width)));
+            seen.push(("height", f64::from(height)));
+        }
+        observe::channel_means(&input.data, input.shape[0].min(4), &mut seen);
+        if self.kind != Kind::Detector && size.is_some() {
+            // Undo `Normalize`: a mean of normalized values is (intensity - mean) / std.
+            for (i, (_, v)) in seen.iter_mut().skip(2).take(3).enumerate() {
+                *v = *v * f64::from(transform::STD[i]) + f64::from(transform::MEAN[i]);
+            }
+        }
+        Observation {
+            top1: None,
+            input: seen,
         }
     }
 
-    /// One forward pass over requests of one shape.
-    fn predict(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ServeError> {
+    /// One forward pass over requests of one shape (with their decoded sizes).
+    fn predict(&self, group: &[Sized<'_>]) -> Result<Vec<Reply>, ServeError> {
         let failed =
             |e: BackendError| ServeError::PredictionFailed(format!("Prediction failed: {e}"));
-        let bodies = match self.kind {
+        let tensors: Vec<&Tensor> = group.iter().map(|(t, _)| *t).collect();
+        let stack = || stack(&tensors);
+        let untyped = |bodies: Vec<String>| bodies.into_iter().map(|b| (b, None)).collect();
+        let bodies: Vec<(String, Option<(usize, f32)>)> = match self.kind {
             Kind::Classifier => {
-                let logits = self.model.forward(stack(group)).map_err(failed)?;
+                let logits = self.model.forward(stack()).map_err(failed)?;
                 reply::classes(&logits, group.len(), self.topk, &self.labels)?
+                    .into_iter()
+                    .map(|(body, top1)| (body, Some(top1)))
+                    .collect()
             }
             Kind::Segmenter => {
-                let out = self
-                    .model
-                    .call(Input::Tensor(stack(group)))
-                    .map_err(failed)?;
-                reply::segments(&out, group.len())?
+                let out = self.model.call(Input::Tensor(stack())).map_err(failed)?;
+                untyped(reply::segments(&out, group.len())?)
             }
             Kind::Detector => {
                 let out = self.detect(group).map_err(failed)?;
-                reply::detections(&out, group.len(), &self.labels)?
+                untyped(reply::detections(&out, group.len(), &self.labels)?)
             }
         };
-        Ok(bodies.into_iter().map(reply::json).collect())
+        Ok(bodies
+            .into_iter()
+            .zip(group)
+            .map(|((body, top1), (input, size))| {
+                reply::json(body).observed(Observation {
+                    top1,
+                    ..self.observation(input, *size)
+                })
+            })
+            .collect())
     }
 
     /// A detector's forward pass. torchvision's detectors take a list of images, models of a
     /// stacked batch (as TorchServe passes them) a tensor: the first batch tries the list,
     /// then the stack, and the form that worked is kept for the model's later batches.
-    fn detect(&self, group: &[&Tensor]) -> Result<Value, BackendError> {
+    fn detect(&self, group: &[Sized<'_>]) -> Result<Value, BackendError> {
+        let group: Vec<&Tensor> = group.iter().map(|(t, _)| *t).collect();
+        let group = group.as_slice();
         let form = self.detector_form.load(Ordering::Relaxed);
         if form != STACKED {
             match self.model.call(Input::Tensors(group)) {
@@ -201,7 +242,11 @@ impl Vision {
 /// `Resize(256)`, `CenterCrop(224)`, `ToTensor` and `Normalize` (their `image_processing`).
 /// `max_pixels` is Pillow's decompression-bomb limit (None: lifted).
 pub fn classifier_input(bytes: &[u8], max_pixels: Option<u64>) -> Result<Tensor, ServeError> {
-    let image = transform::resize(decode::decode(bytes, max_pixels)?, RESIZE)?;
+    classifier_tensor(decode::decode(bytes, max_pixels)?)
+}
+
+fn classifier_tensor(image: decode::Rgb) -> Result<Tensor, ServeError> {
+    let image = transform::resize(image, RESIZE)?;
     let side = CROP as usize;
     let mut data = vec![0f32; 3 * side * side];
     transform::crop_normalize(&image, CROP, &mut data);
@@ -290,14 +335,14 @@ impl Handler for Vision {
         } else {
             Content::Bytes(param.value.clone())
         };
-        let tensor = self.tensor(content)?;
-        Ok(if explain {
-            Prepared::Explain {
+        let (tensor, size) = self.tensor(content)?;
+        Ok(match size {
+            _ if explain => Prepared::Explain {
                 input: tensor,
                 target,
-            }
-        } else {
-            Prepared::Array(tensor)
+            },
+            Some(size) => Prepared::Image { tensor, size },
+            None => Prepared::Array(tensor),
         })
     }
 
@@ -325,17 +370,21 @@ impl NativeBatch for Vision {
         let items = batch
             .iter()
             .map(|p| match p {
-                Prepared::Array(t) => Ok((t, None)),
-                Prepared::Explain { input, target } => Ok((input, Some(*target))),
+                Prepared::Array(t) => Ok(((t, None), None)),
+                Prepared::Image { tensor, size } => Ok(((tensor, Some(*size)), None)),
+                Prepared::Explain { input, target } => Ok(((input, None), Some(*target))),
                 _ => Err(unexpected_input()),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut replies = Vec::with_capacity(batch.len());
-        for run in items.chunk_by(|a, b| a.0.shape == b.0.shape && a.1 == b.1) {
-            let group: Vec<&Tensor> = run.iter().map(|(t, _)| *t).collect();
+        for run in items.chunk_by(|a, b| a.0 .0.shape == b.0 .0.shape && a.1 == b.1) {
+            let group: Vec<Sized<'_>> = run.iter().map(|(sized, _)| *sized).collect();
             replies.extend(match run[0].1 {
                 None => self.predict(&group)?,
-                Some(target) => self.explain(&group, target)?,
+                Some(target) => {
+                    let tensors: Vec<&Tensor> = group.iter().map(|(t, _)| *t).collect();
+                    self.explain(&tensors, target)?
+                }
             });
         }
         Ok(replies)

@@ -40,14 +40,17 @@ fn batch_dims<const N: usize>(
     Ok(dims)
 }
 
-/// `ImageClassifier.postprocess`: softmax, the top k classes (most probable first) as
+/// An image's answer and its top-1 class with that class's probability.
+pub type Classified = (String, (usize, f32));
+
+/// `ImageClassifier.postprocess`, with each image's top-1 class and probability: softmax, the top k classes (most probable first) as
 /// `{label: probability}`.
 pub fn classes(
     logits: &Tensor,
     batch: usize,
     topk: usize,
     labels: &Labels,
-) -> Result<Vec<String>, ServeError> {
+) -> Result<Vec<Classified>, ServeError> {
     let [_, classes] = batch_dims(
         logits,
         batch,
@@ -70,7 +73,7 @@ pub fn classes(
                     .map(|(name, &c)| (name.as_ref(), f64::from(probs[c]))),
                 0,
             );
-            text
+            (text, (order[0], probs[order[0]]))
         })
         .collect())
 }
@@ -214,9 +217,11 @@ mod tests {
         let labels = Labels::parse(r#"{"0": "a", "1": "b", "2": "c"}"#).unwrap();
         let logits = Tensor::new(vec![1, 3], vec![0.0, 2.0, 1.0]);
         let out = classes(&logits, 1, 2, &labels).unwrap();
-        let parsed: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        let (body, (top1, p)) = &out[0];
+        let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
         let keys: Vec<_> = parsed.as_object().unwrap().keys().cloned().collect();
-        assert!(out[0].starts_with("{\n  \"b\": 0.66"), "{}", out[0]);
+        assert!(body.starts_with("{\n  \"b\": 0.66"), "{body}");
+        assert_eq!((*top1, format!("{p:.4}")), (1, "0.6652".to_string()));
         assert_eq!(keys.len(), 2);
         assert!(classes(&Tensor::new(vec![3], vec![0.0; 3]), 1, 2, &labels).is_err());
     }
