@@ -285,7 +285,7 @@ impl Loader {
         );
         let metrics = self.metrics.version(&name, &version);
         let drift = native
-            .then(|| self.drift_monitor(&archive, &name, &version))
+            .then(|| self.drift_monitor(&archive, (&name, &version), handler.observed_inputs()))
             .transpose()?
             .flatten();
         let native_envelope = native
@@ -346,8 +346,8 @@ impl Loader {
     fn drift_monitor(
         &self,
         archive: &ModelArchive,
-        name: &str,
-        version: &str,
+        version: (&str, &str),
+        inputs: &[&str],
     ) -> Result<Option<Arc<drift::Monitor>>, LoadError> {
         let settings = drift::Settings::from_config(archive.config.ferroserve("drift"))
             .map_err(LoadError::Invalid)?;
@@ -379,8 +379,8 @@ impl Loader {
             settings,
             crate::handler::labels::Labels::load(archive)?,
             self.metrics.drift().clone(),
-            name,
             version,
+            inputs,
             reference,
         ))))
     }

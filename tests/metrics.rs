@@ -525,12 +525,31 @@ fn a_prometheus_server_scrapes_ferroserve() {
     let (status, body, _) = into_parts(agent().put(&url).send_empty().unwrap());
     assert_eq!(status, 200, "{body}");
     traffic(&server, 4);
+    // A drift reference from that traffic: the drift panels' scores and shares exist.
+    let url = format!("{}/models/sign/1.0/drift/reference", server.management);
+    let (status, body, _) = into_parts(agent().put(&url).send_empty().unwrap());
+    assert_eq!(status, 200, "{body}");
     let probe = |path: &str, body: &str| {
         let url = format!("{}/predictions/{path}", server.inference);
         post(&url, "application/json", body).0
     };
-    for _ in 0..10 {
-        assert_eq!(probe("probe", r#"{"landmarks": [[0, 0, 0, 0]]}"#), 200);
+    // Routing keys decide the version: key-0 and key-1 hash below 30, into the canary's
+    // share, the other eight above it; both versions get traffic on every run.
+    for i in 0..10 {
+        let url = format!("{}/predictions/probe", server.inference);
+        let res = agent()
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("X-Routing-Key", format!("key-{i}"))
+            .send(r#"{"landmarks": [[0, 0, 0, 0]]}"#)
+            .unwrap();
+        let version = res
+            .headers()
+            .get("x-model-version")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(version, if i < 2 { "2.0" } else { "1.0" }, "key-{i}");
     }
     // A model failure on the stable version: a 5xx for the error-ratio panel.
     assert_eq!(probe("probe/1.0", r#"{"landmarks": [[0, 1, 0, 0]]}"#), 503);
@@ -551,7 +570,9 @@ fn a_prometheus_server_scrapes_ferroserve() {
     .unwrap();
     let mut exprs: Vec<String> = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
+        // Rows group panels and query nothing.
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        for target in &targets {
             let expr = target["expr"]
                 .as_str()
                 .unwrap()
@@ -559,6 +580,16 @@ fn a_prometheus_server_scrapes_ferroserve() {
                 .replace("$model", ".*")
                 .replace("$version", ".*");
             exprs.push(expr);
+        }
+    }
+    // The example alerting rules' expressions, their thresholds left out, name series that
+    // exist.
+    let rules =
+        std::fs::read_to_string(Path::new(REPO).join("deploy/prometheus/ferroserve-alerts.yaml"))
+            .unwrap();
+    for line in rules.lines() {
+        if let Some(expr) = line.trim().strip_prefix("expr: ") {
+            exprs.push(expr.split(" > ").next().unwrap().to_string());
         }
     }
     // A rate over the histogram, as an autoscaler would ask.

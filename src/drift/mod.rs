@@ -111,17 +111,19 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// `inputs` are the summaries the handler records: their series (and the confidence's)
+    /// exist from load on, at 0, so that a rate over them sees the first requests.
     pub fn new(
         settings: Settings,
         labels: Labels,
         families: DriftFamilies,
-        model: &str,
-        version: &str,
+        (model, version): (&str, &str),
+        inputs: &[&str],
         reference: Option<Reference>,
     ) -> Self {
         let first = (reference.is_none() && settings.reference_requests > 0)
             .then(|| Vec::with_capacity(settings.reference_requests.min(100_000)));
-        Self {
+        let monitor = Self {
             state: Mutex::new(State {
                 window: VecDeque::with_capacity(settings.window.min(100_000)),
                 since_scored: 0,
@@ -137,7 +139,13 @@ impl Monitor {
             version: version.to_string(),
             series: Mutex::new(BTreeSet::new()),
             forgotten: AtomicBool::new(false),
+        };
+        let f = &monitor.families;
+        f.confidence.with_label_values(&monitor.values(&[]));
+        for input in inputs {
+            f.input.with_label_values(&monitor.values(&[input]));
         }
+        monitor
     }
 
     /// The label a class counts under.

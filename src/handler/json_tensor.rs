@@ -50,6 +50,10 @@ impl Handler for JsonTensor {
     fn device(&self) -> Device {
         self.model.device()
     }
+
+    fn observed_inputs(&self) -> &'static [&'static str] {
+        &super::observe::TENSOR_SUMMARIES
+    }
 }
 
 impl NativeBatch for JsonTensor {

@@ -143,6 +143,10 @@ pub trait Handler: Send + Sync {
     fn describes(&self) -> bool {
         false
     }
+    /// The input summaries its replies' observations carry (drift monitoring).
+    fn observed_inputs(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// One worker's means of running batches.

@@ -10,6 +10,9 @@ pub struct Observation {
     pub input: Vec<(&'static str, f64)>,
 }
 
+/// What [`summarize`] records.
+pub const TENSOR_SUMMARIES: [&str; 3] = ["mean", "std", "zero_share"];
+
 /// Mean, standard deviation and share of zeros of a tensor's values, in one pass (f64
 /// sums: tens of thousands of f32 values would lose digits in f32).
 pub fn summarize(values: &[f32], into: &mut Vec<(&'static str, f64)>) {

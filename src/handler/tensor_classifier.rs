@@ -126,6 +126,10 @@ impl Handler for TensorClassifier {
     fn device(&self) -> Device {
         self.model.device()
     }
+
+    fn observed_inputs(&self) -> &'static [&'static str] {
+        &["mean", "std", "zero_share", "frames"]
+    }
 }
 
 impl NativeBatch for TensorClassifier {

@@ -57,7 +57,7 @@ impl DriftFamilies {
             .expect("valid metric"),
             input: HistogramVec::new(
                 HistogramOpts::new(
-                    "ferroserve_input_summary",
+                    "ferroserve_input_feature",
                     "Summaries of each request's input (mean, std, zero_share, frames, width, height, channel_<i>_mean)",
                 )
                 .buckets(INPUT_BUCKETS.to_vec()),

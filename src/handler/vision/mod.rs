@@ -358,6 +358,16 @@ impl Handler for Vision {
     fn device(&self) -> Device {
         self.model.device()
     }
+
+    fn observed_inputs(&self) -> &'static [&'static str] {
+        &[
+            "width",
+            "height",
+            "channel_0_mean",
+            "channel_1_mean",
+            "channel_2_mean",
+        ]
+    }
 }
 
 impl NativeBatch for Vision {
