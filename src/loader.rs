@@ -247,6 +247,9 @@ impl Loader {
             0
         };
         let params = ModelParams::resolve(settings, &archive, &name, &version, gpus, reg);
+        let drift_settings = drift::Settings::from_config(archive.config.ferroserve("drift"))
+            .map_err(LoadError::Invalid)?;
+        let observe = settings.drift_monitoring && drift_settings.enabled;
         let (handler, served_by) = handler::load(
             &archive,
             &handler::HandlerSpec {
@@ -259,6 +262,7 @@ impl Loader {
                 use_venv: params.use_venv,
                 settings,
                 metrics: &self.metrics,
+                observe,
             },
         )?;
         let native = served_by.runtime == handler::Runtime::Native;
@@ -284,10 +288,16 @@ impl Loader {
                 .map(|s| (s, params.min_workers.max(1))),
         );
         let metrics = self.metrics.version(&name, &version);
-        let drift = native
-            .then(|| self.drift_monitor(&archive, (&name, &version), handler.observed_inputs()))
-            .transpose()?
-            .flatten();
+        let drift = (native && observe)
+            .then(|| {
+                self.drift_monitor(
+                    &archive,
+                    drift_settings,
+                    (&name, &version),
+                    handler.observed_inputs(),
+                )
+            })
+            .transpose()?;
         let native_envelope = native
             .then(|| handler::envelope(settings, &archive))
             .flatten()
@@ -341,19 +351,15 @@ impl Loader {
         })
     }
 
-    /// The drift monitor of a native version, unless `drift_monitoring=false` or its
-    /// model-config.yaml turns it off; the archive's `drift-reference.json` is its reference.
+    /// The drift monitor of a native version; the archive's `drift-reference.json` is its
+    /// reference.
     fn drift_monitor(
         &self,
         archive: &ModelArchive,
+        settings: drift::Settings,
         version: (&str, &str),
         inputs: &[&str],
-    ) -> Result<Option<Arc<drift::Monitor>>, LoadError> {
-        let settings = drift::Settings::from_config(archive.config.ferroserve("drift"))
-            .map_err(LoadError::Invalid)?;
-        if !(self.settings.drift_monitoring && settings.enabled) {
-            return Ok(None);
-        }
+    ) -> Result<Arc<drift::Monitor>, LoadError> {
         let file = archive.dir.join(drift::REFERENCE_FILE);
         let reference = match std::fs::read(&file) {
             Ok(bytes) => {
@@ -375,14 +381,14 @@ impl Loader {
                 )))
             }
         };
-        Ok(Some(Arc::new(drift::Monitor::new(
+        Ok(Arc::new(drift::Monitor::new(
             settings,
             crate::handler::labels::Labels::load(archive)?,
             self.metrics.drift().clone(),
             version,
             inputs,
             reference,
-        ))))
+        )))
     }
 }
 

@@ -237,6 +237,45 @@ fn builtin_vision_handlers_answer_as_torchserve_without_python() {
     let log = server.log_text();
     assert!(log.contains("handler chosen"), "{log}");
     assert!(log.contains("built-in image_classifier over ONNX"), "{log}");
+
+    // Drift monitoring saw every answer: one top-1 label each, and each image's decoded size
+    // and mean channel intensities (0–1).
+    let (_, body, _) = get(&format!("{}/models/vclass/1.0/drift", server.management));
+    let window = serde_json::from_str::<Value>(&body).unwrap()["window"]
+        .as_f64()
+        .unwrap();
+    let (_, metrics, _) = get(&format!("{}/metrics", server.metrics));
+    let of_vclass = |name: &str, feature: Option<&str>| -> Vec<f64> {
+        let labels = match feature {
+            Some(f) => format!("{{feature=\"{f}\",model_name=\"vclass\","),
+            None => "{".to_string(),
+        };
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{name}{labels}")) && l.contains("model_name=\"vclass\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let answered: f64 = of_vclass("ferroserve_prediction_top1_total", None)
+        .iter()
+        .sum();
+    assert!(
+        window >= 10.0 && answered == window,
+        "{window} {answered}: {body}"
+    );
+    let images = of_vclass("ferroserve_input_feature_count", Some("width"))[0];
+    assert!(images >= 10.0 && images < window, "{images} of {window}");
+    for c in 0..3 {
+        let feature = format!("channel_{c}_mean");
+        let sum = of_vclass("ferroserve_input_feature_sum", Some(&feature))[0];
+        let n = of_vclass("ferroserve_input_feature_count", Some(&feature))[0];
+        assert!(
+            n > 0.0 && (0.0..=1.0).contains(&(sum / n)),
+            "{feature}: {sum} / {n}"
+        );
+    }
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

@@ -10,10 +10,11 @@
 pub mod score;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use prometheus::{Counter, Histogram};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -22,6 +23,9 @@ use crate::handler::observe::Observation;
 use crate::metrics::drift::DriftFamilies;
 pub use score::Reference;
 use score::{aligned, js, psi, Binned};
+
+/// The most requests a window or a first-requests reference holds.
+const MAX_REQUESTS: usize = 100_000;
 
 /// The reference file an archive may ship.
 pub const REFERENCE_FILE: &str = "drift-reference.json";
@@ -71,6 +75,12 @@ impl Settings {
                     .into(),
             );
         }
+        // What a version holds is bounded by these, whatever the traffic.
+        if s.window > MAX_REQUESTS || s.reference_requests > MAX_REQUESTS || s.max_labels > 10_000 {
+            return Err(format!(
+                "model-config.yaml: ferroserve.drift: window and referenceRequests are at most {MAX_REQUESTS}, maxLabels at most 10000"
+            ));
+        }
         Ok(s)
     }
 }
@@ -107,6 +117,12 @@ pub struct Monitor {
     state: Mutex<State>,
     /// Label values of the series this monitor created, to drop them when the version goes.
     series: Mutex<BTreeSet<Vec<String>>>,
+    /// Handles bound once, so that a request does not look label values up: the confidence
+    /// histogram, the input summaries' histograms by name, the top-1 counters by class
+    /// (classes past `maxLabels` share one).
+    confidence: Histogram,
+    inputs: Vec<(String, Histogram)>,
+    top1: Mutex<HashMap<usize, Counter>>,
     forgotten: AtomicBool,
 }
 
@@ -122,10 +138,23 @@ impl Monitor {
         reference: Option<Reference>,
     ) -> Self {
         let first = (reference.is_none() && settings.reference_requests > 0)
-            .then(|| Vec::with_capacity(settings.reference_requests.min(100_000)));
-        let monitor = Self {
+            .then(|| Vec::with_capacity(settings.reference_requests));
+        let bind = |extra: &[&str]| -> Vec<String> {
+            let mut v = vec![model.to_string(), version.to_string()];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let confidence = families.confidence.with_label_values(&bind(&[]));
+        let input_handles = inputs
+            .iter()
+            .map(|i| (i.to_string(), families.input.with_label_values(&bind(&[i]))))
+            .collect();
+        let series = std::iter::once(bind(&[]))
+            .chain(inputs.iter().map(|i| bind(&[i])))
+            .collect();
+        Self {
             state: Mutex::new(State {
-                window: VecDeque::with_capacity(settings.window.min(100_000)),
+                window: VecDeque::with_capacity(settings.window),
                 since_scored: 0,
                 reference: reference.map(|r| (r, Source::Archive)),
                 first,
@@ -137,15 +166,12 @@ impl Monitor {
             families,
             model: model.to_string(),
             version: version.to_string(),
-            series: Mutex::new(BTreeSet::new()),
+            series: Mutex::new(series),
+            confidence,
+            inputs: input_handles,
+            top1: Mutex::new(HashMap::new()),
             forgotten: AtomicBool::new(false),
-        };
-        let f = &monitor.families;
-        f.confidence.with_label_values(&monitor.values(&[]));
-        for input in inputs {
-            f.input.with_label_values(&monitor.values(&[input]));
         }
-        monitor
     }
 
     /// The label a class counts under.
@@ -174,16 +200,30 @@ impl Monitor {
         if self.forgotten.load(Ordering::Relaxed) {
             return;
         }
-        let f = &self.families;
         if let Some((class, p)) = seen.top1 {
-            let label = self.label(class);
-            f.top1.with_label_values(&self.values(&[&label])).inc();
-            f.confidence
-                .with_label_values(&self.values(&[]))
-                .observe(f64::from(p));
+            let key = class.min(self.settings.max_labels);
+            if let Ok(mut counters) = self.top1.lock() {
+                counters
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let label = self.label(class);
+                        self.families
+                            .top1
+                            .with_label_values(&self.values(&[&label]))
+                    })
+                    .inc();
+            }
+            self.confidence.observe(f64::from(p));
         }
         for (name, v) in &seen.input {
-            f.input.with_label_values(&self.values(&[name])).observe(*v);
+            match self.inputs.iter().find(|(n, _)| n == name) {
+                Some((_, h)) => h.observe(*v),
+                None => self
+                    .families
+                    .input
+                    .with_label_values(&self.values(&[name]))
+                    .observe(*v),
+            }
         }
         let Ok(mut st) = self.state.lock() else {
             return;
@@ -197,10 +237,11 @@ impl Monitor {
                 st.first = None;
             }
         }
-        st.window.push_back(seen.clone());
-        if st.window.len() > self.settings.window {
+        // Room first: the window never grows past the capacity it was given.
+        if st.window.len() == self.settings.window {
             st.window.pop_front();
         }
+        st.window.push_back(seen.clone());
         st.since_scored += 1;
         if st.since_scored >= self.settings.period {
             st.since_scored = 0;
@@ -363,5 +404,94 @@ impl Monitor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitor(settings: Settings, families: &DriftFamilies) -> Monitor {
+        let labels = Labels::parse(r#"{"0": "zero", "1": "one", "2": "two"}"#).unwrap();
+        Monitor::new(
+            settings,
+            labels,
+            families.clone(),
+            ("m", "1.0"),
+            &["mean"],
+            None,
+        )
+    }
+
+    fn seen(class: usize, mean: f64) -> Observation {
+        Observation {
+            top1: Some((class, 0.9)),
+            input: [("mean", mean)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let yaml = |v: Value| Settings::from_config(Some(&v));
+        assert_eq!(yaml(json!({})).unwrap(), Settings::default());
+        assert_eq!(yaml(json!({"window": 50})).unwrap().window, 50);
+        assert!(yaml(json!({"window": 0})).is_err());
+        assert!(yaml(json!({"window": 1_000_000}))
+            .unwrap_err()
+            .contains("at most"));
+        assert!(yaml(json!({"windw": 5}))
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+
+    #[test]
+    fn a_window_is_scored_every_period_against_its_captured_reference() {
+        let families = DriftFamilies::new();
+        let settings = Settings {
+            window: 20,
+            period: 10,
+            max_labels: 2,
+            ..Settings::default()
+        };
+        let m = monitor(settings, &families);
+        for i in 0..20 {
+            m.observe(&seen(i % 2, (i % 10) as f64));
+        }
+        let reference = m.capture().unwrap();
+        assert_eq!(reference.requests, 20);
+        assert_eq!(reference.labels["zero"], 0.5);
+        // Shifted: class 2 (past maxLabels: "other") and larger means, for a whole window.
+        for i in 0..20 {
+            m.observe(&seen(2, 20.0 + i as f64));
+        }
+        let view = m.view();
+        assert_eq!(view["window"], 20);
+        assert!(
+            view["scores"]["mean"]["psi"].as_f64().unwrap() > 1.0,
+            "{view}"
+        );
+        assert!((view["scores"]["label"]["js"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+        let other = families
+            .top1
+            .with_label_values(&["m", "1.0", "other"])
+            .get();
+        assert_eq!(other, 20.0);
+        assert_eq!(
+            families
+                .top1_share
+                .with_label_values(&["m", "1.0", "zero"])
+                .get(),
+            0.0
+        );
+        // Gone: no series of the version remain.
+        m.forget();
+        m.observe(&seen(0, 1.0));
+        let left: usize = families
+            .collectors()
+            .iter()
+            .flat_map(|c| c.collect())
+            .map(|f| f.get_metric().len())
+            .sum();
+        assert_eq!(left, 0);
     }
 }

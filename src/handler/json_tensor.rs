@@ -26,11 +26,13 @@ const MAX_RANK: usize = 16;
 
 pub struct JsonTensor {
     model: Arc<dyn Backend>,
+    /// Whether replies carry observations (drift monitoring is on).
+    observe: bool,
 }
 
 impl JsonTensor {
-    pub fn new(model: Arc<dyn Backend>) -> Self {
-        Self { model }
+    pub fn new(model: Arc<dyn Backend>, observe: bool) -> Self {
+        Self { model, observe }
     }
 }
 
@@ -106,12 +108,15 @@ impl JsonTensor {
             .map(|(row, input)| {
                 let mut text = String::with_capacity(row.len() * 12);
                 write_nested(&mut text, row_shape, row, 0);
-                let mut seen = Vec::with_capacity(3);
-                super::observe::summarize(&input.data, &mut seen);
-                Reply::new(200, None, Vec::new(), Bytes::from(text)).observed(
-                    super::observe::Observation {
-                        top1: None,
-                        input: seen,
+                Reply::new(200, None, Vec::new(), Bytes::from(text)).observed_if(
+                    self.observe,
+                    || {
+                        let mut seen = super::observe::Inputs::new();
+                        super::observe::summarize(&input.data, &mut seen);
+                        super::observe::Observation {
+                            top1: None,
+                            input: seen,
+                        }
                     },
                 )
             })

@@ -100,8 +100,16 @@ impl Reply {
         }
     }
 
-    pub fn observed(mut self, observation: observe::Observation) -> Self {
-        self.observation = Some(observation);
+    /// The reply with what its request showed, when drift monitoring wants it (`observe`):
+    /// otherwise the observation is not even computed.
+    pub fn observed_if(
+        mut self,
+        observe: bool,
+        observation: impl FnOnce() -> observe::Observation,
+    ) -> Self {
+        if observe {
+            self.observation = Some(observation());
+        }
         self
     }
 }
@@ -353,6 +361,8 @@ pub struct HandlerSpec<'a> {
     pub use_venv: bool,
     pub settings: &'a crate::config::Settings,
     pub metrics: &'a Arc<crate::metrics::Metrics>,
+    /// Native replies carry observations for drift monitoring.
+    pub observe: bool,
 }
 
 /// The request envelope of a model: the server-wide `service_envelope` wins over the
@@ -387,22 +397,23 @@ pub fn load(
         }
         Err(e) => return Err(e),
     };
-    let handler: Arc<dyn Handler> =
-        match name.as_str() {
-            tensor_classifier::NAME => {
-                Arc::new(tensor_classifier::TensorClassifier::new(archive, model)?)
-            }
-            json_tensor::NAME => Arc::new(json_tensor::JsonTensor::new(model)),
-            vision::CLASSIFIER | vision::SEGMENTER | vision::DETECTOR => Arc::new(
-                vision::Vision::new(&name, archive, model, spec.settings.limit_max_image_pixels)?,
-            ),
-            other => {
-                return Err(LoadError::Unsupported(format!(
-                    "unknown native handler {other:?} (known: {})",
-                    NATIVE_HANDLERS.join(", ")
-                )))
-            }
-        };
+    let handler: Arc<dyn Handler> = match name.as_str() {
+        tensor_classifier::NAME => Arc::new(tensor_classifier::TensorClassifier::new(
+            archive,
+            model,
+            spec.observe,
+        )?),
+        json_tensor::NAME => Arc::new(json_tensor::JsonTensor::new(model, spec.observe)),
+        vision::CLASSIFIER | vision::SEGMENTER | vision::DETECTOR => {
+            Arc::new(vision::Vision::new(&name, archive, model, spec)?)
+        }
+        other => {
+            return Err(LoadError::Unsupported(format!(
+                "unknown native handler {other:?} (known: {})",
+                NATIVE_HANDLERS.join(", ")
+            )))
+        }
+    };
     Ok((
         handler,
         ServedBy {

@@ -16,7 +16,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Serialize;
 
 use super::labels::Labels;
-use super::observe::{self, Observation};
+use super::observe::{self, Inputs, Observation};
 use super::scores::{ranked, softmax};
 use super::{
     native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
@@ -36,10 +36,16 @@ pub struct TensorClassifier {
     frames: usize,
     features: usize,
     labels: Labels,
+    /// Whether replies carry observations (drift monitoring is on).
+    observe: bool,
 }
 
 impl TensorClassifier {
-    pub fn new(archive: &ModelArchive, model: Arc<dyn Backend>) -> Result<Self, LoadError> {
+    pub fn new(
+        archive: &ModelArchive,
+        model: Arc<dyn Backend>,
+        observe: bool,
+    ) -> Result<Self, LoadError> {
         let section = archive.config.get("handler");
         let from_yaml = |key: &str| {
             section
@@ -76,6 +82,7 @@ impl TensorClassifier {
             frames,
             features,
             labels,
+            observe,
         })
     }
 
@@ -85,14 +92,17 @@ impl TensorClassifier {
 
     /// The input's summaries for drift monitoring: its values', and the sequence's length
     /// (the frames before the zero padding).
-    fn summary(&self, tensor: &[f32]) -> Vec<(&'static str, f64)> {
-        let mut seen = Vec::with_capacity(4);
+    fn summary(&self, tensor: &[f32]) -> Inputs {
+        let mut seen = Inputs::new();
+        if !self.observe {
+            return seen;
+        }
         observe::summarize(tensor, &mut seen);
         let frames = tensor
             .chunks(self.features)
             .rposition(|f| f.iter().any(|&v| v != 0.0))
             .map_or(0, |last| last + 1);
-        seen.push(("frames", frames as f64));
+        let _ = seen.try_push(("frames", frames as f64));
         seen
     }
 }
@@ -188,7 +198,7 @@ impl NativeBatch for TensorClassifier {
                     Vec::new(),
                     Bytes::from(serde_json::to_vec_pretty(&answer).expect("answer serializes")),
                 )
-                .observed(Observation {
+                .observed_if(self.observe, || Observation {
                     top1: observe::top1(&probs),
                     input: std::mem::take(seen),
                 })

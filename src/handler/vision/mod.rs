@@ -17,7 +17,8 @@ use base64::Engine as _;
 use super::labels::Labels;
 use super::observe::{self, Observation};
 use super::{
-    native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
+    native_worker, unexpected_input, Engine, Handler, HandlerSpec, NativeBatch, Prepared, Reply,
+    RequestInput,
 };
 use crate::archive::ModelArchive;
 use crate::backend::{Backend, Input, Tensor, Value};
@@ -54,6 +55,8 @@ pub struct Vision {
     max_pixels: Option<u64>,
     /// The input form the detector takes, once a batch has shown it (UNKNOWN, LIST, STACKED).
     detector_form: AtomicU8,
+    /// Whether replies carry observations (drift monitoring is on).
+    observe: bool,
 }
 
 /// A request's tensor and its image's decoded size (none for a JSON list).
@@ -68,7 +71,7 @@ impl Vision {
         name: &str,
         archive: &ModelArchive,
         model: Arc<dyn Backend>,
-        limit_max_image_pixels: bool,
+        spec: &HandlerSpec,
     ) -> Result<Self, LoadError> {
         let kind = match name {
             CLASSIFIER => Kind::Classifier,
@@ -94,8 +97,12 @@ impl Vision {
             model,
             labels: Labels::load(archive)?,
             topk,
-            max_pixels: limit_max_image_pixels.then_some(PILLOW_MAX_IMAGE_PIXELS),
+            max_pixels: spec
+                .settings
+                .limit_max_image_pixels
+                .then_some(PILLOW_MAX_IMAGE_PIXELS),
             detector_form: AtomicU8::new(UNKNOWN),
+            observe: spec.observe,
         })
     }
 
@@ -130,18 +137,18 @@ impl Vision {
     }
 
     /// What drift monitoring records of one image: its decoded size and the mean intensity
-    /// (0–1) of each channel of what the model was given.
+    /// (0–1) of each channel of what the model was given. A JSON list is no image: nothing.
     fn observation(&self, input: &Tensor, size: Option<(u32, u32)>) -> Observation {
-        let mut seen = Vec::with_capacity(5);
+        let mut seen = observe::Inputs::new();
         if let Some((width, height)) = size {
             seen.push(("width", f64::from(width)));
             seen.push(("height", f64::from(height)));
-        }
-        observe::channel_means(&input.data, input.shape[0].min(4), &mut seen);
-        if self.kind != Kind::Detector && size.is_some() {
-            // Undo `Normalize`: a mean of normalized values is (intensity - mean) / std.
-            for (i, (_, v)) in seen.iter_mut().skip(2).take(3).enumerate() {
-                *v = *v * f64::from(transform::STD[i]) + f64::from(transform::MEAN[i]);
+            observe::channel_means(&input.data, 3, &mut seen);
+            if self.kind != Kind::Detector {
+                // Undo `Normalize`: a mean of normalized values is (intensity - mean) / std.
+                for (i, (_, v)) in seen.iter_mut().skip(2).enumerate() {
+                    *v = *v * f64::from(transform::STD[i]) + f64::from(transform::MEAN[i]);
+                }
             }
         }
         Observation {
@@ -178,7 +185,7 @@ impl Vision {
             .into_iter()
             .zip(group)
             .map(|((body, top1), (input, size))| {
-                reply::json(body).observed(Observation {
+                reply::json(body).observed_if(self.observe, || Observation {
                     top1,
                     ..self.observation(input, *size)
                 })
