@@ -7,7 +7,10 @@
 //! - `parallel T`: forward passes per second of one loaded model driven from T threads at
 //!   once (TorchScript and ONNX), as T workers of one model version run them;
 //! - `vision MODEL.pt IMAGE`: the native image_classifier's limit on one thread: median µs of
-//!   decode + transforms, and of the raw forward pass (`bench/vision.sh`).
+//!   decode + transforms, and of the raw forward pass (`bench/vision.sh`);
+//! - `drift`: drift monitoring's work per sign request on one thread: median µs of the input
+//!   summaries, and mean µs of recording one observation (scoring every 100 included)
+//!   (`bench/drift.sh`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -295,7 +298,7 @@ impl Drop for Running {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage =
-        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode | vision <model.pt> <image>";
+        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode | vision <model.pt> <image> | drift";
     let bin = PathBuf::from(args.get(1).expect(usage));
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(
@@ -322,6 +325,10 @@ fn main() {
             });
             println!("{:.0}", median(t));
         }
+        Some("drift") => {
+            let [summaries, observe] = drift_cost();
+            println!("{summaries:.2} {observe:.2}");
+        }
         Some("vision") => {
             let (model, image) = (args.get(3).expect(usage), args.get(4).expect(usage));
             let [decode, forward] = vision(Path::new(model), Path::new(image));
@@ -329,6 +336,50 @@ fn main() {
         }
         _ => panic!("{usage}"),
     }
+}
+
+/// Drift monitoring's share of a sign request: the summaries of its padded input (median
+/// µs), and recording an observation in a monitor with a reference, window 1000 and period
+/// 100, so that every hundredth call scores the window (mean µs over 20 000 calls).
+fn drift_cost() -> [f64; 2] {
+    use ferroserve::drift::{Monitor, Settings};
+    use ferroserve::handler::labels::Labels;
+    use ferroserve::handler::observe::{self, Inputs, Observation};
+    let (tensor, _) = parse_request(request_body().as_bytes(), FRAMES, FEATURES).unwrap();
+    let summarize = || {
+        let mut seen = Inputs::new();
+        observe::summarize(&tensor, &mut seen);
+        let frames = tensor
+            .chunks(FEATURES)
+            .rposition(|f| f.iter().any(|&v| v != 0.0));
+        let _ = seen.try_push(("frames", frames.unwrap_or(0) as f64));
+        seen
+    };
+    let summaries = median(time_us(2000, || drop(summarize())));
+    let labels = Labels::parse(r#"{"0": "a", "1": "b", "2": "c", "3": "d"}"#).unwrap();
+    let monitor = Monitor::new(
+        Settings::default(),
+        labels,
+        ferroserve::metrics::drift::DriftFamilies::new(),
+        ("sign", "1.0"),
+        &["mean", "std", "zero_share", "frames"],
+        None,
+    );
+    let seen = |i: usize| Observation {
+        top1: Some((i % 4, 0.9)),
+        input: summarize(),
+    };
+    for i in 0..1000 {
+        monitor.observe(&seen(i));
+    }
+    monitor.capture().unwrap();
+    let calls: Vec<Observation> = (0..20_000).map(seen).collect();
+    let started = Instant::now();
+    for o in &calls {
+        monitor.observe(o);
+    }
+    let observe = started.elapsed().as_secs_f64() * 1e6 / calls.len() as f64;
+    [summaries, observe]
 }
 
 /// The image classifier's work per request on one thread: decode + transforms, and the raw

@@ -6,7 +6,11 @@ throughput and server CPU per 1000 requests (median and range) and the server's 
 the load, and checks that monitoring memory stays bounded after many more requests than
 the window holds.
 
-Usage: python3 bench/drift.py FERROSERVE_BIN
+The same run measures monitoring's own work in process (`bench drift`: the input summaries
+of the sign request, and recording one observation with scoring every 100), the part of the
+difference that is not machine noise.
+
+Usage: python3 bench/drift.py FERROSERVE_BIN BENCH_BIN
 """
 import json
 import math
@@ -28,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DURATION = int(os.environ.get("DURATION", "8"))
 REPS = int(os.environ.get("REPS", "5"))
 CONNECTIONS = 8
-BIN = sys.argv[1]
+BIN, BENCH = sys.argv[1:3]
 NAMES = ("monitoring on", "monitoring off")
 
 
@@ -123,8 +127,15 @@ def main():
         print(f"| {name} | {spread([r['rps'] for r in rs])} | "
               f"{spread([r['cpu_per_1k'] for r in rs], '{:.3f}')} | "
               f"{spread([r['rss'] for r in rs], '{:.1f}')} | {sum(r['errors'] for r in rs)} |")
+    summaries, observe = (float(x) for x in subprocess.run(
+        [BENCH, BIN, "drift"], capture_output=True, text=True, check=True).stdout.split())
+    work_us = summaries + observe
     print(f"\nServer CPU per request, on / off: {cpu_on / cpu_off:.3f} "
-          f"({(cpu_on / cpu_off - 1) * 100:+.1f} %). Window after each monitored run: "
+          f"({(cpu_on / cpu_off - 1) * 100:+.1f} %; the runs' own spread is of the same order). "
+          f"Monitoring's work measured in process: {summaries:.1f} µs of input summaries (median) + "
+          f"{observe:.2f} µs to record the observation (mean, scoring every 100 requests included) = "
+          f"{work_us:.1f} µs per request, {work_us / (cpu_off * 1000) * 100:.2f} % of the server CPU per "
+          f"request with monitoring off. Window after each monitored run: "
           f"{sorted({r['window'] for r in on})} requests (bounded by the window size whatever the traffic).")
 
 

@@ -6,9 +6,10 @@ set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
 cd "$ROOT"
 . bench/tools.sh
-cargo build --release --quiet --bin ferroserve
+cargo build --release --quiet --bin ferroserve --example bench
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y-%m-%d)-$(hostname -s)-drift.md"
-python3 bench/drift.py "$CARGO_TARGET_DIR/release/ferroserve" | tee "$out.tmp"
+python3 bench/drift.py "$CARGO_TARGET_DIR/release/ferroserve" \
+  "$CARGO_TARGET_DIR/release/examples/bench" | tee "$out.tmp"
 mv "$out.tmp" "$out"
 echo "written: $out" >&2

@@ -26,21 +26,22 @@ pub const TENSOR_SUMMARIES: [&str; 3] = ["mean", "std", "zero_share"];
 /// are summed in f32 lanes the compiler vectorizes, the blocks' sums in f64 (tens of
 /// thousands of f32 values summed one by one in f32 would lose digits).
 pub fn summarize(values: &[f32], into: &mut Inputs) {
-    const LANES: usize = 8;
+    const LANES: usize = 32;
     let (mut sum, mut squares, mut zeros) = (0f64, 0f64, 0usize);
     let mut blocks = values.chunks_exact(64);
     for block in &mut blocks {
-        let (mut s, mut q, mut z) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        let (mut s, mut q, mut z) = ([0f32; LANES], [0f32; LANES], [0u32; LANES]);
         for lane in block.chunks_exact(LANES) {
+            let lane: &[f32; LANES] = lane.try_into().expect("LANES values");
             for i in 0..LANES {
                 s[i] += lane[i];
                 q[i] += lane[i] * lane[i];
-                z[i] += f32::from(u8::from(lane[i] == 0.0));
+                z[i] += u32::from(lane[i] == 0.0);
             }
         }
         sum += s.iter().map(|&v| f64::from(v)).sum::<f64>();
         squares += q.iter().map(|&v| f64::from(v)).sum::<f64>();
-        zeros += z.iter().sum::<f32>() as usize;
+        zeros += z.iter().sum::<u32>() as usize;
     }
     for &v in blocks.remainder() {
         sum += f64::from(v);
