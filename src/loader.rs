@@ -362,17 +362,10 @@ impl Loader {
     ) -> Result<Arc<drift::Monitor>, LoadError> {
         let file = archive.dir.join(drift::REFERENCE_FILE);
         let reference = match std::fs::read(&file) {
-            Ok(bytes) => {
-                let r: drift::Reference = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: {e}", drift::REFERENCE_FILE))
-                    .and_then(|r: drift::Reference| {
-                        r.validate()
-                            .map(|_| r)
-                            .map_err(|e| format!("{}: {e}", drift::REFERENCE_FILE))
-                    })
-                    .map_err(LoadError::Invalid)?;
-                Some(r)
-            }
+            Ok(bytes) => Some(
+                drift::Reference::parse(&bytes)
+                    .map_err(|e| LoadError::Invalid(format!("{}: {e}", drift::REFERENCE_FILE)))?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 return Err(LoadError::Invalid(format!(

@@ -88,6 +88,19 @@ impl WorkerState {
 }
 
 impl Shared {
+    fn new(changed: Arc<Signal>) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            state: AtomicU8::new(WorkerState::Starting as u8),
+            busy_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            failing_since: Mutex::new(None),
+            restarts: AtomicU64::new(0),
+            pid: std::sync::atomic::AtomicU32::new(0),
+            changed,
+        }
+    }
+
     fn set(&self, state: WorkerState) {
         let changed = self
             .state
@@ -153,16 +166,7 @@ impl Worker {
         changed: Arc<Signal>,
     ) -> std::io::Result<Self> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            state: AtomicU8::new(WorkerState::Starting as u8),
-            busy_since_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            failing_since: Mutex::new(None),
-            restarts: AtomicU64::new(0),
-            pid: std::sync::atomic::AtomicU32::new(0),
-            changed,
-        });
+        let shared = Arc::new(Shared::new(changed));
         let s = shared.clone();
         let cfg = config.clone();
         std::thread::Builder::new()
@@ -521,16 +525,7 @@ mod tests {
 
     /// A worker's state as its thread and its pool race to change it.
     fn shared() -> Shared {
-        Shared {
-            stop: AtomicBool::new(false),
-            state: AtomicU8::new(WorkerState::Starting as u8),
-            busy_since_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            failing_since: Mutex::new(None),
-            restarts: AtomicU64::new(0),
-            pid: AtomicU32::new(0),
-            changed: Default::default(),
-        }
+        Shared::new(Default::default())
     }
 
     #[test]

@@ -85,6 +85,13 @@ impl Settings {
     }
 }
 
+/// A series' label values: the version's, then `extra`.
+fn label_values(model: &str, version: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![model.to_string(), version.to_string()];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 /// Where the reference came from, for describe.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -139,11 +146,7 @@ impl Monitor {
     ) -> Self {
         let first = (reference.is_none() && settings.reference_requests > 0)
             .then(|| Vec::with_capacity(settings.reference_requests));
-        let bind = |extra: &[&str]| -> Vec<String> {
-            let mut v = vec![model.to_string(), version.to_string()];
-            v.extend(extra.iter().map(|s| s.to_string()));
-            v
-        };
+        let bind = |extra: &[&str]| label_values(model, version, extra);
         let confidence = families.confidence.with_label_values(&bind(&[]));
         let input_handles = inputs
             .iter()
@@ -185,8 +188,7 @@ impl Monitor {
 
     /// The label values of a series of this version, remembered for `forget`.
     fn values(&self, extra: &[&str]) -> Vec<String> {
-        let mut v = vec![self.model.clone(), self.version.clone()];
-        v.extend(extra.iter().map(|s| s.to_string()));
+        let v = label_values(&self.model, &self.version, extra);
         if let Ok(mut series) = self.series.lock() {
             if !series.contains(&v) {
                 series.insert(v.clone());
@@ -272,16 +274,20 @@ impl Monitor {
         &self,
         seen: impl IntoIterator<Item = &'a Observation>,
     ) -> BTreeMap<String, f64> {
-        let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+        // Counted by class, named once per class (not once per request).
+        let mut by_class: HashMap<usize, f64> = HashMap::new();
         let mut n = 0.0;
-        for o in seen {
-            if let Some((class, _)) = o.top1 {
-                *counts.entry(self.label(class).into_owned()).or_default() += 1.0;
-                n += 1.0;
-            }
+        for (class, _) in seen.into_iter().filter_map(|o| o.top1) {
+            *by_class
+                .entry(class.min(self.settings.max_labels))
+                .or_default() += 1.0;
+            n += 1.0;
         }
-        counts.values_mut().for_each(|c| *c /= n);
-        counts
+        let mut shares: BTreeMap<String, f64> = BTreeMap::new();
+        for (class, count) in by_class {
+            *shares.entry(self.label(class).into_owned()).or_default() += count / n;
+        }
+        shares
     }
 
     /// Recomputes the window's label shares and, against the reference, its scores.

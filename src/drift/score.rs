@@ -34,6 +34,12 @@ pub struct Binned {
 }
 
 impl Reference {
+    /// A reference from its JSON, checked.
+    pub fn parse(json: &[u8]) -> Result<Self, String> {
+        let r: Self = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        r.validate().map(|_| r)
+    }
+
     /// Checks a reference from a file or a request.
     pub fn validate(&self) -> Result<(), String> {
         let share = |s: &f64| s.is_finite() && (0.0..=1.0).contains(s);
