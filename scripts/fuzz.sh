@@ -15,6 +15,7 @@
 # cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 # FERROSERVE_FUZZ_NO_BUILD=1 runs the binaries an earlier run built, without calling cargo.
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
 SECONDS_PER_TARGET=${1:-60}

@@ -3,6 +3,7 @@
 # RSS, descriptors, threads and temporary files; fails on growth (tests/soak.rs).
 # Usage: scripts/soak.sh [minutes, default 30]
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
 FERROSERVE_TEST_PYTHON=$("$ROOT/scripts/python-env.sh")

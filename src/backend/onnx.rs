@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
+use ort::session::builder::SessionBuilder;
 use ort::session::Session;
 
 use super::{Backend, Input, RuntimeOptions, Tensor, Value};
@@ -13,18 +14,22 @@ use crate::error::BackendError;
 /// ONNX Runtime is process-wide: its library is loaded and its environment created once.
 static RUNTIME: OnceLock<Result<Environment, String>> = OnceLock::new();
 
-/// Where to look for `libonnxruntime.so` when nothing is configured.
+/// Where to look for ONNX Runtime's library (`libonnxruntime.so`, `.dylib` on macOS) when
+/// nothing is configured.
 fn default_library() -> Option<PathBuf> {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    let name = format!("{DLL_PREFIX}onnxruntime{DLL_SUFFIX}");
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("../lib/libonnxruntime.so"));
+            candidates.push(dir.join("../lib").join(&name));
         }
     }
     if let Some(home) = std::env::var_os("HOME") {
         candidates.push(
             PathBuf::from(home)
-                .join(".cache/ferroserve/deps/onnxruntime-1.31.1/lib/libonnxruntime.so"),
+                .join(".cache/ferroserve/deps/onnxruntime-1.31.1/lib")
+                .join(&name),
         );
     }
     candidates.into_iter().find(|p| p.is_file())
@@ -131,42 +136,82 @@ fn open(path: &Path, options: &RuntimeOptions) -> Result<(Session, Device), Back
         .map_err(|e| load_err(e.to_string()))?
         .with_inter_threads(1)
         .map_err(|e| load_err(e.to_string()))?;
-    let (mut builder, device) = match options.device {
-        Device::Cuda(i) => {
-            let ep = ort::ep::CUDA::default()
-                .with_device_id(i as i32)
-                .build()
-                .error_on_failure();
-            match builder.with_execution_providers([ep]) {
-                Ok(b) => (b, Device::Cuda(i)),
-                Err(e) => {
-                    tracing::warn!(model = %file, error = %e, "CUDA execution provider unavailable; this ONNX model runs on the CPU");
-                    (e.recover(), Device::Cpu)
-                }
-            }
-        }
-        #[cfg(target_os = "macos")]
-        Device::Mps => {
-            let ep = ort::ep::CoreML::default().build().error_on_failure();
-            match builder.with_execution_providers([ep]) {
-                Ok(b) => (b, Device::Mps),
-                Err(e) => {
-                    tracing::warn!(model = %file, error = %e, "CoreML execution provider unavailable; this ONNX model runs on the CPU");
-                    (e.recover(), Device::Cpu)
-                }
-            }
-        }
-        #[cfg(not(target_os = "macos"))]
-        Device::Mps => {
-            tracing::warn!(model = %file, "ONNX Runtime has no MPS provider here; this ONNX model runs on the CPU");
-            (builder, Device::Cpu)
-        }
-        Device::Cpu => (builder, Device::Cpu),
-    };
+    let (mut builder, device) = with_provider(builder, options.device, std::env::consts::OS, &file);
     let session = builder
         .commit_from_file(path)
         .map_err(|e| load_err(e.to_string()))?;
     Ok((session, device))
+}
+
+/// The execution provider a device asks ONNX Runtime for. ONNX Runtime has no MPS provider:
+/// on macOS CoreML runs the model on the same Apple GPU (and Neural Engine); elsewhere an MPS
+/// request can only mean the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    Cpu,
+    Cuda(usize),
+    CoreMl,
+}
+
+impl Provider {
+    /// The provider for `device` on the operating system `os` (`std::env::consts::OS`).
+    fn for_device(device: Device, os: &str) -> Provider {
+        match device {
+            Device::Cpu => Provider::Cpu,
+            Device::Cuda(i) => Provider::Cuda(i),
+            Device::Mps if os == "macos" => Provider::CoreMl,
+            Device::Mps => Provider::Cpu,
+        }
+    }
+
+    /// The device a model runs on once this provider is registered.
+    fn device(self) -> Device {
+        match self {
+            Provider::Cpu => Device::Cpu,
+            Provider::Cuda(i) => Device::Cuda(i),
+            Provider::CoreMl => Device::Mps,
+        }
+    }
+
+    /// What to register; failing registration must be an error (the CUDA provider falls back
+    /// to the CPU silently otherwise), so the fallback is logged.
+    fn execution_provider(self) -> Option<ort::ep::ExecutionProviderDispatch> {
+        match self {
+            Provider::Cpu => None,
+            Provider::Cuda(i) => Some(
+                ort::ep::CUDA::default()
+                    .with_device_id(i as i32)
+                    .build()
+                    .error_on_failure(),
+            ),
+            Provider::CoreMl => Some(ort::ep::CoreML::default().build().error_on_failure()),
+        }
+    }
+}
+
+/// Registers the provider of `device`; one that ONNX Runtime cannot register (a CPU-only
+/// library, no GPU, CoreML outside macOS) is logged and the model runs on the CPU. Returns the
+/// builder and the device ONNX Runtime will really use.
+fn with_provider(
+    builder: SessionBuilder,
+    device: Device,
+    os: &str,
+    file: &str,
+) -> (SessionBuilder, Device) {
+    let provider = Provider::for_device(device, os);
+    let Some(ep) = provider.execution_provider() else {
+        if device != Device::Cpu {
+            tracing::warn!(model = %file, %device, "ONNX Runtime has no provider for this device here; this ONNX model runs on the CPU");
+        }
+        return (builder, Device::Cpu);
+    };
+    match builder.with_execution_providers([ep]) {
+        Ok(builder) => (builder, provider.device()),
+        Err(e) => {
+            tracing::warn!(model = %file, provider = ?provider, error = %e, "execution provider unavailable; this ONNX model runs on the CPU");
+            (e.recover(), Device::Cpu)
+        }
+    }
 }
 
 fn inference(e: ort::Error) -> BackendError {
@@ -238,5 +283,42 @@ impl Backend for OnnxModel {
 
     fn runtime(&self) -> &'static str {
         "onnxruntime"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_device_asks_for_its_provider() {
+        for os in ["linux", "macos"] {
+            assert_eq!(Provider::for_device(Device::Cpu, os), Provider::Cpu);
+            assert_eq!(Provider::for_device(Device::Cuda(1), os), Provider::Cuda(1));
+        }
+        assert_eq!(Provider::for_device(Device::Mps, "macos"), Provider::CoreMl);
+        assert_eq!(Provider::for_device(Device::Mps, "linux"), Provider::Cpu);
+        assert_eq!(Provider::CoreMl.device(), Device::Mps);
+    }
+
+    /// Through the real ONNX Runtime library of this host (ORT_DYLIB_PATH, exported by
+    /// scripts/env.sh), which has neither CoreML nor CUDA: the macOS and GPU choices fall back
+    /// to the CPU instead of failing the model.
+    #[test]
+    fn a_provider_that_cannot_register_falls_back_to_the_cpu() {
+        let library = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .expect("ORT_DYLIB_PATH (scripts/env.sh exports it)");
+        let env = runtime(Some(&library)).unwrap();
+        for (device, os) in [
+            (Device::Mps, "macos"),
+            (Device::Cuda(0), "linux"),
+            (Device::Mps, "linux"),
+            (Device::Cpu, "macos"),
+        ] {
+            let builder = Session::builder(env).unwrap();
+            let (_, chosen) = with_provider(builder, device, os, "test.onnx");
+            assert_eq!(chosen, Device::Cpu, "{device} on {os}");
+        }
     }
 }
