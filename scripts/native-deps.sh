@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches the native runtimes ferroserve links against, from PyPI wheels only:
 #   libtorch 2.13.0 (what tch 0.26 expects) and ONNX Runtime 1.31.1 (what ort 2.0.0-rc.15 expects).
-# Idempotent: a finished install leaves a .complete marker and is never fetched again.
+# Idempotent: a finished install leaves a .complete marker holding the plan it followed, and is
+# fetched again only when the plan changes.
 # Paths are stable and carry the version, so torch-sys' C++ glue is not rebuilt needlessly.
 #
 # Platforms: linux-x86_64, linux-aarch64 and macos-arm64 (Apple Silicon), from `uname`;
@@ -43,7 +44,8 @@ host_platform() {
 # Sets, for platform $1: PIP_PLATFORMS (the wheel tags it accepts), TORCH_LIBS (torch/lib/
 # files libtorch_cpu needs: itself, its NEEDED libraries and theirs), CUDA_RUNTIME ("wheel
 # spec:member" of the CUDA runtime libraries Linux's libtorch_cpu needs even without a GPU),
-# ORT_MEMBERS (from onnxruntime/capi/), ORT_LIBRARY and ORT_LINK (the name the server loads).
+# ORT_MEMBERS (from onnxruntime/capi/), ORT_LIBRARY and ORT_LINK (the name the server loads),
+# DROP_NEEDED ("library:needed" entries patchelf removes, see install_libtorch).
 select_platform() {
   case "$1" in
     linux-x86_64 | linux-aarch64)
@@ -65,6 +67,7 @@ select_platform() {
       ORT_LIBRARY="libonnxruntime.so.$ORT_VERSION"
       ORT_MEMBERS="$ORT_LIBRARY libonnxruntime_providers_shared.so"
       ORT_LINK=libonnxruntime.so
+      DROP_NEEDED="libtorch.so:libtorch_cuda.so"
       ;;
     macos-arm64)
       # One wheel tag: PyPI's torch for macOS is built for macOS 14 and later.
@@ -74,6 +77,7 @@ select_platform() {
       ORT_LIBRARY="libonnxruntime.$ORT_VERSION.dylib"
       ORT_MEMBERS="$ORT_LIBRARY"
       ORT_LINK=libonnxruntime.dylib
+      DROP_NEEDED=""
       ;;
     *) log "unknown platform $1 (linux-x86_64, linux-aarch64, macos-arm64)"; exit 2 ;;
   esac
@@ -82,6 +86,7 @@ select_platform() {
 need_tools() {
   local missing=()
   command -v unzip >/dev/null || missing+=(unzip)
+  [ -z "$DROP_NEEDED" ] || command -v patchelf >/dev/null || missing+=(patchelf)
   command -v "$PYTHON" >/dev/null || missing+=(python3)
   "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   if [ ${#missing[@]} -gt 0 ]; then
@@ -114,10 +119,14 @@ plan() {
   for spec in $CUDA_RUNTIME; do echo "wheel ${spec%%:*} ${spec#*:}"; done
   for lib in $ORT_MEMBERS; do echo "wheel onnxruntime==$ORT_VERSION onnxruntime/capi/$lib"; done
   echo "link $ORT_LINK $ORT_LIBRARY"
+  for spec in $DROP_NEEDED; do echo "drop-needed ${spec%%:*} ${spec#*:}"; done
 }
 
+# Whether DIR holds a finished install of the current plan.
+installed() { [ "$(cat "$1/.complete" 2>/dev/null)" = "$PLAN" ]; }
+
 install_libtorch() {
-  [ -f "$LIBTORCH_DIR/.complete" ] && return
+  installed "$LIBTORCH_DIR" && return
   log "fetching libtorch $TORCH_VERSION for $PLATFORM from the torch wheel (once)"
   local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
   rm -rf "$LIBTORCH_DIR"; mkdir -p "$LIBTORCH_DIR/lib"
@@ -133,8 +142,15 @@ install_libtorch() {
     whl=$(wheel "$tmp/$(basename "$member")" "${spec%%:*}")
     unzip -q -o -j "$whl" "$member" -d "$LIBTORCH_DIR/lib"
   done
+  # Linux's libtorch.so names libtorch_cuda.so, absent from a CPU install. The binary links
+  # libtorch.so where it defines symbols the C++ glue uses (aarch64's exports libstdc++ string
+  # streams), and the loader would then refuse to start; CUDA is loaded by the server itself
+  # when asked for (src/device.rs), so the name is dropped.
+  for spec in $DROP_NEEDED; do
+    patchelf --remove-needed "${spec#*:}" "$LIBTORCH_DIR/lib/${spec%%:*}"
+  done
   echo "$TORCH_VERSION" > "$LIBTORCH_DIR/build-version"
-  touch "$LIBTORCH_DIR/.complete"
+  echo "$PLAN" > "$LIBTORCH_DIR/.complete"
   log "libtorch ready in $LIBTORCH_DIR"
 }
 
@@ -142,7 +158,7 @@ install_libtorch() {
 # (onnxruntime for the CPU, onnxruntime-gpu for CUDA hosts; members of onnxruntime/capi/).
 install_onnxruntime() {
   local package=$1 dir=$2; shift 2
-  [ -f "$dir/.complete" ] && return
+  installed "$dir" && return
   log "fetching $package $ORT_VERSION for $PLATFORM"
   local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
   rm -rf "$dir"; mkdir -p "$dir/lib"
@@ -151,7 +167,7 @@ install_onnxruntime() {
   for member in "$@"; do members+=("onnxruntime/capi/$member"); done
   unzip -q -o -j "$whl" "${members[@]}" -d "$dir/lib"
   ln -sf "$ORT_LIBRARY" "$dir/lib/$ORT_LINK"
-  touch "$dir/.complete"
+  echo "$PLAN" > "$dir/.complete"
   log "$package ready in $dir"
 }
 
@@ -190,8 +206,9 @@ done
 
 PLATFORM=${FERROSERVE_PLATFORM:-$(host_platform)}
 select_platform "$PLATFORM"
+PLAN=$(plan)
 if $plan; then
-  plan
+  echo "$PLAN"
   exit 0
 fi
 if $cuda && [ "${PLATFORM%%-*}" != linux ]; then

@@ -53,7 +53,14 @@ cargo test --lib --bins --tests 2>&1 | tee "$log" || status=$?
 # to the server just built: ferroserve's answers must pass the suite's assertions and equal
 # TorchServe's (tests/differential/run.sh).
 FERROSERVE_BIN="$CARGO_TARGET_DIR/debug/ferroserve" tests/differential/run.sh 2>&1 | tee -a "$log" || status=$?
-# One closing line over every test binary, the suite and the differential check.
-awk '/^(test result|suite|differential):/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+# The native-only container image, built from this tree and proven from outside
+# (scripts/image-test.sh: buildah, no daemon; about 3 minutes once its base images exist).
+VARIANTS=false scripts/image-test.sh 2>&1 | tee -a "$log" || status=$?
+# The Linux arm64 build: cross-compiled and serving the bundled models under QEMU, answers
+# checked against torch's (scripts/cross-arm64.sh; about a minute once built).
+scripts/cross-arm64.sh 2>&1 | tee -a "$log" || status=$?
+# One closing line over every test binary, the suite, the differential check, the image and
+# the arm64 build.
+awk '/^(test result|suite|differential|checks|arm64):/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit $status

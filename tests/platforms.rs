@@ -31,8 +31,8 @@ fn native_deps(platform: &str, deps: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The platform's libraries, fetched once per plan into a cache beside the host's own
-/// (a changed plan fetches afresh).
+/// The platform's libraries, in a cache beside the host's own (native-deps.sh fetches again
+/// only when its plan changes), with the plan and the paths `--env` exports.
 fn fetched(platform: &str) -> (String, PathBuf, PathBuf) {
     let cache = std::env::var_os("FERROSERVE_DEPS_DIR")
         .map(PathBuf::from)
@@ -42,12 +42,7 @@ fn fetched(platform: &str) -> (String, PathBuf, PathBuf) {
         .join("platforms")
         .join(platform);
     let plan = native_deps(platform, &cache, &["--plan"]);
-    if std::fs::read_to_string(cache.join("plan")).ok().as_deref() != Some(plan.as_str()) {
-        let _ = std::fs::remove_dir_all(&cache);
-        std::fs::create_dir_all(&cache).unwrap();
-    }
     let env = native_deps(platform, &cache, &["--env"]);
-    std::fs::write(cache.join("plan"), &plan).unwrap();
     let var = |name: &str| {
         env.lines()
             .find_map(|l| l.strip_prefix(&format!("export {name}='")))
@@ -192,12 +187,6 @@ fn check_platform(platform: &str, arch: &str) {
                     "{platform}: {file} needs {need} beside it but its run paths are {:?}",
                     linked.run_paths
                 );
-                continue;
-            }
-            // libtorch.so names libtorch_cuda.so, which a CPU build never loads: the binary is
-            // linked --as-needed and takes nothing from libtorch.so (src/device.rs loads the
-            // CUDA library itself when a GPU is asked for).
-            if file == "libtorch.so" && need == "libtorch_cuda.so" {
                 continue;
             }
             assert!(

@@ -871,12 +871,17 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The host's name, as TorchServe's `Hostname` dimension (gethostname(2): Linux and macOS).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer outlives the call and its length is passed; the name is
+    // NUL-terminated when it fits, which the zeroed last byte guarantees.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
+    let name = std::ffi::CStr::from_bytes_until_nul(&buf)
         .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+        .and_then(|c| c.to_str().ok())
+        .filter(|h| ok && !h.is_empty());
+    name.unwrap_or("localhost").to_string()
 }
 
 #[cfg(test)]
@@ -955,6 +960,13 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("ts_inference_requests_total"), "{text}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_hostname_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(hostname(), kernel.trim());
     }
 
     #[test]
