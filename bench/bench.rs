@@ -8,6 +8,8 @@
 //!   once (TorchScript and ONNX), as T workers of one model version run them;
 //! - `vision MODEL.pt IMAGE`: the native image_classifier's limit on one thread: median µs of
 //!   decode + transforms, and of the raw forward pass (`bench/vision.sh`);
+//! - `readers`: the sign body's decode with each JSON reader (serde_json, sonic-rs) and as
+//!   an `application/x-npy` array, median µs and whether they decode the same tensor;
 //! - `drift`: drift monitoring's work per sign request on one thread: median µs of the input
 //!   summaries, and mean µs of recording one observation (scoring every 100 included)
 //!   (`bench/drift.sh`).
@@ -19,7 +21,8 @@ use std::time::{Duration, Instant};
 use ferroserve::archive::ModelArchive;
 use ferroserve::backend::{self, RuntimeOptions, Tensor};
 use ferroserve::device::Device;
-use ferroserve::handler::tensor_classifier::parse_request;
+use ferroserve::handler::binary_input::parse_npy;
+use ferroserve::handler::tensor_classifier::{parse_request, parse_request_with, JsonReader};
 use ferroserve::handler::vision;
 
 const FRAMES: usize = 64;
@@ -43,6 +46,72 @@ fn time_us(n: usize, mut f: impl FnMut()) -> Vec<f64> {
             t.elapsed().as_secs_f64() * 1e6
         })
         .collect()
+}
+
+/// The body decode with each JSON reader, on the benchmark body (numbers as their shortest
+/// f32 spelling) and on the same values as Python's `json.dumps` of float64 writes them
+/// (17 significant digits, what numpy-based clients send): median µs of 500 decodes, size,
+/// and whether the readers' tensors are bit for bit the same.
+fn readers() {
+    let frames: Vec<Vec<f32>> = (0..FRAMES)
+        .map(|f| {
+            (0..FEATURES)
+                .map(|j| (((f * FEATURES + j) as f64 * 0.001).sin() * 0.5) as f32)
+                .collect()
+        })
+        .collect();
+    // f32 values serialize with their shortest spelling; a JSON value holds them as f64,
+    // which is what Python writes for numpy's float32 values turned into floats.
+    let short = format!(
+        "{{\"landmarks\": {}}}",
+        serde_json::to_string(&frames).unwrap()
+    );
+    let long = serde_json::json!({ "landmarks": frames }).to_string();
+    // The same values as NumPy's .npy (what `np.save` writes), read without any JSON.
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({FRAMES}, {FEATURES}), }}");
+    while (11 + header.len()) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    npy.extend(frames.iter().flatten().flat_map(|v| v.to_le_bytes()));
+    let from_json = parse_request(long.as_bytes(), FRAMES, FEATURES).unwrap().0;
+    let from_npy = parse_npy(&npy, FRAMES, FEATURES).unwrap();
+    let t = time_us(500, || drop(parse_npy(&npy, FRAMES, FEATURES).unwrap()));
+    println!(
+        "npy {:.0}KB {:.0} us (p10 {:.0}, p90 {:.0}) same={}",
+        npy.len() as f64 / 1024.0,
+        median(t.clone()),
+        percentile(t.clone(), 0.1),
+        percentile(t, 0.9),
+        from_json == from_npy
+    );
+    for (name, body) in [("short", &short), ("python", &long)] {
+        let decode = |reader| parse_request_with(reader, body.as_bytes(), FRAMES, FEATURES);
+        let same = decode(JsonReader::SerdeJson)
+            .unwrap()
+            .0
+            .iter()
+            .map(|v| v.to_bits())
+            .eq(decode(JsonReader::Sonic)
+                .unwrap()
+                .0
+                .iter()
+                .map(|v| v.to_bits()));
+        for reader in [JsonReader::SerdeJson, JsonReader::Sonic] {
+            let t = time_us(500, || drop(decode(reader).unwrap()));
+            println!(
+                "{name} {:.0}KB {reader:?} {:.0} us (p10 {:.0}, p90 {:.0}) same={same}",
+                body.len() as f64 / 1024.0,
+                median(t.clone()),
+                percentile(t.clone(), 0.1),
+                percentile(t, 0.9)
+            );
+        }
+    }
 }
 
 /// The benchmark request: 64 frames of 469 values, the same formula as `bench/load.sh` uses.
@@ -298,7 +367,7 @@ impl Drop for Running {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage =
-        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode | vision <model.pt> <image> | drift";
+        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode | readers | vision <model.pt> <image> | drift";
     let bin = PathBuf::from(args.get(1).expect(usage));
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(
@@ -325,6 +394,7 @@ fn main() {
             });
             println!("{:.0}", median(t));
         }
+        Some("readers") => readers(),
         Some("drift") => {
             let [summaries, observe] = drift_cost();
             println!("{summaries:.2} {observe:.2}");

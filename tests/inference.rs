@@ -61,6 +61,138 @@ fn predictions_match_reference_for_torchscript_and_onnx() {
     );
 }
 
+/// An array as `np.save` writes it (format 1.0, C order), for `descr` `<f4` or `<f8`.
+fn npy(descr: &str, shape: &[usize], values: &[f64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    for v in values {
+        match descr {
+            "<f4" => out.extend((*v as f32).to_le_bytes()),
+            _ => out.extend(v.to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// `application/x-npy` bodies and KServe v2 binary tensors (beyond TorchServe) give the very
+/// answer the JSON body of the same values gives, flat or as points, float32 or float64, through both runtimes, with
+/// `topk` from a header; malformed arrays and a zero `topk` are 400s naming the problem.
+#[test]
+fn binary_bodies_answer_as_json_bodies() {
+    let server = Server::start(Setup {
+        archives: BOTH,
+        ..Setup::default()
+    });
+    let reference = Reference::load();
+    let features = reference.features();
+    let send = |url: &str, topk: &str, body: Vec<u8>| {
+        into_parts(
+            agent()
+                .post(url)
+                .header("Content-Type", "application/x-npy")
+                .header("topk", topk)
+                .send(&body[..])
+                .unwrap(),
+        )
+    };
+    for model in ["sign", "sign_onnx"] {
+        let url = format!("{}/predictions/{model}", server.inference);
+        for case in reference.cases() {
+            let json = request_body(case, features, 7);
+            let (status, expected, _) = post(&url, "application/json", &json);
+            assert_eq!(status, 200, "{expected}");
+            let frames = formula_frames(
+                case["seed"].as_u64().unwrap(),
+                case["frames"].as_u64().unwrap() as usize,
+                features,
+            );
+            let values: Vec<f64> = frames.iter().flatten().map(|v| f64::from(*v)).collect();
+            let shapes = [
+                vec![frames.len(), features],
+                vec![frames.len(), features / 7, 7],
+            ];
+            // The KServe v2 binary tensor extension, on KServe's route and TorchServe's.
+            let raw: Vec<u8> = frames
+                .iter()
+                .flatten()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            let header = serde_json::json!({
+                "inputs": [{"name": "landmarks", "shape": [1, frames.len(), features],
+                            "datatype": "FP32",
+                            "parameters": {"binary_data_size": raw.len()}}],
+                "parameters": {"topk": 7},
+            })
+            .to_string();
+            let mut body = header.clone().into_bytes();
+            body.extend(&raw);
+            for url in [
+                format!("{}/v2/models/{model}/infer", server.inference),
+                url.clone(),
+            ] {
+                let (status, text, _) = into_parts(
+                    agent()
+                        .post(&url)
+                        .header("Content-Type", "application/octet-stream")
+                        .header("Inference-Header-Content-Length", header.len().to_string())
+                        .send(&body[..])
+                        .unwrap(),
+                );
+                assert_eq!(status, 200, "{url}: {text}");
+                assert_eq!(text, expected, "{url} seed {}", case["seed"]);
+            }
+            for (descr, shape) in [
+                ("<f4", &shapes[0]),
+                ("<f8", &shapes[0]),
+                ("<f4", &shapes[1]),
+            ] {
+                let (status, text, _) = send(&url, "7", npy(descr, shape, &values));
+                assert_eq!(status, 200, "{model} {descr} {shape:?}: {text}");
+                assert_eq!(
+                    text, expected,
+                    "{model} seed {} {descr} {shape:?}",
+                    case["seed"]
+                );
+            }
+        }
+        let values = vec![0.5; 2 * features];
+        let refused = [
+            (
+                npy("<f4", &[2, features + 1], &vec![0.5; 2 * (features + 1)]),
+                "array of shape [2, 470]",
+            ),
+            (
+                npy("<i4", &[2, features], &values),
+                "dtype <i4, expected float32 or float64",
+            ),
+            (
+                npy("<f4", &[2, features], &values[..features]),
+                "the array's data ends early",
+            ),
+            (b"{\"landmarks\": [[1]]}".to_vec(), "not a NumPy .npy array"),
+        ];
+        for (body, message) in refused {
+            let (status, text, _) = send(&url, "5", body);
+            assert_eq!(status, 400, "{text}");
+            assert!(text.contains(message), "{message}: {text}");
+        }
+        let (status, text, _) = send(&url, "0", npy("<f4", &[2, features], &values));
+        assert_eq!(status, 400, "{text}");
+    }
+}
+
 /// Default top-k, version routing, the reply relayed like TorchServe's (empty reason phrase,
 /// no content type), and the same body sent as a multipart file part.
 #[test]

@@ -1,13 +1,26 @@
 //! Request bodies: the native handlers' JSON-to-tensor decoding (json_tensor_classifier at two
-//! model shapes, json_tensor's nested arrays), form bodies and query strings, request paths
-//! (TorchServe's path split), and the traffic-split JSON documents.
+//! model shapes, with both JSON readers, which must agree bit for bit but for a zero's sign; json_tensor's nested
+//! arrays), form bodies and query strings, request paths (TorchServe's path split), and the
+//! traffic-split JSON documents.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    use ferroserve::handler::tensor_classifier::parse_request;
-    let _ = parse_request(data, 64, 469);
-    let _ = parse_request(data, 2, 3);
+    use ferroserve::handler::tensor_classifier::{parse_request_with, JsonReader};
+    for (frames, features) in [(64, 469), (2, 3)] {
+        let serde = parse_request_with(JsonReader::SerdeJson, data, frames, features);
+        let sonic = parse_request_with(JsonReader::Sonic, data, frames, features);
+        match (serde, sonic) {
+            (Ok((a, ka)), Ok((b, kb))) => {
+                assert_eq!(ka, kb);
+                // A zero's sign aside: serde_json reads the integer -0 as -0.0, sonic-rs as 0.
+                let bits = |v: &f32| (v + 0.0).to_bits();
+                assert!(a.iter().map(bits).eq(b.iter().map(bits)));
+            }
+            (Err(_), Err(_)) => {}
+            (serde, sonic) => panic!("readers disagree: serde_json {serde:?}, sonic-rs {sonic:?}"),
+        }
+    }
     let _ = ferroserve::handler::json_tensor::parse_array(data);
     let _ = ferroserve::api::input::url_encoded(data);
     if let Ok(path) = std::str::from_utf8(data) {

@@ -6,6 +6,7 @@
 //! native handler, or one of TorchServe's built-in vision handlers over a TorchScript or ONNX
 //! file. Any other handler is Python code, which needs TorchServe's Python worker.
 
+pub mod binary_input;
 pub mod json_tensor;
 pub mod labels;
 pub mod observe;
@@ -43,6 +44,15 @@ impl RequestInput {
     /// The last parameter with that name (TorchServe keeps the last duplicate).
     pub fn param(&self, name: &str) -> Option<&Param> {
         self.params.iter().rev().find(|p| p.name == name)
+    }
+
+    /// The last header with that name, in any case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

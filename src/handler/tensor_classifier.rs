@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
+use super::binary_input::{parse_npy, parse_v2_binary, INFERENCE_HEADER_LENGTH, NPY_CONTENT_TYPE};
 use super::labels::Labels;
 use super::observe::{self, Inputs, Observation};
 use super::scores::{ranked, softmax};
@@ -86,10 +87,6 @@ impl TensorClassifier {
         })
     }
 
-    fn label(&self, class: usize) -> String {
-        self.labels.name(class).into_owned()
-    }
-
     /// The input's summaries for drift monitoring: its values', and the sequence's length
     /// (the frames before the zero padding).
     fn summary(&self, tensor: &[f32]) -> Inputs {
@@ -108,15 +105,16 @@ impl TensorClassifier {
 }
 
 #[derive(Serialize)]
-struct Prediction {
-    label: String,
+struct Prediction<'a> {
+    /// Borrowed from `index_to_name.json` (an index's own digits when it has no name).
+    label: std::borrow::Cow<'a, str>,
     confidence: f64,
 }
 
 #[derive(Serialize)]
-struct Answer {
-    predictions: Vec<Prediction>,
-    device: String,
+struct Answer<'a> {
+    predictions: Vec<Prediction<'a>>,
+    device: &'a str,
 }
 
 impl Handler for TensorClassifier {
@@ -125,7 +123,24 @@ impl Handler for TensorClassifier {
             .param("data")
             .or_else(|| input.param("body"))
             .ok_or_else(|| ServeError::bad_input("missing request body"))?;
-        let (tensor, topk) = parse_request(&param.value, self.frames, self.features)?;
+        let npy = param
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with(NPY_CONTENT_TYPE));
+        let (tensor, topk) = if let Some(length) = input.header(INFERENCE_HEADER_LENGTH) {
+            let (tensor, topk) = parse_v2_binary(&param.value, length, self.frames, self.features)?;
+            let topk = match topk {
+                Some(0) => return Err(bad_topk()),
+                Some(k) => k,
+                None => requested_topk(&input)?,
+            };
+            (tensor, topk)
+        } else if npy {
+            let tensor = parse_npy(&param.value, self.frames, self.features)?;
+            (tensor, requested_topk(&input)?)
+        } else {
+            parse_request(&param.value, self.frames, self.features)?
+        };
         Ok(Prepared::Tensor { tensor, topk })
     }
 
@@ -174,7 +189,7 @@ impl NativeBatch for TensorClassifier {
         }
         let classes = output.data.len() / batch.len();
         let device = self.model.device().to_string();
-        let device = device.split(':').next().unwrap_or("cpu").to_string();
+        let device = device.split(':').next().unwrap_or("cpu");
         Ok(topks
             .iter()
             .zip(output.data.chunks(classes))
@@ -186,11 +201,11 @@ impl NativeBatch for TensorClassifier {
                         .into_iter()
                         .take(topk.clamp(&1, &classes).to_owned())
                         .map(|c| Prediction {
-                            label: self.label(c),
+                            label: self.labels.name(c),
                             confidence: f64::from(probs[c]),
                         })
                         .collect(),
-                    device: device.clone(),
+                    device,
                 };
                 Reply::new(
                     200,
@@ -207,6 +222,35 @@ impl NativeBatch for TensorClassifier {
     }
 }
 
+fn bad_topk() -> ServeError {
+    ServeError::bad_input("invalid request: topk must be a positive integer")
+}
+
+/// `topk` for a binary body, which has no room for it: a form field beside the file part, or
+/// a `topk` header (TorchServe hands a handler both); the default without either.
+fn requested_topk(input: &RequestInput) -> Result<usize, ServeError> {
+    let header = input.header("topk").map(str::as_bytes);
+    match input.param("topk").map(|p| &p.value[..]).or(header) {
+        None => Ok(DEFAULT_TOPK),
+        Some(value) => std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&k: &usize| k > 0)
+            .ok_or_else(bad_topk),
+    }
+}
+
+/// A JSON reader a body can be decoded with. Both feed the same visitors below, so the
+/// tensor, the checks and the messages are the same; only the scanning differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonReader {
+    /// `serde_json`: byte at a time.
+    SerdeJson,
+    /// `sonic-rs`: SIMD scanning and number parsing (x86_64 SSE/AVX2, aarch64 NEON, else a
+    /// portable fallback).
+    Sonic,
+}
+
 /// Parses the JSON body straight into the zero-padded `[frames, features]` buffer: no
 /// intermediate JSON tree for the tens of thousands of numbers a request carries.
 /// Returns the padded tensor and `topk`.
@@ -215,13 +259,34 @@ pub fn parse_request(
     frames: usize,
     features: usize,
 ) -> Result<(Vec<f32>, usize), ServeError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    parse_request_with(JsonReader::Sonic, body, frames, features)
+}
+
+/// [`parse_request`] with a chosen reader (the benchmark and the fuzzer compare them).
+pub fn parse_request_with(
+    reader: JsonReader,
+    body: &[u8],
+    frames: usize,
+    features: usize,
+) -> Result<(Vec<f32>, usize), ServeError> {
     let seed = RequestSeed { frames, features };
-    let parsed = seed
-        .deserialize(&mut de)
-        .and_then(|p| de.end().map(|_| p))
-        .map_err(|e| ServeError::bad_input(format!("invalid request: {e}")))?;
-    let (tensor, topk) = parsed;
+    let invalid = |e: String| ServeError::bad_input(format!("invalid request: {e}"));
+    let (tensor, topk) = match reader {
+        JsonReader::SerdeJson => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            seed.deserialize(&mut de)
+                .and_then(|p| de.end().map(|_| p))
+                .map_err(|e| invalid(e.to_string()))?
+        }
+        JsonReader::Sonic => {
+            let mut de = sonic_rs::Deserializer::from_slice(body);
+            seed.deserialize(&mut de)
+                .and_then(|p| de.end().map(|_| p))
+                // sonic-rs follows its message with the text around the error: the first
+                // line is the message, as serde_json's.
+                .map_err(|e| invalid(e.to_string().lines().next().unwrap_or_default().into()))?
+        }
+    };
     let tensor = tensor.ok_or_else(|| {
         ServeError::bad_input(format!(
             "invalid request: missing \"landmarks\" (expected [<= {frames} frames, {features} features])"
@@ -408,6 +473,90 @@ impl<'de> Visitor<'de> for Values<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both readers decode the same tensors bit for bit (a zero's sign aside) and refuse the
+    /// same bodies, on numbers
+    /// chosen to break float parsers (ties of f32 rounding, long mantissas, extremes,
+    /// subnormals, integers past u64) and on malformed bodies. The fuzzer's request_body
+    /// target compares them on everything it finds.
+    #[test]
+    fn both_json_readers_decode_the_same() {
+        let numbers = [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "0.1",
+            "1e5",
+            "1E-5",
+            "2.5e+3",
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "3.4028235e38",
+            "3.4028236e38",
+            "1e39",
+            "1e308",
+            "1.7976931348623157e308",
+            "2.2250738585072014e-308",
+            "4.9e-324",
+            "1e-400",
+            "1.4e-45",
+            "7e-46",
+            "1.00000005960464477539062500000000001",
+            "1.000000059604644775390625",
+            "1.0000000596046447753906249999999",
+            "0.30000000000000004",
+            "9007199254740993",
+            "0.000000000000000000000000000001",
+            "1.7976931348623157e-308",
+            &format!("0.{}1", "0".repeat(500)),
+            &format!("1{}", "0".repeat(400)),
+            &"9".repeat(800),
+        ];
+        let mut bodies: Vec<String> = numbers
+            .iter()
+            .map(|n| format!(r#"{{"landmarks": [[{n}, {n}], [[{n}], [-{n}]]], "topk": 1}}"#))
+            .collect();
+        bodies.extend(
+            [
+                r#"{"landmarks": [[1, 2]], "topk": 0}"#,
+                r#"{"landmarks": [[1, 2]]} x"#,
+                r#"{"landmarks": [[1, 2]],}"#,
+                r#"{"landmarks": [[01, 2]]}"#,
+                r#"{"landmarks": [[1., 2]]}"#,
+                r#"{"landmarks": [[.5, 2]]}"#,
+                r#"{"landmarks": [[+1, 2]]}"#,
+                r#"{"landmarks": [[NaN, 2]]}"#,
+                r#"{"landmarks": [[1, "2"]]}"#,
+                r#"{"landmarks": [[1, 2, 3]]}"#,
+                r#"{"landmarks": []}"#,
+                r#"{"landmarks": [[1, 2]], "landmarks": [[3, 4]]}"#,
+                r#"{"\u006candmarks": [[1, 2]]}"#,
+                r#"{"topk": 3}"#,
+                r#"[1, 2"#,
+                " \t\n{\"landmarks\":[[1,2]]} \r\n",
+                "\u{feff}{\"landmarks\": [[1, 2]]}",
+                r#"{"landmarks": [[1, 2]], "other": {"a": [1e999, "\ud800"]}}"#,
+            ]
+            .map(String::from),
+        );
+        for body in &bodies {
+            let serde = parse_request_with(JsonReader::SerdeJson, body.as_bytes(), 2, 2);
+            let sonic = parse_request_with(JsonReader::Sonic, body.as_bytes(), 2, 2);
+            match (&serde, &sonic) {
+                (Ok((a, ka)), Ok((b, kb))) => {
+                    // Zeros compare without their sign: serde_json reads the integer -0 as
+                    // -0.0, sonic-rs as 0 (as Python's json does: int 0).
+                    let bits =
+                        |v: &Vec<f32>| v.iter().map(|x| (x + 0.0).to_bits()).collect::<Vec<_>>();
+                    assert_eq!((bits(a), ka), (bits(b), kb), "{body}");
+                }
+                (Err(_), Err(_)) => {}
+                _ => panic!("{body}: serde_json {serde:?}, sonic-rs {sonic:?}"),
+            }
+        }
+    }
 
     #[test]
     fn flat_and_point_frames_pad_and_truncate() {
