@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The native sign model (TorchScript, one worker, one intra-op thread, batch 1) fed the same
+# request three ways: JSON as Python writes numpy's float32 values, application/x-npy, and a
+# KServe v2 binary tensor. wrk at 8 connections, REPS runs of DURATION seconds per form in
+# rotation; medians of req/s and server CPU per request, next to the raw forward pass measured
+# in process (`bench raw 1`): with a binary body the request should cost little more.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/tools.sh
+. scripts/env.sh
+DURATION=${DURATION:-8}
+REPS=${REPS:-3}
+CONNECTIONS=${CONNECTIONS:-8}
+cargo build --release --quiet --bin ferroserve --example bench
+BIN="$CARGO_TARGET_DIR/release/ferroserve"
+work=$(mktemp -d)
+server=""
+cleanup() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/store" && cp model-store/sign.mar "$work/store/"
+cat > "$work/config.properties" <<CONF
+inference_address=http://127.0.0.1:18480
+management_address=http://127.0.0.1:18481
+metrics_address=http://127.0.0.1:18482
+grpc_inference_port=18470
+grpc_management_port=18471
+model_store=$work/store
+load_models=all
+disable_token_authorization=true
+intra_op_threads=1
+CONF
+# The three bodies of one request (64 frames of 469 values).
+python3 - "$work" <<'PY'
+import json, math, struct, sys
+work = sys.argv[1]
+f32 = lambda v: struct.unpack("f", struct.pack("f", v))[0]
+frames = [[f32(math.sin((f * 469 + j) * 0.001) * 0.5) for j in range(469)] for f in range(64)]
+open(f"{work}/body.json", "w").write(json.dumps({"landmarks": frames}))
+raw = b"".join(struct.pack("<f", v) for row in frames for v in row)
+header = "{'descr': '<f4', 'fortran_order': False, 'shape': (64, 469), }"
+header += " " * ((64 - (11 + len(header)) % 64) % 64) + "\n"
+open(f"{work}/body.npy", "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + raw)
+v2 = json.dumps({"inputs": [{"name": "landmarks", "shape": [1, 64, 469], "datatype": "FP32",
+                            "parameters": {"binary_data_size": len(raw)}}]}).encode()
+open(f"{work}/body.v2", "wb").write(v2 + raw)
+open(f"{work}/v2.len", "w").write(str(len(v2)))
+PY
+(cd "$work" && exec "$BIN" --foreground --ts-config "$work/config.properties" >"$work/server.log" 2>&1) &
+server=$!
+for _ in $(seq 120); do curl -sf http://127.0.0.1:18480/v2/health/ready >/dev/null && break; sleep 1; done
+curl -sf http://127.0.0.1:18480/v2/health/ready >/dev/null || { cat "$work/server.log" >&2; exit 1; }
+url=http://127.0.0.1:18480/predictions/sign
+# Every form must give the JSON form's answer before it is timed.
+expected=$(curl -sf -H 'Content-Type: application/json' --data-binary @"$work/body.json" "$url")
+[ "$(curl -sf -H 'Content-Type: application/x-npy' --data-binary @"$work/body.npy" "$url")" = "$expected" ]
+[ "$(curl -sf -H "Inference-Header-Content-Length: $(cat "$work/v2.len")" -H "Content-Type: application/octet-stream" --data-binary @"$work/body.v2" "$url")" = "$expected" ]
+ticks=$(getconf CLK_TCK)
+cpu() { awk -v t="$ticks" '{ print ($14 + $15) / t }' "/proc/$server/stat"; }
+declare -A rates cpus
+for rep in $(seq "$REPS"); do
+  for form in json npy v2; do
+    case $form in
+      json) ct=application/json extra="" ;;
+      npy) ct=application/x-npy extra="" ;;
+      v2) ct=application/octet-stream extra="Inference-Header-Content-Length: $(cat "$work/v2.len")" ;;
+    esac
+    before=$(cpu)
+    out=$(BODY_FILE="$work/body.$form" CONTENT_TYPE=$ct EXTRA_HEADER=$extra \
+      wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s bench/post.lua "$url")
+    after=$(cpu)
+    rate=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
+    total=$(awk '/requests in/ { print $1 }' <<<"$out")
+    errors=$(awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }' <<<"$out")
+    rates[$form]+="$rate "
+    cpus[$form]+="$(awk -v a="$before" -v b="$after" -v n="$total" 'BEGIN { printf "%.3f", (b - a) * 1000 / n }') "
+    echo "run $rep $form: $rate req/s, error lines $errors" >&2
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] " (" v[1] "-" v[NR] ")" }'; }
+read -r forward _ < <("$CARGO_TARGET_DIR/release/examples/bench" "$BIN" raw 1)
+echo "| body | req/s (range) | server CPU ms / request (range) |"
+echo "|---|---|---|"
+for form in json npy v2; do
+  echo "| $form | $(median <<<"${rates[$form]}") | $(median <<<"${cpus[$form]}") |"
+done
+echo "raw forward in process, batch 1, one thread: $forward us"
