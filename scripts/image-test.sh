@@ -308,5 +308,8 @@ if [ "${CUDA:-}" = 1 ]; then
   buildah rm "$ctr" >/dev/null
   echo "size: $(buildah images --format '{{.Size}}' "$image" | head -1) uncompressed" | tee -a "$REPORT" >&2
 fi
+# The builds' untagged stage images (several GB a run) would fill the disk run after run; the
+# tagged images stay, and the cargo and pip caches are cache mounts, kept apart.
+buildah rmi --prune >/dev/null 2>&1 || true
 echo "checks: $PASS passed, $FAIL failed" | tee -a "$REPORT" >&2
 [ "$FAIL" -eq 0 ]

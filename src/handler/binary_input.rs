@@ -30,8 +30,12 @@ fn kept_values(shape: &[u64], frames: usize, features: usize) -> Result<usize, S
         [1, rest @ ..] if rest.len() >= 2 => rest,
         _ => shape,
     };
-    let per_frame: u64 = shape.iter().skip(1).product();
-    if !(2..=3).contains(&shape.len()) || shape[0] == 0 || per_frame != features as u64 {
+    // Checked: the shape is the client's, and a product may not fit.
+    let per_frame = shape
+        .iter()
+        .skip(1)
+        .try_fold(1u64, |n, &d| n.checked_mul(d));
+    if !(2..=3).contains(&shape.len()) || shape[0] == 0 || per_frame != Some(features as u64) {
         return Err(bad(format!(
             "array of shape {shape:?}, expected [<= {frames}, {features}] (or [frames, points, \
              coordinates] with {features} values a frame)"
@@ -124,7 +128,13 @@ pub fn parse_v2_binary(
         "FP64" => 8,
         other => return Err(bad(format!("datatype {other}, expected FP32 or FP64"))),
     };
-    let count: usize = input.shape.iter().map(|&d| d as usize).product();
+    // The shape passed the check above, so only its frame count can be large.
+    let count = input
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+        .and_then(|n| n.checked_mul(width).map(|_| n))
+        .ok_or_else(|| bad(format!("shape {:?} is too large", input.shape)))?;
     let mut out = vec![0f32; frames * features];
     match (&input.data, input.parameters.binary_data_size) {
         (_, Some(size)) => {
@@ -228,6 +238,16 @@ mod tests {
                 br#"{"inputs": [{"shape": [2, 2], "datatype": "FP32", "data": [1]}]}"#.to_vec(),
                 "63".into(),
                 "data has 1 values",
+            ),
+            (
+                br#"{"inputs": [{"shape": [2, 4294967296, 4294967296], "datatype": "FP32", "data": [1]}]}"#.to_vec(),
+                "63".into(),
+                "array of shape [2, 4294967296, 4294967296]",
+            ),
+            (
+                br#"{"inputs": [{"shape": [18446744073709551615, 2], "datatype": "FP32", "data": [1]}]}"#.to_vec(),
+                "63".into(),
+                "too large",
             ),
         ];
         for (body, length, message) in cases {
