@@ -4,6 +4,8 @@
 # KServe v2 binary tensor. wrk at 8 connections, REPS runs of DURATION seconds per form in
 # rotation; medians of req/s and server CPU per request, next to the raw forward pass measured
 # in process (`bench raw 1`): with a binary body the request should cost little more.
+# WORKERS (default 1) and INTRA (intra-op threads per worker, default 1) set the model's
+# threads, FORMS which bodies to send (default "json npy v2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/tools.sh
@@ -11,6 +13,9 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}
 REPS=${REPS:-3}
 CONNECTIONS=${CONNECTIONS:-8}
+WORKERS=${WORKERS:-1}
+INTRA=${INTRA:-1}
+FORMS=${FORMS:-json npy v2}
 cargo build --release --quiet --bin ferroserve --example bench
 BIN="$CARGO_TARGET_DIR/release/ferroserve"
 work=$(mktemp -d)
@@ -30,7 +35,8 @@ grpc_management_port=18471
 model_store=$work/store
 load_models=all
 disable_token_authorization=true
-intra_op_threads=1
+intra_op_threads=$INTRA
+default_workers_per_model=$WORKERS
 CONF
 # The three bodies of one request (64 frames of 469 values).
 python3 - "$work" <<'PY'
@@ -61,7 +67,7 @@ ticks=$(getconf CLK_TCK)
 cpu() { awk -v t="$ticks" '{ print ($14 + $15) / t }' "/proc/$server/stat"; }
 declare -A rates cpus
 for rep in $(seq "$REPS"); do
-  for form in json npy v2; do
+  for form in $FORMS; do
     case $form in
       json) ct=application/json extra="" ;;
       npy) ct=application/x-npy extra="" ;;
@@ -83,7 +89,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { prin
 read -r forward _ < <("$CARGO_TARGET_DIR/release/examples/bench" "$BIN" raw 1)
 echo "| body | req/s (range) | server CPU ms / request (range) |"
 echo "|---|---|---|"
-for form in json npy v2; do
+for form in $FORMS; do
   echo "| $form | $(median <<<"${rates[$form]}") | $(median <<<"${cpus[$form]}") |"
 done
 echo "raw forward in process, batch 1, one thread: $forward us"

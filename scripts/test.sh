@@ -54,7 +54,7 @@ cargo test --lib --bins --tests 2>&1 | tee "$log" || status=$?
 # TorchServe's (tests/differential/run.sh).
 FERROSERVE_BIN="$CARGO_TARGET_DIR/debug/ferroserve" tests/differential/run.sh 2>&1 | tee -a "$log" || status=$?
 # The native-only container image, built from this tree and proven from outside
-# (scripts/image-test.sh: buildah, no daemon; about 3 minutes once its base images exist).
+# (scripts/image-test.sh: buildah, no daemon; 3–4 minutes once its base images exist).
 VARIANTS=false scripts/image-test.sh 2>&1 | tee -a "$log" || status=$?
 # The Linux arm64 build: cross-compiled and serving the bundled models under QEMU, answers
 # checked against torch's (scripts/cross-arm64.sh; about a minute once built).
