@@ -237,25 +237,27 @@ impl Entry {
     /// `Name.Unit:value|#Dim:v,...|#hostname:h[,requestID:ids],timestamp:epoch`, the host
     /// dimension moved to the last part, as TorchServe's metric logs have it.
     fn log_line(&self, value: f64, values: &[&str], hostname: &str, extra: Option<&str>) -> String {
-        let dims: Vec<String> = self
-            .dims
-            .iter()
-            .zip(values)
-            .filter(|(d, _)| !d.eq_ignore_ascii_case("hostname"))
-            .map(|(d, v)| format!("{d}:{v}"))
-            .collect();
+        use std::fmt::Write;
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let extra = extra.map(|e| format!("requestID:{e},")).unwrap_or_default();
-        format!(
-            "{}.{}:{}|#{}|#hostname:{hostname},{extra}timestamp:{epoch}",
-            self.name,
-            self.unit,
-            java_double(value),
-            dims.join(",")
-        )
+        // Written into one string: a request logs several of these lines.
+        let mut line = String::with_capacity(160);
+        let _ = write!(line, "{}.{}:{}|#", self.name, self.unit, java_double(value));
+        let dims = self.dims.iter().zip(values);
+        for (i, (d, v)) in dims
+            .filter(|(d, _)| !d.eq_ignore_ascii_case("hostname"))
+            .enumerate()
+        {
+            let _ = write!(line, "{}{d}:{v}", if i == 0 { "" } else { "," });
+        }
+        let _ = write!(line, "|#hostname:{hostname},");
+        if let Some(ids) = extra {
+            let _ = write!(line, "requestID:{ids},");
+        }
+        let _ = write!(line, "timestamp:{epoch}");
+        line
     }
 }
 
