@@ -693,17 +693,23 @@ fn the_last_request_of_a_sequence_closes_it() {
 }
 
 /// config.properties keys of TorchServe's that act here: CORS headers on every response of
-/// every listener, `ipex_enable` handed to the Python worker; keys about the JVM are named in
-/// a warning, and a key asking for what ferroserve does not do stops start-up by name.
+/// every listener, `ipex_enable` handed to the Python worker, `number_of_netty_threads` as
+/// the inference listener's HTTP threads; keys about the JVM are named in a warning, and a
+/// key asking for what ferroserve does not do stops start-up by name.
 #[test]
 fn server_keys_act_warn_or_refuse() {
     let handler = "import os\n\ndef handle(data, context):\n    \
         return data and [os.environ.get('TS_IPEX_ENABLE', 'unset') + ' ' + os.environ.get('TS_IPEX_GPU_ENABLE', 'unset')] * len(data)\n";
+    // One HTTP thread more than the default (one per core), so that the count shows the key.
+    let http = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
     let server = python_model_server(
         "ipex",
         handler,
-        "cors_allowed_origin=https://app.example\ncors_allowed_methods=GET, POST\n\
-         cors_allowed_headers=X-Custom\nipex_enable=true\nvmargs=-Xmx4g\nnumber_of_netty_threads=4\n",
+        &format!(
+            "cors_allowed_origin=https://app.example\ncors_allowed_methods=GET, POST\n\
+             cors_allowed_headers=X-Custom\nipex_enable=true\nvmargs=-Xmx4g\nnetty_client_threads=4\n\
+             number_of_netty_threads={http}\n"
+        ),
     );
     assert!(wait_models_ready(
         &server.inference,
@@ -736,8 +742,22 @@ fn server_keys_act_warn_or_refuse() {
     ] {
         assert_eq!(cors(&get(&url).2), expected, "{url}");
     }
+    // actix-web's workers are named "actix-rt|system:0|arbiter:N" (15 characters kept in
+    // comm): `http` for inference, one each for the management and metrics listeners.
+    let http_threads = std::fs::read_dir(format!("/proc/{}/task", server.pid))
+        .unwrap()
+        .filter(|t| {
+            let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap();
+            comm.starts_with("actix-rt|system")
+        })
+        .count();
+    assert_eq!(http_threads, http + 2);
     let log = server.log_text();
-    for key in ["vmargs", "number_of_netty_threads"] {
+    assert!(
+        !log.contains("number_of_netty_threads has no effect"),
+        "{log}"
+    );
+    for key in ["vmargs", "netty_client_threads"] {
         assert!(
             log.contains(&format!(
                 "config.properties: {key} has no effect in ferroserve: "

@@ -413,7 +413,7 @@ async fn all_route(
 /// Binds every listener and serves until all of them stop (SIGINT/SIGTERM).
 pub async fn serve(state: web::Data<AppState>) -> std::io::Result<()> {
     let settings = state.settings.clone();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = settings.http_threads;
     // On SIGTERM/SIGINT the listeners stop accepting and in-flight requests get this long.
     let drain = settings.default_response_timeout.clamp(1, 120);
     let single_port = settings.inference_address == settings.management_address;
@@ -424,7 +424,7 @@ pub async fn serve(state: web::Data<AppState>) -> std::io::Result<()> {
         let count = ConnCount::new(settings.max_connections);
         let server = HttpServer::new(move || app!(s, all_route))
             .on_connect(move |c, ext| count.connected(c, ext))
-            .workers(cores)
+            .workers(threads)
             .disable_signals()
             .shutdown_timeout(drain);
         servers.push(
@@ -441,7 +441,7 @@ pub async fn serve(state: web::Data<AppState>) -> std::io::Result<()> {
         let count = ConnCount::new(settings.max_connections);
         let inference = HttpServer::new(move || app!(s, inference::route))
             .on_connect(move |c, ext| count.connected(c, ext))
-            .workers(cores)
+            .workers(threads)
             .disable_signals()
             .shutdown_timeout(drain);
         servers.push(

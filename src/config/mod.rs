@@ -81,6 +81,7 @@ const KNOWN_KEYS: &[&str] = &[
     "blacklist_env_vars",
     "body_idle_timeout_sec",
     "max_connections",
+    "number_of_netty_threads",
 ];
 
 /// The request headers of a stateful model's sequence (`ts_header_key_sequence_*`): its id,
@@ -220,6 +221,9 @@ pub struct Settings {
     /// Open connections a listener serves; requests on connections past it get a 503
     /// (`max_connections`).
     pub max_connections: usize,
+    /// Threads serving the inference listener's connections (`number_of_netty_threads`;
+    /// 0 or absent: one per CPU core, as TorchServe's Netty).
+    pub http_threads: usize,
     /// Seconds a request body may stall before the request is answered 408
     /// (`body_idle_timeout_sec`).
     pub body_idle_timeout_sec: u64,
@@ -447,6 +451,10 @@ impl Settings {
                 .unwrap_or_else(|| "127.0.0.1".into()),
             grpc_management_port: parse_num(&get, "grpc_management_port", 7071)?,
             max_connections: parse_num(&get, "max_connections", 10_000)?.max(1),
+            http_threads: match parse_num(&get, "number_of_netty_threads", 0)? {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             body_idle_timeout_sec: parse_num(&get, "body_idle_timeout_sec", 30)?.max(1),
             blacklist_env_vars: match get("blacklist_env_vars").filter(|v| !v.trim().is_empty()) {
                 None => None,

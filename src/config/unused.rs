@@ -17,9 +17,8 @@ pub enum Unused {
 }
 
 pub const KEYS: &[(&str, Unused)] = &[
-    ("number_of_netty_threads", Unused::NoEffect("HTTP connections are served by actix-web's workers, one per CPU core")),
     ("netty_client_threads", Unused::NoEffect("Python workers are driven from threads of their own, not an event loop")),
-    ("async_logging", Unused::NoEffect("log lines are always written off the request path")),
+    ("async_logging", Unused::NoEffect("each log line is one write(2) by the thread that logs it, as log4j's default synchronous appenders write: cheaper than waking a writer thread per line")),
     ("prefer_direct_buffer", Unused::NoEffect("a Netty buffer setting")),
     ("io_ratio", Unused::NoEffect("a Netty event-loop setting")),
     ("use_native_io", Unused::NoEffect("Python workers always listen on Unix sockets")),
