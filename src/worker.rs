@@ -584,7 +584,7 @@ mod tests {
     impl Engine for RecorderEngine {
         fn infer(
             &mut self,
-            batch: &[Prepared],
+            batch: Vec<Prepared>,
             _partial: &mut dyn FnMut(usize, Reply),
         ) -> Result<Vec<Reply>, EngineError> {
             self.0.sizes.lock().unwrap().push(batch.len());

@@ -70,6 +70,13 @@ impl Value {
 pub trait Backend: Send + Sync {
     /// One forward pass; blocking, called from a worker thread.
     fn forward(&self, input: Tensor) -> Result<Tensor, BackendError>;
+    /// One forward pass over `rows`, each of `row_shape`, as one batch `[rows.len(), ..]`:
+    /// the rows are copied once, into the runtime's own input.
+    fn forward_rows(&self, rows: &[&[f32]], row_shape: &[usize]) -> Result<Tensor, BackendError> {
+        let mut shape = vec![rows.len()];
+        shape.extend_from_slice(row_shape);
+        self.forward(Tensor::new(shape, rows.concat()))
+    }
     /// One forward pass with structured values in and out (dict outputs, lists of images).
     fn call(&self, input: Input<'_>) -> Result<Value, BackendError> {
         match input {

@@ -130,6 +130,36 @@ impl Backend for TorchScriptModel {
         from_tch(&y)
     }
 
+    /// The rows are gathered straight into a libtorch tensor: the one copy libtorch needs.
+    fn forward_rows(&self, rows: &[&[f32]], row_shape: &[usize]) -> Result<Tensor, BackendError> {
+        let per_row: usize = row_shape.iter().product();
+        if let Some(row) = rows.iter().find(|r| r.len() != per_row) {
+            return Err(BackendError::Inference(format!(
+                "a row of {} values in a batch of shape {row_shape:?}",
+                row.len()
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        let dims: Vec<i64> = std::iter::once(rows.len())
+            .chain(row_shape.iter().copied())
+            .map(|d| d as i64)
+            .collect();
+        let x = tch::Tensor::empty(dims.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
+        // SAFETY: `x` is a new contiguous f32 tensor of rows.len() × per_row elements that
+        // nothing else refers to.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(x.data_ptr().cast::<f32>(), rows.len() * per_row)
+        };
+        for (slot, row) in dst.chunks_exact_mut(per_row.max(1)).zip(rows) {
+            slot.copy_from_slice(row);
+        }
+        let y = self
+            .module
+            .forward_ts(&[x.to_device(self.device.to_tch())])
+            .map_err(inference)?;
+        from_tch(&y)
+    }
+
     fn call(&self, input: Input<'_>) -> Result<Value, BackendError> {
         let _guard = tch::no_grad_guard();
         let arg = match &input {
@@ -216,8 +246,7 @@ mod tests {
         assert!((nodes.iter().map(|n| n.1).sum::<f64>() - 2.0).abs() < 1e-14);
     }
 
-    #[test]
-    fn worker_threads_take_the_intra_op_setting() {
+    fn sign_model() -> TorchScriptModel {
         let store = Path::new(env!("CARGO_MANIFEST_DIR")).join("model-store");
         let archive = crate::archive::ModelArchive::open(&store, "sign.mar", 1 << 30).unwrap();
         let file = archive.file(archive.manifest.model.serialized_file.as_deref().unwrap());
@@ -226,7 +255,36 @@ mod tests {
             intra_op_threads: 1,
             onnxruntime_library: None,
         };
-        let model = TorchScriptModel::load(&file, &options).unwrap();
+        TorchScriptModel::load(&file, &options).unwrap()
+    }
+
+    /// Rows gathered straight into libtorch's input answer as the same batch built as one
+    /// buffer; a row of another length is refused, not read past.
+    #[test]
+    fn gathered_rows_answer_as_one_buffer() {
+        let model = sign_model();
+        let (frames, features) = (64, 469);
+        let rows: Vec<Vec<f32>> = (0..3)
+            .map(|r| {
+                (0..frames * features)
+                    .map(|i| ((r * 7919 + i) as f32 * 0.001).sin())
+                    .collect()
+            })
+            .collect();
+        let slices: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        let gathered = model.forward_rows(&slices, &[frames, features]).unwrap();
+        let whole = model
+            .forward(Tensor::new(vec![3, frames, features], rows.concat()))
+            .unwrap();
+        assert_eq!(gathered, whole);
+        assert_eq!(gathered.shape[0], 3);
+        let short = [&rows[0][..], &rows[1][..100]];
+        assert!(model.forward_rows(&short, &[frames, features]).is_err());
+    }
+
+    #[test]
+    fn worker_threads_take_the_intra_op_setting() {
+        let model = sign_model();
         // A thread of its own, as a worker has: libtorch's default there is one per core.
         std::thread::scope(|s| {
             s.spawn(|| {

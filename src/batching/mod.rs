@@ -467,21 +467,20 @@ pub fn run_batch(
         .into_iter()
         .map(|j| (j.input, Answer::new(j.reply, dispatched - j.enqueued)))
         .unzip();
+    let size = inputs.len();
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats
-        .requests
-        .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+    stats.requests.fetch_add(size as u64, Ordering::Relaxed);
     let engine_start = Instant::now();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        engine.infer(&inputs, &mut |i, part| answers[i].partial(runtime, part))
+        engine.infer(inputs, &mut |i, part| answers[i].partial(runtime, part))
     }));
     let engine_time = engine_start.elapsed();
     metrics.batch(
-        inputs.len(),
+        size,
         engine_time,
         dispatched.elapsed().saturating_sub(engine_time),
     );
-    let (error, result) = match settle(outcome, inputs.len()) {
+    let (error, result) = match settle(outcome, size) {
         Ok(replies) => {
             if !engine.reports_handler_time() {
                 metrics.handler_time(engine_time);

@@ -63,7 +63,7 @@ impl NativeBatch for JsonTensor {
         self.model.as_ref()
     }
 
-    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError> {
+    fn run(&self, batch: Vec<Prepared>) -> Result<Vec<Reply>, ServeError> {
         let arrays = batch
             .iter()
             .map(|p| match p {
@@ -85,12 +85,10 @@ impl JsonTensor {
     /// One forward pass over requests of one shape; each gets its row.
     fn rows(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ServeError> {
         let n = group.len();
-        let mut shape = vec![n];
-        shape.extend_from_slice(&group[0].shape);
-        let data = group.iter().flat_map(|t| t.data.iter().copied()).collect();
+        let rows: Vec<&[f32]> = group.iter().map(|t| t.data.as_slice()).collect();
         let output = self
             .model
-            .forward(Tensor::new(shape, data))
+            .forward_rows(&rows, &group[0].shape)
             .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
         if output.shape.first() != Some(&n) {
             return Err(ServeError::PredictionFailed(format!(

@@ -142,14 +142,24 @@ pub enum Prepared {
     Request(RequestInput),
 }
 
+/// The largest body a text format is parsed from on the HTTP worker itself: the hand-off
+/// to a blocking thread costs about what parsing this much does.
+const PARSE_INLINE_BYTES: usize = 64 * 1024;
+
+/// Whether parsing the request's body from a text format is worth a blocking thread.
+pub fn parse_blocks(input: &RequestInput) -> bool {
+    input.params.iter().map(|p| p.value.len()).sum::<usize>() > PARSE_INLINE_BYTES
+}
+
 /// A model version's handler: it prepares requests and starts workers.
 pub trait Handler: Send + Sync {
     /// Decodes one request; runs on the HTTP side so bad input never occupies a worker.
     fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError>;
-    /// Whether `prepare` takes long whatever the body's size (decoding images), so it runs
-    /// on a blocking thread.
-    fn prepare_is_heavy(&self) -> bool {
-        false
+    /// Whether `prepare` takes long enough (tens of microseconds and more) to run on a
+    /// blocking thread rather than hold up the connections of its HTTP worker. By default a
+    /// body of more than 64 KiB, which a text format takes that long to parse.
+    fn prepare_blocks(&self, input: &RequestInput) -> bool {
+        parse_blocks(input)
     }
     /// Starts what one worker runs batches with: a view of the shared native model, or a
     /// Python worker process. Runs on the worker's own thread; blocking, may take seconds.
@@ -170,10 +180,11 @@ pub trait Handler: Send + Sync {
 /// One worker's means of running batches.
 pub trait Engine: Send {
     /// Runs one batch; one final reply per request, in order. A streaming handler's
-    /// intermediate answers go to `partial(request index, reply)` as they come.
+    /// intermediate answers go to `partial(request index, reply)` as they come. The engine
+    /// owns the batch, so a native handler can move a request's buffer into its forward pass.
     fn infer(
         &mut self,
-        batch: &[Prepared],
+        batch: Vec<Prepared>,
         partial: &mut dyn FnMut(usize, Reply),
     ) -> Result<Vec<Reply>, EngineError>;
     /// One round of continuous batching: one part per request, in order. A request marked
@@ -200,7 +211,7 @@ pub trait Engine: Send {
 pub trait NativeBatch: Send + Sync + 'static {
     fn model(&self) -> &dyn backend::Backend;
     /// One reply per request, in order; an error fails the batch and the worker carries on.
-    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError>;
+    fn run(&self, batch: Vec<Prepared>) -> Result<Vec<Reply>, ServeError>;
 }
 
 /// Starts a native worker: readies the calling (worker) thread for the model's forward passes.
@@ -215,7 +226,7 @@ struct Native<H>(Arc<H>);
 impl<H: NativeBatch> Engine for Native<H> {
     fn infer(
         &mut self,
-        batch: &[Prepared],
+        batch: Vec<Prepared>,
         _partial: &mut dyn FnMut(usize, Reply),
     ) -> Result<Vec<Reply>, EngineError> {
         self.0.run(batch).map_err(EngineError::Batch)

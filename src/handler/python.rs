@@ -204,6 +204,11 @@ impl Handler for PythonHandler {
         Ok(Prepared::Request(input))
     }
 
+    /// The request goes to the worker as it came: nothing to decode.
+    fn prepare_blocks(&self, _input: &RequestInput) -> bool {
+        false
+    }
+
     fn start_worker(self: Arc<Self>, id: u32) -> Result<Box<dyn Engine>, String> {
         PythonWorker::start(&self, id).map(|w| Box::new(w) as Box<dyn Engine>)
     }
@@ -504,7 +509,7 @@ impl PythonWorker {
 impl Engine for PythonWorker {
     fn infer(
         &mut self,
-        batch: &[Prepared],
+        batch: Vec<Prepared>,
         partial: &mut dyn FnMut(usize, Reply),
     ) -> Result<Vec<Reply>, EngineError> {
         self.serve_under_current_span();

@@ -20,7 +20,8 @@ use super::labels::Labels;
 use super::observe::{self, Inputs, Observation};
 use super::scores::{ranked, softmax};
 use super::{
-    native_worker, unexpected_input, Engine, Handler, NativeBatch, Prepared, Reply, RequestInput,
+    native_worker, parse_blocks, unexpected_input, Engine, Handler, NativeBatch, Param, Prepared,
+    Reply, RequestInput,
 };
 use crate::archive::ModelArchive;
 use crate::backend::{Backend, Tensor};
@@ -119,14 +120,8 @@ struct Answer<'a> {
 
 impl Handler for TensorClassifier {
     fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError> {
-        let param = input
-            .param("data")
-            .or_else(|| input.param("body"))
-            .ok_or_else(|| ServeError::bad_input("missing request body"))?;
-        let npy = param
-            .content_type
-            .as_deref()
-            .is_some_and(|t| t.starts_with(NPY_CONTENT_TYPE));
+        let param = body(&input)?;
+        let npy = is_npy(param);
         let (tensor, topk) = if let Some(length) = input.header(INFERENCE_HEADER_LENGTH) {
             let (tensor, topk) = parse_v2_binary(&param.value, length, self.frames, self.features)?;
             let topk = match topk {
@@ -142,6 +137,11 @@ impl Handler for TensorClassifier {
             parse_request(&param.value, self.frames, self.features)?
         };
         Ok(Prepared::Tensor { tensor, topk })
+    }
+
+    /// A binary body is copied into the input buffer in microseconds; only JSON is parsed.
+    fn prepare_blocks(&self, input: &RequestInput) -> bool {
+        decode_blocks(input)
     }
 
     fn start_worker(self: Arc<Self>, _id: u32) -> Result<Box<dyn Engine>, String> {
@@ -162,32 +162,39 @@ impl NativeBatch for TensorClassifier {
         self.model.as_ref()
     }
 
-    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError> {
-        let per_item = self.frames * self.features;
-        let mut data = Vec::with_capacity(batch.len() * per_item);
-        let mut topks = Vec::with_capacity(batch.len());
-        let mut inputs = Vec::with_capacity(batch.len());
+    fn run(&self, batch: Vec<Prepared>) -> Result<Vec<Reply>, ServeError> {
+        let size = batch.len();
+        let mut tensors = Vec::with_capacity(size);
+        let mut topks = Vec::with_capacity(size);
+        let mut inputs = Vec::with_capacity(size);
         for item in batch {
             let Prepared::Tensor { tensor, topk } = item else {
                 return Err(unexpected_input());
             };
-            data.extend_from_slice(tensor);
-            topks.push(*topk);
-            inputs.push(self.summary(tensor));
+            topks.push(topk);
+            inputs.push(self.summary(&tensor));
+            tensors.push(tensor);
         }
-        let input = Tensor::new(vec![batch.len(), self.frames, self.features], data);
-        let output = self
-            .model
-            .forward(input)
-            .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
-        if output.shape.first() != Some(&batch.len()) || output.data.len() % batch.len() != 0 {
+        // A request alone moves its buffer into the forward pass (ONNX Runtime runs on it);
+        // a batch is gathered once, into the runtime's input.
+        let output = match <[Vec<f32>; 1]>::try_from(tensors) {
+            Ok([one]) => self
+                .model
+                .forward(Tensor::new(vec![1, self.frames, self.features], one)),
+            Err(tensors) => {
+                let rows: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
+                self.model
+                    .forward_rows(&rows, &[self.frames, self.features])
+            }
+        }
+        .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
+        if output.shape.first() != Some(&size) || output.data.len() % size != 0 {
             return Err(ServeError::PredictionFailed(format!(
-                "model returned shape {:?} for a batch of {}",
-                output.shape,
-                batch.len()
+                "model returned shape {:?} for a batch of {size}",
+                output.shape
             )));
         }
-        let classes = output.data.len() / batch.len();
+        let classes = output.data.len() / size;
         let device = self.model.device().to_string();
         let device = device.split(':').next().unwrap_or("cpu");
         Ok(topks
@@ -220,6 +227,28 @@ impl NativeBatch for TensorClassifier {
             })
             .collect())
     }
+}
+
+/// The request's tensor: TorchServe's `data` or `body` part.
+fn body(input: &RequestInput) -> Result<&Param, ServeError> {
+    input
+        .param("data")
+        .or_else(|| input.param("body"))
+        .ok_or_else(|| ServeError::bad_input("missing request body"))
+}
+
+/// Whether decoding the request is worth a blocking thread: a binary tensor (KServe v2 or
+/// `.npy`) is copied, not parsed, whatever its size.
+fn decode_blocks(input: &RequestInput) -> bool {
+    let binary = input.header(INFERENCE_HEADER_LENGTH).is_some() || body(input).is_ok_and(is_npy);
+    !binary && parse_blocks(input)
+}
+
+fn is_npy(param: &Param) -> bool {
+    param
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with(NPY_CONTENT_TYPE))
 }
 
 fn bad_topk() -> ServeError {
@@ -473,6 +502,33 @@ impl<'de> Visitor<'de> for Values<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a large JSON body is parsed on a blocking thread; binary tensors are copied
+    /// where they arrive, whatever their size.
+    #[test]
+    fn only_large_json_bodies_take_a_blocking_thread() {
+        let input = |content_type: &str, size: usize, headers: &[(&str, &str)]| RequestInput {
+            request_id: "r".into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            params: vec![Param {
+                name: "body".into(),
+                content_type: Some(content_type.into()),
+                value: Bytes::from(vec![b' '; size]),
+            }],
+        };
+        assert!(decode_blocks(&input("application/json", 600_000, &[])));
+        assert!(!decode_blocks(&input("application/json", 1_000, &[])));
+        assert!(!decode_blocks(&input("application/x-npy", 600_000, &[])));
+        let v2 = [("inference-header-content-length", "120")];
+        assert!(!decode_blocks(&input(
+            "application/octet-stream",
+            600_000,
+            &v2
+        )));
+    }
 
     /// Both readers decode the same tensors bit for bit (a zero's sign aside) and refuse the
     /// same bodies, on numbers

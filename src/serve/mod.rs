@@ -22,10 +22,6 @@ use crate::handler::{Prepared, Reply, RequestInput};
 use crate::metrics::{Metrics, Outcome};
 use crate::registry::{ModelVersion, Registry, SharedSplit};
 
-/// Request bodies up to this size are decoded on the transport's own thread; larger ones on
-/// the blocking pool, so a big image or tensor never stalls the connections next to it.
-const PREPARE_INLINE_BYTES: usize = 64 * 1024;
-
 /// The counters' version label of a request that named no version, as TorchServe's.
 const DEFAULT_LABEL: &str = "default";
 
@@ -242,10 +238,9 @@ impl Call {
     }
 }
 
-/// Decodes a request for its model, off the async executor when it is large.
+/// Decodes a request for its model, off the async executor when that takes long.
 async fn prepare(mv: &Arc<ModelVersion>, input: RequestInput) -> Result<Prepared, ServeError> {
-    let size: usize = input.params.iter().map(|p| p.value.len()).sum();
-    if size <= PREPARE_INLINE_BYTES && !mv.handler.prepare_is_heavy() {
+    if !mv.handler.prepare_blocks(&input) {
         return mv.handler.prepare(input);
     }
     let handler = mv.handler.clone();

@@ -354,7 +354,8 @@ impl Handler for Vision {
     }
 
     /// Decoding an image takes milliseconds: never on the async executor.
-    fn prepare_is_heavy(&self) -> bool {
+    /// Decoding and resizing an image takes milliseconds, whatever its file's size.
+    fn prepare_blocks(&self, _input: &RequestInput) -> bool {
         true
     }
 
@@ -383,7 +384,7 @@ impl NativeBatch for Vision {
     }
 
     /// Requests of one shape (and explanation target) run together, in order.
-    fn run(&self, batch: &[Prepared]) -> Result<Vec<Reply>, ServeError> {
+    fn run(&self, batch: Vec<Prepared>) -> Result<Vec<Reply>, ServeError> {
         let items = batch
             .iter()
             .map(|p| match p {
