@@ -5,7 +5,10 @@
 # rotation; medians of req/s and server CPU per request, next to the raw forward pass measured
 # in process (`bench raw 1`): with a binary body the request should cost little more.
 # WORKERS (default 1) and INTRA (intra-op threads per worker, default 1) set the model's
-# threads, FORMS which bodies to send (default "json npy v2").
+# threads, FORMS which bodies to send (default "json npy v2"), FERROSERVE_BIN another build
+# of the server (before/after comparisons), EXTRA_CONFIG lines added to config.properties.
+# PROFILE=1 records the server with perf during each form's first run and prints where its CPU
+# went, by library and by thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/tools.sh
@@ -17,7 +20,7 @@ WORKERS=${WORKERS:-1}
 INTRA=${INTRA:-1}
 FORMS=${FORMS:-json npy v2}
 cargo build --release --quiet --bin ferroserve --example bench
-BIN="$CARGO_TARGET_DIR/release/ferroserve"
+BIN="${FERROSERVE_BIN:-$CARGO_TARGET_DIR/release/ferroserve}"
 work=$(mktemp -d)
 server=""
 cleanup() {
@@ -37,6 +40,7 @@ load_models=all
 disable_token_authorization=true
 intra_op_threads=$INTRA
 default_workers_per_model=$WORKERS
+${EXTRA_CONFIG:-}
 CONF
 # The three bodies of one request (64 frames of 469 values).
 python3 - "$work" <<'PY'
@@ -73,10 +77,16 @@ for rep in $(seq "$REPS"); do
       npy) ct=application/x-npy extra="" ;;
       v2) ct=application/octet-stream extra="Inference-Header-Content-Length: $(cat "$work/v2.len")" ;;
     esac
+    perf=""
+    if [ -n "${PROFILE:-}" ] && [ "$rep" = 1 ]; then
+      perf record -q -F 999 -g -p "$server" -o "$work/perf.$form" -- sleep $((DURATION - 2)) 2>/dev/null &
+      perf=$!
+    fi
     before=$(cpu)
     out=$(BODY_FILE="$work/body.$form" CONTENT_TYPE=$ct EXTRA_HEADER=$extra \
       wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s bench/post.lua "$url")
     after=$(cpu)
+    if [ -n "$perf" ]; then wait "$perf"; fi
     rate=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
     total=$(awk '/requests in/ { print $1 }' <<<"$out")
     errors=$(awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }' <<<"$out")
@@ -93,3 +103,11 @@ for form in $FORMS; do
   echo "| $form | $(median <<<"${rates[$form]}") | $(median <<<"${cpus[$form]}") |"
 done
 echo "raw forward in process, batch 1, one thread: $forward us"
+if [ -n "${PROFILE:-}" ]; then
+  for form in $FORMS; do
+    for key in dso comm; do
+      echo "perf, $form body, server CPU samples by $key:"
+      perf report -i "$work/perf.$form" --no-children --sort "$key" -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
+    done
+  done
+fi

@@ -37,6 +37,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DURATION = int(os.environ.get("DURATION", "4"))
 REPS = int(os.environ.get("REPS", "3"))
 CONNECTIONS = {1: [1, 8, 32], 8: [8, 32]}
+# BATCHES ("1,8") and CONNS ("8,32") narrow the run to some batch sizes and connection counts.
+CONNECTIONS = {b: c for b, c in CONNECTIONS.items() if str(b) in os.environ.get("BATCHES", "1,8").split(",")}
+if os.environ.get("CONNS"):
+    CONNECTIONS = {b: [int(c) for c in os.environ["CONNS"].split(",")] for b in CONNECTIONS}
 BATCH_DELAY_MS = 5
 BIN, BENCH, BARE, PY = sys.argv[1:5]
 VENV_BIN = os.path.dirname(PY)
@@ -53,6 +57,10 @@ MODELS = {
     "noop": ("tests/fixtures/noop.mar", "noop.json", "application/json", "Python BaseHandler", "native TorchScript"),
     "noop_onnx": ("tests/fixtures/noop_onnx.mar", "noop.json", "application/json", "Python BaseHandler", "native ONNX"),
 }
+# ONLY ("sign,sign_py") serves just those models (the no-op table needs noop and noop_onnx).
+if os.environ.get("ONLY"):
+    MODELS = {m: v for m, v in MODELS.items() if m in os.environ["ONLY"].split(",")}
+NOOP_TABLE = {"noop", "noop_onnx"} <= MODELS.keys() and 1 in CONNECTIONS
 # Twelve numbers, 64 bytes of JSON.
 NOOP_VALUES = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3]
 
@@ -234,6 +242,7 @@ def main():
     orders = []
     try:
         store, expected = prepare(work)
+        sign_kb = os.path.getsize(os.path.join(work, "sign.json")) // 1000
         raw = subprocess.run([BENCH, BIN, "raw", "1"], capture_output=True, text=True, check=True).stdout.split()
         decode = subprocess.run([BENCH, BIN, "decode"], capture_output=True, text=True, check=True).stdout.strip()
         for batch in CONNECTIONS:
@@ -243,21 +252,25 @@ def main():
                 for name in order:
                     print(f"batch {batch} run {rep + 1}: {name}", file=sys.stderr)
                     runs[(name, batch)].append(run_server(name, work, store, batch, expected))
-                if batch == 1:
+                if batch == 1 and NOOP_TABLE:
                     bare.append(bare_echo(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+    narrowed = "".join(f"{k}={os.environ[k]} " for k in ("ONLY", "BATCHES", "CONNS", "REPS", "DURATION") if os.environ.get(k))
+    first = min(CONNECTIONS)
+    python_here = [m for m, v in MODELS.items() if v[4] == "Python"]
     print(f"# ferroserve vs TorchServe 0.12 — {time.strftime('%Y-%m-%d')}\n")
     print(f"Machine: {os.cpu_count()} cores ({cpu}), {os.uname().machine}, loopback; wrk and the server share the cores. "
           f"Both servers: the same archives, one worker per model, 1 intra-op thread (OMP_NUM_THREADS=1, "
           f"intra_op_threads=1; handlers/sign_handler.py and handlers/tensor_handler.py give ONNX Runtime the same count), "
-          f"every model at batch 1, then every model at batch 8 with maxBatchDelay {BATCH_DELAY_MS} ms. "
+          + " then ".join(f"every model at batch {b}" + (f" with maxBatchDelay {BATCH_DELAY_MS} ms" if b > 1 else "") for b in CONNECTIONS)
+          + f". Models: {', '.join(MODELS)}. "
           f"wrk -t2 (-t1 at 1 connection), {DURATION} s per case after a 1 s warm-up of every model; "
           f"{REPS} runs per server, alternating which starts first; cells are the median (min–max) of the runs. "
           f"Throughput counts 2xx answers only; errors are non-2xx answers and socket errors, summed over the runs. "
-          f"Command: `bench/compare.sh`.\n")
+          f"Command: `{narrowed}bench/compare.sh`.\n")
     print("Run order: " + "; ".join(orders) + ".\n")
     print("In-process baselines, 1 thread (p50): "
           f"raw forward batch 1: TorchScript {raw[0]} µs, ONNX {raw[1]} µs; JSON body decode (64×469): {decode} µs.\n")
@@ -265,14 +278,14 @@ def main():
     checked = sum(r["checked"] for runs_ in runs.values() for r in runs_)
     print(f"Answers checked before and after every case: {checked - len(wrong)} of {checked} as expected"
           + (": " + "; ".join(wrong[:5]) if wrong else "") + ".\n")
-    print("## Start-up and memory (all six models, batch-1 runs)\n")
+    print(f"## Start-up and memory (all {len(MODELS)} models, batch-{first} runs)\n")
     print("RSS of the whole process tree (the server and its Python workers) and of the front end alone "
-          "(TorchServe's JVM, ferroserve's process): all six models run in Python workers on TorchServe, "
-          "two (echo, sign_py) on ferroserve.\n")
+          f"(TorchServe's JVM, ferroserve's process): all {len(MODELS)} models run in Python workers on TorchServe, "
+          f"{len(python_here)} ({', '.join(python_here) or 'none'}) on ferroserve.\n")
     print("| server | start → first /ping s | start → all models ready s | RSS after start MiB: all / front end | RSS after the load MiB: all / front end |")
     print("|---|---|---|---|---|")
     for name in SERVERS:
-        rs = runs[(name, 1)]
+        rs = runs[(name, first)]
         print(f"| {name} | {spread([r['ping'] for r in rs], '{:.2f}')} | {spread([r['ready'] for r in rs], '{:.2f}')} "
               f"| {spread([r['rss_start'] for r in rs])} / {spread([r['front_start'] for r in rs])} "
               f"| {spread([r['rss_load'] for r in rs])} / {spread([r['front_load'] for r in rs])} |")
@@ -291,6 +304,39 @@ def main():
                       f"| {sum(x['errors'] for x in ts)} / {sum(x['errors'] for x in fs)} "
                       f"| {med([x['cpu_per_1k'] for x in ts]):.2f} / {med([x['cpu_per_1k'] for x in fs]):.2f} |")
     print()
+    ceiling(raw, decode, sign_kb, runs)
+    if NOOP_TABLE:
+        noop_table(runs, bare)
+    if wrong:
+        sys.exit(1)
+
+
+def ceiling(raw, decode, sign_kb, runs):
+    """The native sign models against the work no server can skip: decoding the body and the
+    forward pass, both measured in process in the same run."""
+    native = [(m, us) for m, us in (("sign", raw[0]), ("sign_onnx", raw[1])) if m in MODELS]
+    if not native:
+        return
+    print("## The native sign models against their ceiling\n")
+    print(f"Work no server can skip, measured in process in this run (one thread, p50): decoding the "
+          f"64×469 JSON body (Python's float spelling, {sign_kb} KB) {decode} µs, the forward pass "
+          f"(TorchScript {raw[0]} µs, ONNX {raw[1]} µs). The server's CPU per request against that sum is "
+          f"the share of its work that is the ceiling's; one worker cannot pass 1 / forward requests per second.\n")
+    print("| model | batch | conns | ferroserve req/s | server CPU ms/request | decode + forward ms | share of CPU that is decode + forward | 1 / forward req/s | req/s against it |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch in CONNECTIONS:
+        for model, forward in native:
+            for c in CONNECTIONS[batch]:
+                fs = [r["results"][(model, c)] for r in runs[("ferroserve", batch)]]
+                rps = med([x["rps"] for x in fs])
+                cpu = med([x["cpu_per_1k"] for x in fs])
+                need = (float(decode) + float(forward)) / 1000
+                bound = 1e6 / float(forward)
+                print(f"| {model} | {batch} | {c} | {rps:.0f} | {cpu:.2f} | {need:.2f} | {need / cpu:.0%} | {bound:.0f} | {rps / bound:.0%} |")
+    print()
+
+
+def noop_table(runs, bare):
     print("## The no-op model against the HTTP stack's limit\n")
     print("64-byte JSON bodies at batch 1: ferroserve's native identity model (json_tensor) next to a bare actix-web "
           "server that returns the body (bench/bare_echo.rs), measured in the same run.\n")
@@ -302,8 +348,6 @@ def main():
         fs_onnx = [r["results"][("noop_onnx", c)]["rps"] for r in runs[("ferroserve", 1)]]
         ts = [r["results"][("noop", c)]["rps"] for r in runs[("torchserve", 1)]]
         print(f"| {c} | {spread(b)} | {spread(fs_ts)} | {med(fs_ts) / med(b):.2f} | {spread(fs_onnx)} | {med(fs_onnx) / med(b):.2f} | {spread(ts)} |")
-    if wrong:
-        sys.exit(1)
 
 
 if __name__ == "__main__":
