@@ -699,5 +699,17 @@ fn json_tensor_handler_on_torchscript_and_onnx() {
             let msg = assert_error(&text, 400, "BadRequestException");
             assert!(msg.contains(why), "{bad}: {msg}");
         }
+        // No values at all (three, to fill the batch): the identity of an empty row, as
+        // `json.dumps([], indent=2)`.
+        let empty: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || post(&url, "application/json", "[]"))
+            })
+            .collect();
+        for h in empty {
+            let (status, text, _) = h.join().unwrap();
+            assert_eq!((status, text.as_str()), (200, "[]"), "{model}");
+        }
     }
 }

@@ -71,10 +71,10 @@ pub trait Backend: Send + Sync {
     /// One forward pass; blocking, called from a worker thread.
     fn forward(&self, input: Tensor) -> Result<Tensor, BackendError>;
     /// One forward pass over `rows`, each of `row_shape`, as one batch `[rows.len(), ..]`:
-    /// the rows are copied once, into the runtime's own input.
+    /// the rows are copied once, into the runtime's own input. A row of another length is
+    /// refused.
     fn forward_rows(&self, rows: &[&[f32]], row_shape: &[usize]) -> Result<Tensor, BackendError> {
-        let mut shape = vec![rows.len()];
-        shape.extend_from_slice(row_shape);
+        let shape = batch_shape(rows, row_shape)?;
         self.forward(Tensor::new(shape, rows.concat()))
     }
     /// One forward pass with structured values in and out (dict outputs, lists of images).
@@ -109,6 +109,20 @@ pub trait Backend: Send + Sync {
     fn runtime(&self) -> &'static str;
     /// Readies the calling thread to run forward passes (a worker thread, before its first).
     fn prepare_thread(&self) {}
+}
+
+/// `[rows.len(), ..row_shape]`, when every row holds `row_shape`'s number of values.
+fn batch_shape(rows: &[&[f32]], row_shape: &[usize]) -> Result<Vec<usize>, BackendError> {
+    let per_row: usize = row_shape.iter().product();
+    if let Some(row) = rows.iter().find(|r| r.len() != per_row) {
+        return Err(BackendError::Inference(format!(
+            "a row of {} values in a batch of rows of shape {row_shape:?}",
+            row.len()
+        )));
+    }
+    Ok(std::iter::once(rows.len())
+        .chain(row_shape.iter().copied())
+        .collect())
 }
 
 /// How to reach the runtimes.

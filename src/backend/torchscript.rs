@@ -132,26 +132,22 @@ impl Backend for TorchScriptModel {
 
     /// The rows are gathered straight into a libtorch tensor: the one copy libtorch needs.
     fn forward_rows(&self, rows: &[&[f32]], row_shape: &[usize]) -> Result<Tensor, BackendError> {
+        let shape = super::batch_shape(rows, row_shape)?;
         let per_row: usize = row_shape.iter().product();
-        if let Some(row) = rows.iter().find(|r| r.len() != per_row) {
-            return Err(BackendError::Inference(format!(
-                "a row of {} values in a batch of shape {row_shape:?}",
-                row.len()
-            )));
+        if rows.len() * per_row == 0 {
+            // No values: an empty tensor has no storage to write into.
+            return self.forward(Tensor::new(shape, Vec::new()));
         }
         let _guard = tch::no_grad_guard();
-        let dims: Vec<i64> = std::iter::once(rows.len())
-            .chain(row_shape.iter().copied())
-            .map(|d| d as i64)
-            .collect();
-        let x = tch::Tensor::empty(dims.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
-        // SAFETY: `x` is a new contiguous f32 tensor of rows.len() × per_row elements that
-        // nothing else refers to.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(x.data_ptr().cast::<f32>(), rows.len() * per_row)
-        };
-        for (slot, row) in dst.chunks_exact_mut(per_row.max(1)).zip(rows) {
-            slot.copy_from_slice(row);
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let x = tch::Tensor::f_empty(dims.as_slice(), (tch::Kind::Float, tch::Device::Cpu))
+            .map_err(inference)?;
+        let base = x.data_ptr().cast::<f32>();
+        for (i, row) in rows.iter().enumerate() {
+            // SAFETY: `x` is a new contiguous f32 tensor of rows.len() × per_row elements
+            // (not zero, so it has storage) that nothing else refers to; every row holds
+            // per_row values (checked above), so each copy stays inside it.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), base.add(i * per_row), per_row) };
         }
         let y = self
             .module
@@ -280,6 +276,8 @@ mod tests {
         assert_eq!(gathered.shape[0], 3);
         let short = [&rows[0][..], &rows[1][..100]];
         assert!(model.forward_rows(&short, &[frames, features]).is_err());
+        // No values at all (a JSON body `[]`): the model's own error, not a write into nothing.
+        assert!(model.forward_rows(&[&[]], &[0]).is_err());
     }
 
     #[test]

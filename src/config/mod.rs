@@ -222,7 +222,8 @@ pub struct Settings {
     /// (`max_connections`).
     pub max_connections: usize,
     /// Threads serving the inference listener's connections (`number_of_netty_threads`;
-    /// 0 or absent: one per CPU core, as TorchServe's Netty).
+    /// 0 or absent: one per CPU core, what TorchServe's documentation gives as the default;
+    /// its Netty takes twice that, for the management listener too).
     pub http_threads: usize,
     /// Seconds a request body may stall before the request is answered 408
     /// (`body_idle_timeout_sec`).

@@ -98,10 +98,9 @@ impl JsonTensor {
         }
         let row_shape = &output.shape[1..];
         let per_row = row_shape.iter().product::<usize>();
-        Ok(output
-            .data
-            .chunks(per_row.max(1))
-            .take(n)
+        // Row by index, not `chunks`: rows of no values (a body `[]`) are rows too.
+        Ok((0..n)
+            .map(|i| &output.data[i * per_row..(i + 1) * per_row])
             .zip(group)
             .map(|(row, input)| {
                 let mut text = String::with_capacity(row.len() * 12);

@@ -148,7 +148,12 @@ const PARSE_INLINE_BYTES: usize = 64 * 1024;
 
 /// Whether parsing the request's body from a text format is worth a blocking thread.
 pub fn parse_blocks(input: &RequestInput) -> bool {
-    input.params.iter().map(|p| p.value.len()).sum::<usize>() > PARSE_INLINE_BYTES
+    parse_blocks_at(input.params.iter().map(|p| p.value.len()).sum())
+}
+
+/// Whether parsing `bytes` of a text format is worth a blocking thread.
+pub fn parse_blocks_at(bytes: usize) -> bool {
+    bytes > PARSE_INLINE_BYTES
 }
 
 /// A model version's handler: it prepares requests and starts workers.

@@ -20,8 +20,8 @@ use super::labels::Labels;
 use super::observe::{self, Inputs, Observation};
 use super::scores::{ranked, softmax};
 use super::{
-    native_worker, parse_blocks, unexpected_input, Engine, Handler, NativeBatch, Param, Prepared,
-    Reply, RequestInput,
+    native_worker, parse_blocks, parse_blocks_at, unexpected_input, Engine, Handler, NativeBatch,
+    Param, Prepared, Reply, RequestInput,
 };
 use crate::archive::ModelArchive;
 use crate::backend::{Backend, Tensor};
@@ -240,8 +240,11 @@ fn body(input: &RequestInput) -> Result<&Param, ServeError> {
 /// Whether decoding the request is worth a blocking thread: a binary tensor (KServe v2 or
 /// `.npy`) is copied, not parsed, whatever its size.
 fn decode_blocks(input: &RequestInput) -> bool {
-    let binary = input.header(INFERENCE_HEADER_LENGTH).is_some() || body(input).is_ok_and(is_npy);
-    !binary && parse_blocks(input)
+    if let Some(length) = input.header(INFERENCE_HEADER_LENGTH) {
+        // Only the JSON header is parsed (it may carry the tensor inline as `data`).
+        return length.trim().parse().is_ok_and(parse_blocks_at);
+    }
+    !body(input).is_ok_and(is_npy) && parse_blocks(input)
 }
 
 fn is_npy(param: &Param) -> bool {
@@ -527,6 +530,12 @@ mod tests {
             "application/octet-stream",
             600_000,
             &v2
+        )));
+        let v2_json = [("inference-header-content-length", "600000")];
+        assert!(decode_blocks(&input(
+            "application/octet-stream",
+            600_000,
+            &v2_json
         )));
     }
 

@@ -353,7 +353,6 @@ impl Handler for Vision {
         })
     }
 
-    /// Decoding an image takes milliseconds: never on the async executor.
     /// Decoding and resizing an image takes milliseconds, whatever its file's size.
     fn prepare_blocks(&self, _input: &RequestInput) -> bool {
         true
