@@ -743,7 +743,8 @@ fn server_keys_act_warn_or_refuse() {
         assert_eq!(cors(&get(&url).2), expected, "{url}");
     }
     // actix-web's workers, under the actix System main starts, are named
-    // "actix-rt|system:0|arbiter:N" (15 characters kept in comm): `http` for inference, one each for the management and metrics listeners.
+    // "actix-rt|system:0|arbiter:N" (15 characters kept in comm): `http` for inference, one
+    // each for the management and metrics listeners.
     let http_threads = std::fs::read_dir(format!("/proc/{}/task", server.pid))
         .unwrap()
         // A thread may end between the listing and the read (the blocking pool's idle ones).

@@ -43,6 +43,13 @@ impl TorchScriptModel {
             .view(dims.as_slice())
             .to_device(self.device.to_tch())
     }
+
+    /// The module's `forward` on one input tensor already on the model's device.
+    fn run_module(&self, x: tch::Tensor) -> Result<Tensor, BackendError> {
+        let _guard = tch::no_grad_guard();
+        let y = self.module.forward_ts(&[x]).map_err(inference)?;
+        from_tch(&y)
+    }
 }
 
 fn inference(e: tch::TchError) -> BackendError {
@@ -122,12 +129,7 @@ fn leggauss(n: usize) -> Vec<(f64, f64)> {
 
 impl Backend for TorchScriptModel {
     fn forward(&self, input: Tensor) -> Result<Tensor, BackendError> {
-        let _guard = tch::no_grad_guard();
-        let y = self
-            .module
-            .forward_ts(&[self.to_tch(&input)])
-            .map_err(inference)?;
-        from_tch(&y)
+        self.run_module(self.to_tch(&input))
     }
 
     /// The rows are gathered straight into a libtorch tensor: the one copy libtorch needs.
@@ -138,7 +140,6 @@ impl Backend for TorchScriptModel {
             // No values: an empty tensor has no storage to write into.
             return self.forward(Tensor::new(shape, Vec::new()));
         }
-        let _guard = tch::no_grad_guard();
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         let x = tch::Tensor::f_empty(dims.as_slice(), (tch::Kind::Float, tch::Device::Cpu))
             .map_err(inference)?;
@@ -149,11 +150,7 @@ impl Backend for TorchScriptModel {
             // per_row values (checked above), so each copy stays inside it.
             unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), base.add(i * per_row), per_row) };
         }
-        let y = self
-            .module
-            .forward_ts(&[x.to_device(self.device.to_tch())])
-            .map_err(inference)?;
-        from_tch(&y)
+        self.run_module(x.to_device(self.device.to_tch()))
     }
 
     fn call(&self, input: Input<'_>) -> Result<Value, BackendError> {

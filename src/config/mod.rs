@@ -453,7 +453,7 @@ impl Settings {
             grpc_management_port: parse_num(&get, "grpc_management_port", 7071)?,
             max_connections: parse_num(&get, "max_connections", 10_000)?.max(1),
             http_threads: match parse_num(&get, "number_of_netty_threads", 0)? {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                0 => cores(),
                 n => n,
             },
             body_idle_timeout_sec: parse_num(&get, "body_idle_timeout_sec", 30)?.max(1),
@@ -571,10 +571,15 @@ impl Settings {
     pub fn workers_default(&self, gpus: usize) -> usize {
         match self.default_workers_per_model {
             0 if gpus > 0 => gpus,
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => cores(),
             n => n,
         }
     }
+}
+
+/// The CPU cores this process may use: TorchServe's "number of processors" defaults.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `TS_<KEY>` variables, named as TorchServe names them, minus the keys it never takes from env.

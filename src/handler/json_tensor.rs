@@ -39,8 +39,7 @@ impl JsonTensor {
 impl Handler for JsonTensor {
     fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError> {
         let param = input
-            .param("data")
-            .or_else(|| input.param("body"))
+            .data()
             .ok_or_else(|| ServeError::bad_input("missing request body"))?;
         Ok(Prepared::Array(parse_array(&param.value)?))
     }

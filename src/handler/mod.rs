@@ -46,6 +46,11 @@ impl RequestInput {
         self.params.iter().rev().find(|p| p.name == name)
     }
 
+    /// The request's payload as TorchServe's handlers read it: the `data` part, else `body`.
+    pub fn data(&self) -> Option<&Param> {
+        self.param("data").or_else(|| self.param("body"))
+    }
+
     /// The last header with that name, in any case.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -120,7 +120,9 @@ struct Answer<'a> {
 
 impl Handler for TensorClassifier {
     fn prepare(&self, input: RequestInput) -> Result<Prepared, ServeError> {
-        let param = body(&input)?;
+        let param = input
+            .data()
+            .ok_or_else(|| ServeError::bad_input("missing request body"))?;
         let npy = is_npy(param);
         let (tensor, topk) = if let Some(length) = input.header(INFERENCE_HEADER_LENGTH) {
             let (tensor, topk) = parse_v2_binary(&param.value, length, self.frames, self.features)?;
@@ -229,14 +231,6 @@ impl NativeBatch for TensorClassifier {
     }
 }
 
-/// The request's tensor: TorchServe's `data` or `body` part.
-fn body(input: &RequestInput) -> Result<&Param, ServeError> {
-    input
-        .param("data")
-        .or_else(|| input.param("body"))
-        .ok_or_else(|| ServeError::bad_input("missing request body"))
-}
-
 /// Whether decoding the request is worth a blocking thread: a binary tensor (KServe v2 or
 /// `.npy`) is copied, not parsed, whatever its size.
 fn decode_blocks(input: &RequestInput) -> bool {
@@ -244,7 +238,7 @@ fn decode_blocks(input: &RequestInput) -> bool {
         // Only the JSON header is parsed (it may carry the tensor inline as `data`).
         return length.trim().parse().is_ok_and(parse_blocks_at);
     }
-    !body(input).is_ok_and(is_npy) && parse_blocks(input)
+    !input.data().is_some_and(is_npy) && parse_blocks(input)
 }
 
 fn is_npy(param: &Param) -> bool {

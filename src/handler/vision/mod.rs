@@ -320,8 +320,7 @@ impl Handler for Vision {
             .iter()
             .any(|(k, v)| k == "explain" && v == "True");
         let param = input
-            .param("data")
-            .or_else(|| input.param("body"))
+            .data()
             .ok_or_else(|| ServeError::bad_input("missing request body: send an image"))?;
         let content_type = param
             .content_type
