@@ -8,7 +8,7 @@
 //!   once (TorchScript and ONNX), as T workers of one model version run them;
 //! - `vision MODEL.pt IMAGE`: the native image_classifier's limit on one thread: median µs of
 //!   decode + transforms, and of the raw forward pass (`bench/vision.sh`);
-//! - `readers`: the sign body's decode with each JSON reader (serde_json, sonic-rs) and as
+//! - `readers`: the sign body's decode with each JSON reader (serde_json, sonic-rs, the scan) and as
 //!   an `application/x-npy` array, median µs and whether they decode the same tensor;
 //! - `drift`: drift monitoring's work per sign request on one thread: median µs of the input
 //!   summaries, and mean µs of recording one observation (scoring every 100 included)
@@ -91,17 +91,17 @@ fn readers() {
     );
     for (name, body) in [("short", &short), ("python", &long)] {
         let decode = |reader| parse_request_with(reader, body.as_bytes(), FRAMES, FEATURES);
-        let same = decode(JsonReader::SerdeJson)
-            .unwrap()
-            .0
-            .iter()
-            .map(|v| v.to_bits())
-            .eq(decode(JsonReader::Sonic)
+        let bits = |reader| {
+            decode(reader)
                 .unwrap()
                 .0
                 .iter()
-                .map(|v| v.to_bits()));
-        for reader in [JsonReader::SerdeJson, JsonReader::Sonic] {
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let same = bits(JsonReader::SerdeJson) == bits(JsonReader::Sonic)
+            && bits(JsonReader::Sonic) == bits(JsonReader::Scan);
+        for reader in [JsonReader::SerdeJson, JsonReader::Sonic, JsonReader::Scan] {
             let t = time_us(500, || drop(decode(reader).unwrap()));
             println!(
                 "{name} {:.0}KB {reader:?} {:.0} us (p10 {:.0}, p90 {:.0}) same={same}",

@@ -1,5 +1,6 @@
 //! Request bodies: the native handlers' JSON-to-tensor decoding (json_tensor_classifier at two
-//! model shapes, with both JSON readers, which must agree bit for bit but for a zero's sign; json_tensor's nested
+//! model shapes, with each JSON reader: serde_json and sonic-rs must agree bit for bit but for a
+//! zero's sign, the scan exactly with sonic-rs, errors included; json_tensor's nested
 //! arrays), form bodies and query strings, request paths (TorchServe's path split), and the
 //! traffic-split JSON documents.
 #![no_main]
@@ -10,6 +11,19 @@ fuzz_target!(|data: &[u8]| {
     for (frames, features) in [(64, 469), (2, 3)] {
         let serde = parse_request_with(JsonReader::SerdeJson, data, frames, features);
         let sonic = parse_request_with(JsonReader::Sonic, data, frames, features);
+        let scan = parse_request_with(JsonReader::Scan, data, frames, features);
+        let exact = |r: &Result<(Vec<f32>, usize), _>| {
+            r.as_ref()
+                .map(|(v, k): &(Vec<f32>, usize)| {
+                    (v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), *k)
+                })
+                .map_err(ToString::to_string)
+        };
+        assert_eq!(
+            exact(&scan),
+            exact(&sonic),
+            "the scan and sonic-rs disagree"
+        );
         match (serde, sonic) {
             (Ok((a, ka)), Ok((b, kb))) => {
                 assert_eq!(ka, kb);

@@ -28,6 +28,8 @@ use crate::backend::{Backend, Tensor};
 use crate::device::Device;
 use crate::error::{LoadError, ServeError};
 
+mod scan;
+
 pub const NAME: &str = "json_tensor_classifier";
 const DEFAULT_TOPK: usize = 5;
 /// The largest input a request may be padded to (64 MiB of f32).
@@ -275,6 +277,9 @@ pub enum JsonReader {
     /// `sonic-rs`: SIMD scanning and number parsing (x86_64 SSE/AVX2, aarch64 NEON, else a
     /// portable fallback).
     Sonic,
+    /// The usual form read in one pass with sonic-rs' number parser, without serde
+    /// ([`scan`]); any other body through [`JsonReader::Sonic`].
+    Scan,
 }
 
 /// Parses the JSON body straight into the zero-padded `[frames, features]` buffer: no
@@ -285,7 +290,7 @@ pub fn parse_request(
     frames: usize,
     features: usize,
 ) -> Result<(Vec<f32>, usize), ServeError> {
-    parse_request_with(JsonReader::Sonic, body, frames, features)
+    parse_request_with(JsonReader::Scan, body, frames, features)
 }
 
 /// [`parse_request`] with a chosen reader (the benchmark and the fuzzer compare them).
@@ -304,6 +309,10 @@ pub fn parse_request_with(
                 .and_then(|p| de.end().map(|_| p))
                 .map_err(|e| invalid(e.to_string()))?
         }
+        JsonReader::Scan => match scan::scan(body, frames, features) {
+            Some(decoded) => decoded,
+            None => return parse_request_with(JsonReader::Sonic, body, frames, features),
+        },
         JsonReader::Sonic => {
             let mut de = sonic_rs::Deserializer::from_slice(body);
             seed.deserialize(&mut de)
@@ -533,13 +542,13 @@ mod tests {
         )));
     }
 
-    /// Both readers decode the same tensors bit for bit (a zero's sign aside) and refuse the
-    /// same bodies, on numbers
-    /// chosen to break float parsers (ties of f32 rounding, long mantissas, extremes,
+    /// The readers decode the same tensors bit for bit (serde_json a zero's sign aside; the
+    /// scan exactly as sonic-rs, whose number parser it uses) and refuse the same bodies, on
+    /// numbers chosen to break float parsers (ties of f32 rounding, long mantissas, extremes,
     /// subnormals, integers past u64) and on malformed bodies. The fuzzer's request_body
     /// target compares them on everything it finds.
     #[test]
-    fn both_json_readers_decode_the_same() {
+    fn the_json_readers_decode_the_same() {
         let numbers = [
             "0",
             "-0",
@@ -597,12 +606,38 @@ mod tests {
                 " \t\n{\"landmarks\":[[1,2]]} \r\n",
                 "\u{feff}{\"landmarks\": [[1, 2]]}",
                 r#"{"landmarks": [[1, 2]], "other": {"a": [1e999, "\ud800"]}}"#,
+                r#"{"topk": 2, "landmarks": [[1, 2], [[3], []]], "topk": 1}"#,
+                r#"{"landmarks": [[1, 2], [3, 4], [5, 6, 7], "x", {}]}"#,
+                r#"{"landmarks": [[1, 2], []]}"#,
+                r#"{"landmarks": [[1, [2]]]}"#,
+                r#"{"landmarks": [[1, 2]], "topk": 2.0}"#,
+                r#"{"landmarks": [[1, 2]], "topk": -1}"#,
+                r#"{"landmarks": [[1, 2]], "topk": 99999999999999999999}"#,
+                r#"{"landmarks": [[1, 2]], "topk": "3"}"#,
+                r#"{"landmarks": [[1, 2]] "topk": 3}"#,
+                r#"{"landmarks": [[1 2]]}"#,
+                r#"{"landmarks": [[1, 2]]"#,
+                r#"{"landmarks": [[1, 2],]}"#,
+                r#"{"landmarks": [[1, -]]}"#,
+                r#"{"landmarks": [[1, 2x]]}"#,
+                r#"{"landmarks"  :  [ [ 1 , 2 ] , [ [ 3 , 4 ] ] ] , "topk" : 3 }"#,
+                "{\"land\tmarks\": [[1, 2]]}",
+                "{\"landmarks\": [[1, 2]]}\u{0}",
+                r#"{}"#,
+                r#"{,}"#,
             ]
             .map(String::from),
         );
         for body in &bodies {
             let serde = parse_request_with(JsonReader::SerdeJson, body.as_bytes(), 2, 2);
             let sonic = parse_request_with(JsonReader::Sonic, body.as_bytes(), 2, 2);
+            let scan = parse_request_with(JsonReader::Scan, body.as_bytes(), 2, 2);
+            let exact = |r: &Result<(Vec<f32>, usize), ServeError>| {
+                r.as_ref()
+                    .map(|(v, k)| (v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), *k))
+                    .map_err(ToString::to_string)
+            };
+            assert_eq!(exact(&scan), exact(&sonic), "{body}");
             match (&serde, &sonic) {
                 (Ok((a, ka)), Ok((b, kb))) => {
                     // Zeros compare without their sign: serde_json reads the integer -0 as
