@@ -8,6 +8,8 @@
 //!   once (TorchScript and ONNX), as T workers of one model version run them;
 //! - `vision MODEL.pt IMAGE`: the native image_classifier's limit on one thread: median µs of
 //!   decode + transforms, and of the raw forward pass (`bench/vision.sh`);
+//! - `decode [body.json]`: median µs of the sign body's decode (the given file's body, else
+//!   the benchmark body; `bench/compare.sh` passes the body it sends);
 //! - `readers`: the sign body's decode with each JSON reader (serde_json, sonic-rs, the scan) and as
 //!   an `application/x-npy` array, median µs and whether they decode the same tensor;
 //! - `drift`: drift monitoring's work per sign request on one thread: median µs of the input
@@ -367,7 +369,7 @@ impl Drop for Running {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage =
-        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode | readers | vision <model.pt> <image> | drift";
+        "usage: bench <ferroserve binary> latency [requests] | raw <batch> | parallel <threads> | overload | memory | scrape | decode [body.json] | readers | vision <model.pt> <image> | drift";
     let bin = PathBuf::from(args.get(1).expect(usage));
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(
@@ -388,7 +390,11 @@ fn main() {
         Some("memory") => memory(&bin),
         Some("scrape") => scrape(&bin),
         Some("decode") => {
-            let body = request_body();
+            // The body a load test sends, when given, so the ceiling is the served body's.
+            let body = match args.get(3) {
+                Some(path) => std::fs::read_to_string(path).expect("the body file reads"),
+                None => request_body(),
+            };
             let t = time_us(500, || {
                 parse_request(body.as_bytes(), FRAMES, FEATURES).unwrap();
             });

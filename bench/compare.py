@@ -244,7 +244,8 @@ def main():
         store, expected = prepare(work)
         sign_kb = os.path.getsize(os.path.join(work, "sign.json")) // 1000
         raw = subprocess.run([BENCH, BIN, "raw", "1"], capture_output=True, text=True, check=True).stdout.split()
-        decode = subprocess.run([BENCH, BIN, "decode"], capture_output=True, text=True, check=True).stdout.strip()
+        decode = subprocess.run([BENCH, BIN, "decode", os.path.join(work, "sign.json")],
+                                capture_output=True, text=True, check=True).stdout.strip()
         for batch in CONNECTIONS:
             for rep in range(REPS):
                 order = SERVERS if rep % 2 == 0 else SERVERS[::-1]
