@@ -248,6 +248,16 @@ mod tests {
 
     struct Sink(Arc<Mutex<Vec<u8>>>);
 
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// A value whose Debug logs a line of its own while the outer line is formatted (the
     /// thread's line buffer is then in use).
     struct LogsWhenShown;
@@ -256,16 +266,6 @@ mod tests {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             tracing::info!("inner");
             f.write_str("shown")
-        }
-    }
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
         }
     }
 

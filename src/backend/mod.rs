@@ -70,12 +70,20 @@ impl Value {
 pub trait Backend: Send + Sync {
     /// One forward pass; blocking, called from a worker thread.
     fn forward(&self, input: Tensor) -> Result<Tensor, BackendError>;
-    /// One forward pass over `rows`, each of `row_shape`, as one batch `[rows.len(), ..]`:
-    /// the rows are copied once, into the runtime's own input. A row of another length is
-    /// refused.
-    fn forward_rows(&self, rows: &[&[f32]], row_shape: &[usize]) -> Result<Tensor, BackendError> {
-        let shape = batch_shape(rows, row_shape)?;
-        self.forward(Tensor::new(shape, rows.concat()))
+    /// One forward pass over `rows`, each of `row_shape`, as one batch `[rows.len(), ..]`. A
+    /// row alone is moved into the forward pass (ONNX Runtime runs on that very buffer);
+    /// several are copied once, into the runtime's input. A row of another length is refused.
+    fn forward_rows(
+        &self,
+        rows: Vec<Vec<f32>>,
+        row_shape: &[usize],
+    ) -> Result<Tensor, BackendError> {
+        let shape = batch_shape(&rows, row_shape)?;
+        let data = match <[Vec<f32>; 1]>::try_from(rows) {
+            Ok([row]) => row,
+            Err(rows) => rows.concat(),
+        };
+        self.forward(Tensor::new(shape, data))
     }
     /// One forward pass with structured values in and out (dict outputs, lists of images).
     fn call(&self, input: Input<'_>) -> Result<Value, BackendError> {
@@ -112,7 +120,7 @@ pub trait Backend: Send + Sync {
 }
 
 /// `[rows.len(), ..row_shape]`, when every row holds `row_shape`'s number of values.
-fn batch_shape(rows: &[&[f32]], row_shape: &[usize]) -> Result<Vec<usize>, BackendError> {
+fn batch_shape(rows: &[Vec<f32>], row_shape: &[usize]) -> Result<Vec<usize>, BackendError> {
     let per_row: usize = row_shape.iter().product();
     if let Some(row) = rows.iter().find(|r| r.len() != per_row) {
         return Err(BackendError::Inference(format!(

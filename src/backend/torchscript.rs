@@ -132,9 +132,15 @@ impl Backend for TorchScriptModel {
         self.run_module(self.to_tch(&input))
     }
 
-    /// The rows are gathered straight into a libtorch tensor: the one copy libtorch needs.
-    fn forward_rows(&self, rows: &[&[f32]], row_shape: &[usize]) -> Result<Tensor, BackendError> {
-        let shape = super::batch_shape(rows, row_shape)?;
+    /// The rows are gathered straight into a libtorch tensor: the one copy libtorch needs
+    /// (a row alone too: a module may keep its input past the call, so libtorch never gets
+    /// our buffer).
+    fn forward_rows(
+        &self,
+        rows: Vec<Vec<f32>>,
+        row_shape: &[usize],
+    ) -> Result<Tensor, BackendError> {
+        let shape = super::batch_shape(&rows, row_shape)?;
         let per_row: usize = row_shape.iter().product();
         if rows.len() * per_row == 0 {
             // No values: an empty tensor has no storage to write into.
@@ -264,17 +270,18 @@ mod tests {
                     .collect()
             })
             .collect();
-        let slices: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
-        let gathered = model.forward_rows(&slices, &[frames, features]).unwrap();
+        let gathered = model
+            .forward_rows(rows.clone(), &[frames, features])
+            .unwrap();
         let whole = model
             .forward(Tensor::new(vec![3, frames, features], rows.concat()))
             .unwrap();
         assert_eq!(gathered, whole);
         assert_eq!(gathered.shape[0], 3);
-        let short = [&rows[0][..], &rows[1][..100]];
-        assert!(model.forward_rows(&short, &[frames, features]).is_err());
+        let short = vec![rows[0].clone(), rows[1][..100].to_vec()];
+        assert!(model.forward_rows(short, &[frames, features]).is_err());
         // No values at all (a JSON body `[]`): the model's own error, not a write into nothing.
-        assert!(model.forward_rows(&[&[]], &[0]).is_err());
+        assert!(model.forward_rows(vec![Vec::new()], &[0]).is_err());
     }
 
     #[test]

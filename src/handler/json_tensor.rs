@@ -63,17 +63,23 @@ impl NativeBatch for JsonTensor {
     }
 
     fn run(&self, batch: Vec<Prepared>) -> Result<Vec<Reply>, ServeError> {
-        let arrays = batch
-            .iter()
+        let mut arrays = batch
+            .into_iter()
             .map(|p| match p {
                 Prepared::Array(t) => Ok(t),
                 _ => Err(unexpected_input()),
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .peekable();
         // Requests of one shape run as one forward pass; a batch mixing shapes (which
         // `torch.as_tensor` would refuse whole) runs one pass per run of equal shapes.
-        let mut replies = Vec::with_capacity(batch.len());
-        for group in arrays.chunk_by(|a, b| a.shape == b.shape) {
+        let mut replies = Vec::new();
+        while let Some(first) = arrays.next() {
+            let mut group = vec![first];
+            while let Some(next) = arrays.next_if(|t| t.shape == group[0].shape) {
+                group.push(next);
+            }
             replies.extend(self.rows(group)?);
         }
         Ok(replies)
@@ -81,13 +87,24 @@ impl NativeBatch for JsonTensor {
 }
 
 impl JsonTensor {
-    /// One forward pass over requests of one shape; each gets its row.
-    fn rows(&self, group: &[&Tensor]) -> Result<Vec<Reply>, ServeError> {
+    /// One forward pass over requests of one shape (their buffers move into it); each gets
+    /// its row.
+    fn rows(&self, group: Vec<Tensor>) -> Result<Vec<Reply>, ServeError> {
         let n = group.len();
-        let rows: Vec<&[f32]> = group.iter().map(|t| t.data.as_slice()).collect();
+        let shape = group[0].shape.clone();
+        let mut seen = Vec::with_capacity(n);
+        let mut rows = Vec::with_capacity(n);
+        for input in group {
+            let mut summary = super::observe::Inputs::new();
+            if self.observe {
+                super::observe::summarize(&input.data, &mut summary);
+            }
+            seen.push(summary);
+            rows.push(input.data);
+        }
         let output = self
             .model
-            .forward_rows(&rows, &group[0].shape)
+            .forward_rows(rows, &shape)
             .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
         if output.shape.first() != Some(&n) {
             return Err(ServeError::PredictionFailed(format!(
@@ -100,20 +117,13 @@ impl JsonTensor {
         // Row by index, not `chunks`: rows of no values (a body `[]`) are rows too.
         Ok((0..n)
             .map(|i| &output.data[i * per_row..(i + 1) * per_row])
-            .zip(group)
+            .zip(seen)
             .map(|(row, input)| {
                 let mut text = String::with_capacity(row.len() * 12);
                 write_nested(&mut text, row_shape, row, 0);
                 Reply::new(200, None, Vec::new(), Bytes::from(text)).observed_if(
                     self.observe,
-                    || {
-                        let mut seen = super::observe::Inputs::new();
-                        super::observe::summarize(&input.data, &mut seen);
-                        super::observe::Observation {
-                            top1: None,
-                            input: seen,
-                        }
-                    },
+                    || super::observe::Observation { top1: None, input },
                 )
             })
             .collect())

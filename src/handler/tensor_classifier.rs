@@ -24,7 +24,7 @@ use super::{
     Param, Prepared, Reply, RequestInput,
 };
 use crate::archive::ModelArchive;
-use crate::backend::{Backend, Tensor};
+use crate::backend::Backend;
 use crate::device::Device;
 use crate::error::{LoadError, ServeError};
 
@@ -179,19 +179,10 @@ impl NativeBatch for TensorClassifier {
             inputs.push(self.summary(&tensor));
             tensors.push(tensor);
         }
-        // A request alone moves its buffer into the forward pass (ONNX Runtime runs on it);
-        // a batch is gathered once, into the runtime's input.
-        let output = match <[Vec<f32>; 1]>::try_from(tensors) {
-            Ok([one]) => self
-                .model
-                .forward(Tensor::new(vec![1, self.frames, self.features], one)),
-            Err(tensors) => {
-                let rows: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
-                self.model
-                    .forward_rows(&rows, &[self.frames, self.features])
-            }
-        }
-        .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
+        let output = self
+            .model
+            .forward_rows(tensors, &[self.frames, self.features])
+            .map_err(|e| ServeError::PredictionFailed(format!("Prediction failed: {e}")))?;
         if output.shape.first() != Some(&size) || output.data.len() % size != 0 {
             return Err(ServeError::PredictionFailed(format!(
                 "model returned shape {:?} for a batch of {size}",
@@ -442,11 +433,12 @@ impl<'de> Visitor<'de> for Frame<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let features = self.row.len();
-        let mut count = 0usize;
-        while let Some(()) = seq.next_element_seed(Values {
-            row: &mut *self.row,
-            count: &mut count,
-        })? {}
+        let mut row = Row {
+            slots: self.row,
+            count: 0,
+        };
+        while let Some(()) = seq.next_element_seed(Values { row: &mut row })? {}
+        let count = row.count;
         if count != features {
             return Err(de::Error::custom(format!(
                 "frame {} has {count} values, expected {features} (input shape [<= {}, {features}]; \
@@ -458,48 +450,55 @@ impl<'de> Visitor<'de> for Frame<'_> {
     }
 }
 
-/// A number, or a point (list of numbers); values past the row's end are only counted.
-struct Values<'a> {
-    row: &'a mut [f32],
-    count: &'a mut usize,
+/// A frame's slots as its values come (from the serde visitors or the scan); values past
+/// the row's end are only counted.
+struct Row<'a> {
+    slots: &'a mut [f32],
+    count: usize,
 }
 
-impl Values<'_> {
+impl Row<'_> {
+    #[inline(always)]
     fn push(&mut self, v: f64) {
-        if let Some(slot) = self.row.get_mut(*self.count) {
+        if let Some(slot) = self.slots.get_mut(self.count) {
             *slot = v as f32;
         }
-        *self.count += 1;
+        self.count += 1;
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Values<'_> {
+/// A number, or a point (list of numbers), into the frame's row.
+struct Values<'a, 'b> {
+    row: &'a mut Row<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for Values<'_, '_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Values<'_> {
+impl<'de> Visitor<'de> for Values<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a number or a list of numbers")
     }
-    fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
-        self.push(v);
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.row.push(v);
         Ok(())
     }
-    fn visit_i64<E: de::Error>(mut self, v: i64) -> Result<(), E> {
-        self.push(v as f64);
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.row.push(v as f64);
         Ok(())
     }
-    fn visit_u64<E: de::Error>(mut self, v: u64) -> Result<(), E> {
-        self.push(v as f64);
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.row.push(v as f64);
         Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(v) = seq.next_element::<f64>()? {
-            self.push(v);
+            self.row.push(v);
         }
         Ok(())
     }

@@ -10,6 +10,8 @@
 
 use sonic_number::{parse_number, ParserNumber};
 
+use super::Row;
+
 /// The tensor (`frames × features`, zero-padded) and `topk` if given; `None` when the body is
 /// not of the usual form or not valid.
 pub(super) fn scan(
@@ -19,29 +21,22 @@ pub(super) fn scan(
 ) -> Option<(Option<Vec<f32>>, Option<usize>)> {
     let mut s = Scanner { body, at: 0 };
     let (mut tensor, mut topk) = (None, None);
-    s.expect(b'{')?;
-    if s.peek()? != b'}' {
-        loop {
-            let key = s.key()?;
-            s.expect(b':')?;
-            match key {
-                b"landmarks" => tensor = Some(s.landmarks(frames, features)?),
-                b"topk" => {
-                    s.whitespace();
-                    match s.number()? {
-                        ParserNumber::Unsigned(k) if k > 0 => topk = Some(usize::try_from(k).ok()?),
-                        _ => return None,
-                    }
+    s.list(b'{', b'}', |s| {
+        let key = s.key()?;
+        s.expect(b':')?;
+        match key {
+            b"landmarks" => tensor = Some(s.landmarks(frames, features)?),
+            b"topk" => {
+                s.whitespace();
+                match s.number()? {
+                    ParserNumber::Unsigned(k) if k > 0 => topk = Some(usize::try_from(k).ok()?),
+                    _ => return None,
                 }
-                _ => return None,
             }
-            if s.separator(b'}')? {
-                break;
-            }
+            _ => return None,
         }
-    } else {
-        s.at += 1;
-    }
+        Some(())
+    })?;
     s.whitespace();
     (s.at == body.len()).then_some((tensor, topk))
 }
@@ -72,15 +67,29 @@ impl<'a> Scanner<'a> {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
-    /// After a value: `true` at `close`, `false` after a `,`.
+    /// `open`, items separated by commas (none is fine), `close`: an object or an array.
     #[inline(always)]
-    fn separator(&mut self, close: u8) -> Option<bool> {
-        let byte = self.peek()?;
-        self.at += 1;
-        match byte {
-            b',' => Some(false),
-            b if b == close => Some(true),
-            _ => None,
+    fn list(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.expect(open)?;
+        if self.peek()? == close {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b if b == close => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
         }
     }
 
@@ -114,64 +123,44 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// `[frame, ...]` into the padded buffer; frames past `frames` are read and dropped.
+    /// `[frame, ...]` (at least one) into the padded buffer; frames past `frames` are read
+    /// and dropped.
     fn landmarks(&mut self, frames: usize, features: usize) -> Option<Vec<f32>> {
         let mut out = vec![0f32; frames * features];
-        self.expect(b'[')?;
         let mut index = 0;
-        loop {
-            let row = if index < frames {
+        self.list(b'[', b']', |s| {
+            let slots = if index < frames {
                 &mut out[index * features..(index + 1) * features]
             } else {
                 &mut []
             };
-            let count = self.frame(row)?;
+            let count = s.frame(slots)?;
             if index < frames && count != features {
                 return None;
             }
             index += 1;
-            if self.separator(b']')? {
-                return Some(out);
-            }
-        }
+            Some(())
+        })?;
+        (index > 0).then_some(out)
     }
 
-    /// One frame, numbers or points (lists of numbers), flattened into `row`; returns how
-    /// many values it had (those past the row's end are only counted).
-    fn frame(&mut self, row: &mut [f32]) -> Option<usize> {
-        let mut count = 0;
-        let mut push = |v: f64| {
-            if let Some(slot) = row.get_mut(count) {
-                *slot = v as f32;
-            }
-            count += 1;
-        };
-        self.expect(b'[')?;
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(0);
-        }
-        loop {
-            if self.peek()? == b'[' {
-                self.at += 1;
-                if self.peek()? == b']' {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.whitespace();
-                        push(self.value()?);
-                        if self.separator(b']')? {
-                            break;
-                        }
-                    }
-                }
+    /// One frame, numbers or points (lists of numbers), flattened into `slots`; returns how
+    /// many values it had.
+    fn frame(&mut self, slots: &mut [f32]) -> Option<usize> {
+        let mut row = Row { slots, count: 0 };
+        self.list(b'[', b']', |s| {
+            if s.peek()? == b'[' {
+                s.list(b'[', b']', |s| {
+                    s.whitespace();
+                    row.push(s.value()?);
+                    Some(())
+                })
             } else {
-                push(self.value()?);
+                row.push(s.value()?);
+                Some(())
             }
-            if self.separator(b']')? {
-                return Some(count);
-            }
-        }
+        })?;
+        Some(row.count)
     }
 }
 
