@@ -288,7 +288,8 @@ macro_rules! app {
                 } else {
                     Ok(srv.call(req))
                 };
-                async move {
+                // A request's answer logs its metric and access lines in one poll.
+                crate::logging::lines_per_poll(async move {
                     let mut res = match call {
                         Err(refused) => refused,
                         Ok(fut) => fut.await?,
@@ -301,7 +302,7 @@ macro_rules! app {
                     }
                     access.log(status);
                     Ok(res)
-                }
+                })
             })
             .default_service(web::to($route))
     };

@@ -475,16 +475,21 @@ pub fn run_batch(
         engine.infer(inputs, &mut |i, part| answers[i].partial(runtime, part))
     }));
     let engine_time = engine_start.elapsed();
-    metrics.batch(
-        size,
-        engine_time,
-        dispatched.elapsed().saturating_sub(engine_time),
-    );
-    let (error, result) = match settle(outcome, size) {
+    let settled = settle(outcome, size);
+    {
+        // The batch's metric lines in one write per file, on disk before the answers go.
+        let _lines = crate::logging::hold_lines();
+        metrics.batch(
+            size,
+            engine_time,
+            dispatched.elapsed().saturating_sub(engine_time),
+        );
+        if settled.is_ok() && !engine.reports_handler_time() {
+            metrics.handler_time(engine_time);
+        }
+    }
+    let (error, result) = match settled {
         Ok(replies) => {
-            if !engine.reports_handler_time() {
-                metrics.handler_time(engine_time);
-            }
             for (answer, reply) in answers.iter_mut().zip(replies) {
                 answer.finish(runtime, reply);
             }
