@@ -101,8 +101,8 @@ fn readers() {
                 .map(|v| v.to_bits())
                 .collect::<Vec<_>>()
         };
-        let same = bits(JsonReader::SerdeJson) == bits(JsonReader::Sonic)
-            && bits(JsonReader::Sonic) == bits(JsonReader::Scan);
+        let sonic = bits(JsonReader::Sonic);
+        let same = bits(JsonReader::SerdeJson) == sonic && bits(JsonReader::Scan) == sonic;
         for reader in [JsonReader::SerdeJson, JsonReader::Sonic, JsonReader::Scan] {
             let t = time_us(500, || drop(decode(reader).unwrap()));
             println!(

@@ -2,8 +2,8 @@
 //! logs it, unless that thread holds its lines ([`hold_lines`]): then the lines it logs are
 //! kept, per file, and each file gets them in one `write(2)` when the hold ends. A request
 //! logs nine lines, most of them in two bursts (the worker's after its batch, the HTTP
-//! thread's when the answer goes out); each `write(2)` to a file costs more than formatting
-//! its line, and two threads appending to one file take turns on its lock.
+//! thread's when the answer goes out): a burst costs one system call per file instead of one
+//! per line, and one turn on each file's lock, which threads appending to it share.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -28,7 +28,6 @@ impl Append for std::fs::File {
 }
 
 /// A file layer's writer (`tracing_subscriber`'s `MakeWriter`).
-#[derive(Clone)]
 pub(super) struct LogFile(pub(super) Arc<dyn Append>);
 
 impl<'a> MakeWriter<'a> for LogFile {
